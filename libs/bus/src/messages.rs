@@ -1,0 +1,308 @@
+//! Wire messages. Each is the `body` of an [`crate::Envelope`]; new fields are
+//! `#[serde(default)]` so old and new services interoperate during a rolling upgrade.
+
+use chrono::{DateTime, Utc};
+use ebb_domain::selection::Mode;
+use ebb_domain::{BatchId, Capabilities, CommandKind, DeviceId, EventId, OrgId, Outcome, SiteCode};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One device in a command batch: the agent needs its address, and on uncurtail the power limit it
+/// had before the event (captured when it was curtailed), so that restore never applies firmware
+/// defaults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRef {
+    pub device_id: DeviceId,
+    pub address: String,
+    #[serde(default)]
+    pub restore_power_limit_w: Option<f64>,
+}
+
+/// A command for many devices of one site, one kind (DESIGN §3). Published on `ebb.cmd.<site>` with
+/// `Nats-Msg-Id = batch_id`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CommandBatch {
+    pub batch_id: BatchId,
+    #[serde(default)]
+    pub event_id: Option<EventId>,
+    pub site: SiteCode,
+    pub command: CommandKind,
+    pub devices: Vec<DeviceRef>,
+}
+
+/// What happened to one device of a batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceResult {
+    pub device_id: DeviceId,
+    #[serde(flatten)]
+    pub outcome: Outcome,
+    /// The power limit the miner had before a curtail changed it, if it has one.
+    #[serde(default)]
+    pub prior_power_limit_w: Option<f64>,
+}
+
+/// The per-device outcomes of one batch, published on `ebb.result.<site>` before the batch is acked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchResult {
+    pub batch_id: BatchId,
+    #[serde(default)]
+    pub event_id: Option<EventId>,
+    pub site: SiteCode,
+    /// `None` when the batch could not be decoded.
+    #[serde(default)]
+    pub command: Option<CommandKind>,
+    pub results: Vec<DeviceResult>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// One device's reading in a poll cycle. An unreachable miner carries no values: it is never
+/// reported as zero power.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TelemetrySample {
+    pub device_id: DeviceId,
+    pub reachable: bool,
+    #[serde(default)]
+    pub power_w: Option<f64>,
+    #[serde(default)]
+    pub hashrate_ths: Option<f64>,
+    /// Unix milliseconds.
+    pub sampled_at_ms: i64,
+}
+
+/// One part of a site's poll cycle on `ebb.telemetry.<site>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TelemetryBatch {
+    pub site: SiteCode,
+    pub cycle: u64,
+    pub samples: Vec<TelemetrySample>,
+    /// Samples dropped at the agent because their values were impossible (NaN, negative, no time).
+    #[serde(default)]
+    pub dropped_invalid: u32,
+}
+
+/// A device an agent drives, as the planner knows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InventoryDevice {
+    pub device_id: DeviceId,
+    pub address: String,
+    pub make: String,
+    pub model: String,
+    pub capabilities: Capabilities,
+}
+
+/// `ebb.svc.planner.inventory`: the devices of one site.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InventoryRequest {
+    pub site: SiteCode,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Inventory {
+    pub devices: Vec<InventoryDevice>,
+}
+
+/// Who asked for something; recorded on events and audit rows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Actor {
+    ApiKey { key_id: uuid::Uuid, role: Role },
+    Scheduler,
+    Policy,
+}
+
+impl Actor {
+    pub fn role(&self) -> Role {
+        match self {
+            Actor::ApiKey { role, .. } => *role,
+            Actor::Scheduler | Actor::Policy => Role::Operator,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Actor::ApiKey { .. } => "api_key",
+            Actor::Scheduler => "scheduler",
+            Actor::Policy => "policy",
+        }
+    }
+}
+
+/// API roles, ordered by privilege.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "viewer" => Some(Role::Viewer),
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+}
+
+/// Which devices a curtailment may touch.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Scope {
+    /// Site codes; empty means every site of the org.
+    #[serde(default)]
+    pub sites: Vec<SiteCode>,
+}
+
+/// `ebb.svc.planner.preview` and `.start`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartRequest {
+    pub org: OrgId,
+    pub actor: Actor,
+    pub mode: Mode,
+    #[serde(default)]
+    pub scope: Scope,
+    pub reason: String,
+    #[serde(default)]
+    pub priority: i32,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub external_source: Option<String>,
+    #[serde(default)]
+    pub external_reference: Option<String>,
+    #[serde(default)]
+    pub max_duration_s: Option<u32>,
+    #[serde(default)]
+    pub allow_unbounded: bool,
+    #[serde(default)]
+    pub restore_batch_size: Option<u32>,
+    #[serde(default)]
+    pub restore_batch_interval_s: Option<u32>,
+    #[serde(default)]
+    pub force_include_maintenance: bool,
+    #[serde(default)]
+    pub min_power_w_override: Option<f64>,
+}
+
+/// `ebb.svc.planner.stop`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StopRequest {
+    pub org: OrgId,
+    pub actor: Actor,
+    pub event_id: EventId,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// The result of a preview.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlanView {
+    pub mode: Mode,
+    pub selected_count: u32,
+    pub expected_shed_kw: f64,
+    pub scope_kw: f64,
+    pub available_kw: f64,
+    pub skipped: BTreeMap<String, u32>,
+    pub per_site: BTreeMap<String, SiteShare>,
+}
+
+/// One site's part of a plan.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SiteShare {
+    pub devices: u32,
+    pub shed_kw: f64,
+}
+
+/// A typed reply: the value or an error whose kind callers match on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Reply<T> {
+    Ok { value: T },
+    Err { error: RpcError },
+}
+
+/// An error returned over request/reply, with a closed kind the gateway maps to an HTTP status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, thiserror::Error)]
+#[error("{kind:?}: {message}")]
+pub struct RpcError {
+    pub kind: RpcErrorKind,
+    pub message: String,
+    #[serde(default)]
+    pub field: Option<String>,
+    #[serde(default)]
+    pub detail: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub skipped: BTreeMap<String, u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RpcErrorKind {
+    InvalidArgument,
+    InsufficientLoad,
+    EmptyPlan,
+    NotFound,
+    FailedPrecondition,
+    PermissionDenied,
+    Conflict,
+    Unavailable,
+    Internal,
+}
+
+impl RpcError {
+    pub fn new(kind: RpcErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into(), field: None, detail: BTreeMap::new(), skipped: BTreeMap::new() }
+    }
+
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self { field: Some(field.to_owned()), ..Self::new(RpcErrorKind::InvalidArgument, message) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Envelope, decode, encode};
+    use ebb_domain::CurtailLevel;
+
+    #[test]
+    fn batch_round_trip() {
+        let b = CommandBatch {
+            batch_id: BatchId::new(),
+            event_id: Some(EventId::new()),
+            site: SiteCode::parse("a").unwrap(),
+            command: CommandKind::Curtail { level: CurtailLevel::Full },
+            devices: vec![DeviceRef { device_id: DeviceId::new(), address: "127.0.0.1".into(), restore_power_limit_w: None }],
+        };
+        let env = Envelope::new(None, b);
+        assert_eq!(decode::<CommandBatch>(&encode(&env).unwrap()).unwrap(), env);
+        let r = BatchResult {
+            batch_id: BatchId::new(),
+            event_id: None,
+            site: SiteCode::parse("a").unwrap(),
+            command: None,
+            results: vec![DeviceResult { device_id: DeviceId::new(), outcome: Outcome::Refused { reason: "no".into() }, prior_power_limit_w: Some(3000.0) }],
+            finished_at: Utc::now(),
+        };
+        let env = Envelope::new(None, r);
+        assert_eq!(decode::<BatchResult>(&encode(&env).unwrap()).unwrap(), env);
+    }
+
+    #[test]
+    fn roles_are_ordered() {
+        assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
+        for r in [Role::Viewer, Role::Operator, Role::Admin] {
+            assert_eq!(Role::parse(r.as_str()), Some(r));
+        }
+    }
+}

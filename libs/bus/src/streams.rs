@@ -1,0 +1,107 @@
+//! JetStream streams and consumers (DESIGN §3), created idempotently at start-up. Only features
+//! nats-server 2.9 has: one filter subject per consumer, no per-message TTL, no KV creation.
+
+use async_nats::jetstream::{self, consumer, stream};
+use ebb_domain::SiteCode;
+use std::time::Duration;
+
+pub const CMD: &str = "CMD";
+pub const RESULT: &str = "RESULT";
+pub const TELEMETRY: &str = "TELEMETRY";
+pub const EVENT: &str = "EVENT";
+
+/// Inside this window a republished batch with the same `Nats-Msg-Id` is dropped as a duplicate.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The stream definitions. Command batches are a work queue: each is consumed once by its site's
+/// agent and removed when acked.
+pub fn configs() -> Vec<stream::Config> {
+    let base = |name: &str, subject: &str, retention, max_age| stream::Config {
+        name: name.into(),
+        subjects: vec![subject.into()],
+        retention,
+        max_age,
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        discard: stream::DiscardPolicy::Old,
+        ..Default::default()
+    };
+    vec![
+        stream::Config {
+            // A backlog this large means no agent is consuming: refuse new batches rather than
+            // silently growing without bound.
+            max_messages: 1_000_000,
+            discard: stream::DiscardPolicy::New,
+            ..base(CMD, "ebb.cmd.>", stream::RetentionPolicy::WorkQueue, Duration::from_secs(24 * 3600))
+        },
+        base(RESULT, "ebb.result.>", stream::RetentionPolicy::Limits, Duration::from_secs(24 * 3600)),
+        stream::Config {
+            max_bytes: 8 * 1024 * 1024 * 1024,
+            ..base(TELEMETRY, "ebb.telemetry.>", stream::RetentionPolicy::Limits, Duration::from_secs(3600))
+        },
+        base(EVENT, "ebb.event.>", stream::RetentionPolicy::Limits, Duration::from_secs(30 * 24 * 3600)),
+    ]
+}
+
+/// Creates every stream if missing; an existing stream with the same config is left as is.
+pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), async_nats::Error> {
+    for cfg in configs() {
+        js.get_or_create_stream(cfg).await?;
+    }
+    Ok(())
+}
+
+/// How long an agent has to execute and ack a batch before JetStream redelivers it. A batch of
+/// 2,000 miners with 256 in flight and a 10 s per-miner timeout finishes well within this.
+pub const AGENT_ACK_WAIT: Duration = Duration::from_secs(300);
+
+/// The durable consumer of one site's agent: one batch in flight at a time, so a curtail and the
+/// uncurtail queued after it reach the miners in order, even across a redelivery.
+pub fn agent_consumer(site: &SiteCode) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(format!("agent-{site}")),
+        filter_subject: crate::subjects::cmd(site),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: AGENT_ACK_WAIT,
+        max_ack_pending: 1,
+        max_deliver: 10,
+        ..Default::default()
+    }
+}
+
+/// The reconciler's consumer of every site's results.
+pub fn reconciler_results() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some("reconciler-results".into()),
+        filter_subject: "ebb.result.>".into(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(60),
+        max_ack_pending: 1_000,
+        ..Default::default()
+    }
+}
+
+/// The reconciler's consumer of telemetry. New messages only: telemetry is latest-wins, so
+/// replaying an hour of it after a first start would only repeat what device_state will get anyway.
+pub fn reconciler_telemetry() -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some("reconciler-telemetry".into()),
+        filter_subject: "ebb.telemetry.>".into(),
+        deliver_policy: consumer::DeliverPolicy::New,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(60),
+        max_ack_pending: 1_000,
+        ..Default::default()
+    }
+}
+
+/// Gets or creates a durable pull consumer on `stream`.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    cfg: consumer::pull::Config,
+) -> Result<consumer::PullConsumer, async_nats::Error> {
+    let name = cfg.durable_name.clone().unwrap_or_default();
+    let s = js.get_stream(stream).await?;
+    Ok(s.get_or_create_consumer(&name, cfg).await?)
+}

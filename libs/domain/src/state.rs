@@ -1,0 +1,251 @@
+//! Event and target state machines (DESIGN §5). Every state write elsewhere is a compare-and-set on
+//! the prior state; the transition tables here say which writes are legal at all.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Lifecycle of a curtailment event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventState {
+    Pending,
+    Active,
+    Restoring,
+    Completed,
+    CompletedWithFailures,
+    Cancelled,
+    Failed,
+}
+
+/// Lifecycle of one device inside one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TargetState {
+    Pending,
+    Dispatching,
+    Dispatched,
+    Confirmed,
+    Drifted,
+    Failed,
+    RestorePending,
+    RestoreDispatching,
+    RestoreDispatched,
+    Restored,
+    RestoreFailed,
+}
+
+/// A string that names no known state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state {0:?}")]
+pub struct UnknownState(pub String);
+
+macro_rules! str_enum {
+    ($ty:ident { $($variant:ident => $s:literal),+ $(,)? }) => {
+        impl $ty {
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($ty::$variant => $s),+ }
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = UnknownState;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                match s { $($s => Ok($ty::$variant),)+ _ => Err(UnknownState(s.to_owned())) }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+str_enum!(EventState {
+    Pending => "pending",
+    Active => "active",
+    Restoring => "restoring",
+    Completed => "completed",
+    CompletedWithFailures => "completed_with_failures",
+    Cancelled => "cancelled",
+    Failed => "failed",
+});
+
+str_enum!(TargetState {
+    Pending => "pending",
+    Dispatching => "dispatching",
+    Dispatched => "dispatched",
+    Confirmed => "confirmed",
+    Drifted => "drifted",
+    Failed => "failed",
+    RestorePending => "restore_pending",
+    RestoreDispatching => "restore_dispatching",
+    RestoreDispatched => "restore_dispatched",
+    Restored => "restored",
+    RestoreFailed => "restore_failed",
+});
+
+impl EventState {
+    /// Terminal states never change.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Completed | Self::CompletedWithFailures | Self::Cancelled | Self::Failed
+        )
+    }
+
+    pub fn can_transition(self, to: EventState) -> bool {
+        use EventState::*;
+        match (self, to) {
+            (Pending, Active) | (Pending, Restoring) | (Active, Restoring) => true,
+            (Restoring, Completed) | (Restoring, CompletedWithFailures) | (Restoring, Failed) => {
+                true
+            }
+            // Admin terminate and a start that cannot proceed.
+            (from, Cancelled | Failed) => !from.is_terminal(),
+            _ => false,
+        }
+    }
+}
+
+impl TargetState {
+    /// States in which the device belongs to the event: the exclusivity index covers exactly these.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Failed | Self::Restored | Self::RestoreFailed)
+    }
+
+    /// A miner in one of these states may be curtailed now or has a command in flight, so an admin
+    /// terminate must refuse (Stop first) (DESIGN §5.1).
+    pub fn blocks_terminate(self) -> bool {
+        use TargetState::*;
+        matches!(
+            self,
+            Dispatching
+                | Dispatched
+                | Confirmed
+                | Drifted
+                | RestorePending
+                | RestoreDispatching
+                | RestoreDispatched
+        )
+    }
+
+    /// On the curtail side of the machine (not yet stopped).
+    pub fn is_curtail_phase(self) -> bool {
+        use TargetState::*;
+        matches!(self, Pending | Dispatching | Dispatched | Confirmed | Drifted | Failed)
+    }
+
+    pub fn can_transition(self, to: TargetState) -> bool {
+        use TargetState::*;
+        match (self, to) {
+            (Pending, Dispatching) => true,
+            (Dispatching, Dispatched) => true,
+            // An orphaned or failed publish is retried from dispatching; exhaustion fails it.
+            (Dispatching, Dispatching) | (Dispatching, Failed) => true,
+            (Dispatched, Confirmed) | (Dispatched, Failed) => true,
+            // A refused/unsupported outcome or a missed deadline re-dispatches.
+            (Dispatched, Dispatching) => true,
+            (Confirmed, Drifted) | (Drifted, Confirmed) => true,
+            (Drifted, Dispatching) | (Drifted, Failed) => true,
+            // Stop: anything that may have been touched is restored; a never-sent target has
+            // nothing to undo and ends restored at once.
+            (Pending, Restored) => true,
+            (Dispatching | Dispatched | Confirmed | Drifted | Failed, RestorePending) => true,
+            (RestorePending, RestoreDispatching) => true,
+            (RestoreDispatching, RestoreDispatched) => true,
+            (RestoreDispatching, RestoreDispatching) | (RestoreDispatching, RestoreFailed) => true,
+            (RestoreDispatched, Restored) | (RestoreDispatched, RestoreFailed) => true,
+            (RestoreDispatched, RestoreDispatching) => true,
+            // Admin terminate sweeps whatever is left and not in flight.
+            (Pending, RestoreFailed) => true,
+            _ => false,
+        }
+    }
+}
+
+/// The event state a set of settled targets implies once restore has finished, or `None` while
+/// any target is still moving.
+pub fn restore_outcome(targets: impl IntoIterator<Item = TargetState>, any_confirmed: bool) -> Option<EventState> {
+    let mut failures = false;
+    for t in targets {
+        match t {
+            TargetState::Restored => {}
+            TargetState::RestoreFailed => failures = true,
+            // A failed target that never received a command has nothing to restore.
+            TargetState::Failed => failures = true,
+            _ => return None,
+        }
+    }
+    Some(if !any_confirmed {
+        EventState::Failed
+    } else if failures {
+        EventState::CompletedWithFailures
+    } else {
+        EventState::Completed
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strings_round_trip() {
+        for s in EventState::ALL {
+            assert_eq!(s.as_str().parse::<EventState>().unwrap(), *s);
+            assert_eq!(serde_json::to_string(s).unwrap(), format!("\"{s}\""));
+        }
+        for s in TargetState::ALL {
+            assert_eq!(s.as_str().parse::<TargetState>().unwrap(), *s);
+        }
+        assert!("nope".parse::<TargetState>().is_err());
+    }
+
+    #[test]
+    fn terminal_event_states_never_change() {
+        for from in EventState::ALL.iter().filter(|s| s.is_terminal()) {
+            for to in EventState::ALL {
+                assert!(!from.can_transition(*to), "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn terminal_targets_never_change_except_failed_restore() {
+        for from in TargetState::ALL.iter().filter(|s| s.is_terminal()) {
+            for to in TargetState::ALL {
+                let allowed = *from == TargetState::Failed && *to == TargetState::RestorePending;
+                assert_eq!(from.can_transition(*to), allowed, "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn terminate_gate_covers_everything_in_flight() {
+        use TargetState::*;
+        let blocking: Vec<_> = TargetState::ALL.iter().copied().filter(|s| s.blocks_terminate()).collect();
+        assert_eq!(
+            blocking,
+            vec![Dispatching, Dispatched, Confirmed, Drifted, RestorePending, RestoreDispatching, RestoreDispatched]
+        );
+    }
+
+    #[test]
+    fn restore_outcomes() {
+        use TargetState::*;
+        let check = |ts: &[TargetState], confirmed: bool, want: Option<EventState>| {
+            assert_eq!(restore_outcome(ts.iter().copied(), confirmed), want, "{ts:?}");
+        };
+        check(&[Restored, Restored], true, Some(EventState::Completed));
+        check(&[Restored, RestoreFailed], true, Some(EventState::CompletedWithFailures));
+        check(&[Restored, Failed], true, Some(EventState::CompletedWithFailures));
+        check(&[Restored, RestoreDispatched], true, None);
+        check(&[Failed, Restored], false, Some(EventState::Failed));
+        check(&[], false, Some(EventState::Failed));
+    }
+}
