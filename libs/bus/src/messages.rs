@@ -306,3 +306,45 @@ mod tests {
         }
     }
 }
+
+/// A miner found by a discovery scan.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveredDevice {
+    pub address: String,
+    pub make: String,
+    pub model: String,
+    #[serde(default)]
+    pub firmware: Option<String>,
+    pub capabilities: Capabilities,
+    #[serde(default)]
+    pub nominal_power_w: Option<f64>,
+}
+
+/// `ebb.svc.agent.<site>.scan`: identify the miners in an address range (`127.0.0.1-50` or a CIDR).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScanRequest {
+    pub range: String,
+    /// Also register what was found with the planner.
+    #[serde(default)]
+    pub register: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScanResult {
+    pub scanned: u32,
+    pub devices: Vec<DiscoveredDevice>,
+    #[serde(default)]
+    pub registered: u32,
+}
+
+/// `ebb.svc.planner.register`: add or update a site's devices by address.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisterDevicesRequest {
+    pub site: SiteCode,
+    pub devices: Vec<DiscoveredDevice>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RegisterDevicesReply {
+    pub registered: u32,
+}

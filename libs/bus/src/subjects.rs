@@ -57,3 +57,17 @@ mod tests {
         assert_eq!(site_of(TELEMETRY_PREFIX, "ebb.cmd.a"), None);
     }
 }
+
+/// Planner endpoints (under [`PLANNER_GROUP`]).
+pub mod planner {
+    pub const PREVIEW: &str = "ebb.svc.planner.preview";
+    pub const START: &str = "ebb.svc.planner.start";
+    pub const STOP: &str = "ebb.svc.planner.stop";
+    pub const INVENTORY: &str = "ebb.svc.planner.inventory";
+    pub const REGISTER: &str = "ebb.svc.planner.register";
+}
+
+/// An agent's scan endpoint.
+pub fn agent_scan(site: &SiteCode) -> String {
+    format!("ebb.svc.agent.{site}.scan")
+}
