@@ -348,3 +348,31 @@ pub struct RegisterDevicesRequest {
 pub struct RegisterDevicesReply {
     pub registered: u32,
 }
+
+/// Reply to a Start: the persisted event, and whether this was a replay of an earlier Start.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartReply {
+    pub event_id: EventId,
+    pub replayed: bool,
+}
+
+/// Reply to a Stop: whether this call moved the event (false: it was already stopping or ended).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StopReply {
+    pub event_id: EventId,
+    pub changed: bool,
+}
+
+/// Published through the outbox on `ebb.event.<org>.<event>` when an event changes state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventNotice {
+    pub event_id: EventId,
+    pub state: ebb_domain::EventState,
+    #[serde(default)]
+    pub from: Option<ebb_domain::EventState>,
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Target counts by state at the time of the change, when known.
+    #[serde(default)]
+    pub targets: BTreeMap<String, i64>,
+}

@@ -145,24 +145,22 @@ impl TargetState {
         match (self, to) {
             (Pending, Dispatching) => true,
             (Dispatching, Dispatched) => true,
-            // An orphaned or failed publish is retried from dispatching; exhaustion fails it.
-            (Dispatching, Dispatching) | (Dispatching, Failed) => true,
-            (Dispatched, Confirmed) | (Dispatched, Failed) => true,
-            // A refused/unsupported outcome or a missed deadline re-dispatches.
-            (Dispatched, Dispatching) => true,
+            // A batch is stamped `dispatching` before it is published; `pending` gets a target back
+            // in the queue for another attempt (a failed outcome, a missed deadline, a drift, a
+            // stale orphan), and `failed` ends it when its attempts are spent.
+            (Dispatching | Dispatched | Drifted, Pending) => true,
+            (Pending | Dispatching | Dispatched | Drifted, Failed) => true,
+            (Dispatched, Confirmed) => true,
             (Confirmed, Drifted) | (Drifted, Confirmed) => true,
-            (Drifted, Dispatching) | (Drifted, Failed) => true,
             // Stop: anything that may have been touched is restored; a never-sent target has
             // nothing to undo and ends restored at once.
             (Pending, Restored) => true,
-            (Dispatching | Dispatched | Confirmed | Drifted | Failed, RestorePending) => true,
+            (Pending | Dispatching | Dispatched | Confirmed | Drifted | Failed, RestorePending) => true,
             (RestorePending, RestoreDispatching) => true,
             (RestoreDispatching, RestoreDispatched) => true,
-            (RestoreDispatching, RestoreDispatching) | (RestoreDispatching, RestoreFailed) => true,
-            (RestoreDispatched, Restored) | (RestoreDispatched, RestoreFailed) => true,
-            (RestoreDispatched, RestoreDispatching) => true,
-            // Admin terminate sweeps whatever is left and not in flight.
-            (Pending, RestoreFailed) => true,
+            (RestoreDispatching | RestoreDispatched, RestorePending) => true,
+            (RestorePending | RestoreDispatching | RestoreDispatched, RestoreFailed) => true,
+            (RestoreDispatched, Restored) => true,
             _ => false,
         }
     }

@@ -1,0 +1,74 @@
+//! Observability shared by every service: the tracing subscriber (JSON or pretty, by env), the
+//! Prometheus recorder and its `/metrics` route, the metric names (defined once, here), and W3C
+//! trace context carried in a `traceparent` NATS header.
+
+pub mod names;
+mod secret;
+pub use secret::Secret;
+pub mod trace;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+impl LogFormat {
+    /// `EBB_LOG_FORMAT=json` selects JSON; anything else is human-readable.
+    pub fn from_env() -> Self {
+        match std::env::var("EBB_LOG_FORMAT").as_deref() {
+            Ok("json") => LogFormat::Json,
+            _ => LogFormat::Pretty,
+        }
+    }
+}
+
+/// Installs the global tracing subscriber, filtered by `RUST_LOG` (default `info`). Calling it
+/// twice is harmless: the second call keeps the first subscriber.
+pub fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let result = match format {
+        LogFormat::Json => fmt().with_env_filter(filter).json().with_current_span(true).try_init(),
+        LogFormat::Pretty => fmt().with_env_filter(filter).try_init(),
+    };
+    // Already installed (tests, or `ebb dev` composing services): keep the first.
+    drop(result);
+}
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn prometheus() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets(names::LATENCY_BUCKETS)
+                .expect("static non-empty buckets")
+                .install_recorder();
+            match handle {
+                Ok(h) => h,
+                // Another recorder is installed (a test harness): render an empty, detached one.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            }
+        })
+        .clone()
+}
+
+/// An axum router serving `GET /metrics` in the Prometheus text format.
+pub fn metrics_router() -> axum::Router {
+    let handle = prometheus();
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let h = handle.clone();
+            async move {
+                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render())
+            }
+        }),
+    )
+}

@@ -1,0 +1,35 @@
+//! Every metric name, defined once: `ebb_<service>_<thing>_<unit>`. Labels are low-cardinality:
+//! never a device id.
+
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+// store
+pub const STORE_TX_RETRIES: &str = "ebb_store_tx_retries_total";
+pub const OUTBOX_PUBLISHED: &str = "ebb_worker_outbox_published_total";
+
+// gateway
+pub const GATEWAY_REQUESTS: &str = "ebb_gateway_requests_total";
+pub const GATEWAY_REQUEST_SECONDS: &str = "ebb_gateway_request_seconds";
+
+// planner
+pub const PLANNER_CANDIDATES_EXCLUDED: &str = "ebb_planner_candidates_excluded_total";
+pub const PLANNER_STARTS: &str = "ebb_planner_starts_total";
+pub const PLANNER_TELEMETRY_SAMPLES: &str = "ebb_planner_telemetry_samples_total";
+
+// reconciler
+pub const RECONCILER_PASS_SECONDS: &str = "ebb_reconciler_pass_seconds";
+pub const RECONCILER_PASS_FAILURES: &str = "ebb_reconciler_pass_failures_total";
+pub const RECONCILER_EVENT_ERRORS: &str = "ebb_reconciler_event_errors_total";
+pub const RECONCILER_RACE_LOST: &str = "ebb_reconciler_race_lost_total";
+pub const RECONCILER_BATCHES_PUBLISHED: &str = "ebb_reconciler_batches_published_total";
+pub const RECONCILER_TARGET_TRANSITIONS: &str = "ebb_reconciler_target_transitions_total";
+pub const RECONCILER_IS_LEADER: &str = "ebb_reconciler_is_leader";
+pub const RECONCILER_TELEMETRY_SAMPLES: &str = "ebb_reconciler_telemetry_samples_total";
+
+// agent
+pub const AGENT_COMMANDS: &str = "ebb_agent_commands_total";
+pub const AGENT_MINER_CALL_SECONDS: &str = "ebb_agent_miner_call_seconds";
+pub const AGENT_POLL_CYCLE_SECONDS: &str = "ebb_agent_poll_cycle_seconds";
+pub const AGENT_MINERS_UNREACHABLE: &str = "ebb_agent_miners_unreachable";
+pub const AGENT_INVALID_SAMPLES: &str = "ebb_agent_invalid_samples_total";

@@ -1,0 +1,622 @@
+//! Curtailment events and targets. Every state write is a compare-and-set on the prior state
+//! (`UPDATE … WHERE state = $from`) whose returned rows say who actually moved, and every move is
+//! logged in `event_transition` by the same statement.
+
+use crate::error::StoreError;
+use chrono::{DateTime, Utc};
+use ebb_domain::confirm::Sample;
+use ebb_domain::selection::Selected;
+use ebb_domain::{BatchId, CommandKind, DeviceId, EventId, EventState, OrgId, SiteId, TargetState};
+use serde_json::Value as Json;
+use sqlx::{PgConnection, PgExecutor, PgPool, Row};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// A curtailment event row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventRow {
+    pub id: EventId,
+    pub org_id: OrgId,
+    pub state: EventState,
+    pub mode: String,
+    pub mode_params: Json,
+    pub command: CommandKind,
+    pub scope: Json,
+    pub priority: i32,
+    pub reason: String,
+    pub target_kw: Option<f64>,
+    pub selection: Json,
+    pub restore_batch_size: u32,
+    pub restore_batch_interval_s: u32,
+    pub max_duration_s: Option<u32>,
+    pub idempotency_key: Option<String>,
+    pub external_source: Option<String>,
+    pub external_reference: Option<String>,
+    pub created_by: Option<Uuid>,
+    pub source_actor: String,
+    pub stop_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub restore_started_at: Option<DateTime<Utc>>,
+    pub last_restore_batch_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+const EVENT_COLUMNS: &str = "id, org_id, state, mode, mode_params, command, scope, priority, reason, target_kw,
+    selection, restore_batch_size, restore_batch_interval_s, max_duration_s, idempotency_key,
+    external_source, external_reference, created_by, source_actor, stop_reason, created_at, updated_at,
+    activated_at, restore_started_at, last_restore_batch_at, ended_at";
+
+fn event_from_row(r: &sqlx::postgres::PgRow) -> Result<EventRow, StoreError> {
+    let state: String = r.get("state");
+    let command: Json = r.get("command");
+    Ok(EventRow {
+        id: EventId(r.get("id")),
+        org_id: OrgId(r.get("org_id")),
+        state: state.parse().map_err(|e: ebb_domain::state::UnknownState| StoreError::Encode(e.to_string()))?,
+        mode: r.get("mode"),
+        mode_params: r.get("mode_params"),
+        command: serde_json::from_value(command).map_err(|e| StoreError::Encode(e.to_string()))?,
+        scope: r.get("scope"),
+        priority: r.get("priority"),
+        reason: r.get("reason"),
+        target_kw: r.get("target_kw"),
+        selection: r.get("selection"),
+        restore_batch_size: r.get::<i32, _>("restore_batch_size") as u32,
+        restore_batch_interval_s: r.get::<i32, _>("restore_batch_interval_s") as u32,
+        max_duration_s: r.get::<Option<i32>, _>("max_duration_s").map(|v| v as u32),
+        idempotency_key: r.get("idempotency_key"),
+        external_source: r.get("external_source"),
+        external_reference: r.get("external_reference"),
+        created_by: r.get("created_by"),
+        source_actor: r.get("source_actor"),
+        stop_reason: r.get("stop_reason"),
+        created_at: r.get("created_at"),
+        updated_at: r.get("updated_at"),
+        activated_at: r.get("activated_at"),
+        restore_started_at: r.get("restore_started_at"),
+        last_restore_batch_at: r.get("last_restore_batch_at"),
+        ended_at: r.get("ended_at"),
+    })
+}
+
+/// What Start persists.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub org_id: OrgId,
+    pub mode: String,
+    pub mode_params: Json,
+    pub command: CommandKind,
+    pub scope: Json,
+    pub priority: i32,
+    pub reason: String,
+    pub target_kw: Option<f64>,
+    pub selection: Json,
+    pub restore_batch_size: u32,
+    pub restore_batch_interval_s: u32,
+    pub max_duration_s: Option<u32>,
+    pub idempotency_key: Option<String>,
+    pub external_source: Option<String>,
+    pub external_reference: Option<String>,
+    pub created_by: Option<Uuid>,
+    pub source_actor: String,
+}
+
+/// Inserts the event and all its targets (pending, baseline from the selection) in the caller's
+/// transaction. A device already held by another live event fails the whole insert with the
+/// exclusivity constraint, so two concurrent Starts can never claim the same miner.
+pub async fn insert_event(conn: &mut PgConnection, e: &NewEvent, targets: &[Selected]) -> Result<EventRow, StoreError> {
+    let command = serde_json::to_value(e.command).map_err(|x| StoreError::Encode(x.to_string()))?;
+    let row = sqlx::query(&format!(
+        "INSERT INTO curtailment_event (id, org_id, state, mode, mode_params, command, scope, priority, reason,
+            target_kw, selection, restore_batch_size, restore_batch_interval_s, max_duration_s,
+            idempotency_key, external_source, external_reference, created_by, source_actor)
+         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+         RETURNING {EVENT_COLUMNS}"
+    ))
+    .bind(e.id.0)
+    .bind(e.org_id.0)
+    .bind(&e.mode)
+    .bind(&e.mode_params)
+    .bind(&command)
+    .bind(&e.scope)
+    .bind(e.priority)
+    .bind(&e.reason)
+    .bind(e.target_kw)
+    .bind(&e.selection)
+    .bind(e.restore_batch_size as i32)
+    .bind(e.restore_batch_interval_s as i32)
+    .bind(e.max_duration_s.map(|v| v as i32))
+    .bind(&e.idempotency_key)
+    .bind(&e.external_source)
+    .bind(&e.external_reference)
+    .bind(e.created_by)
+    .bind(&e.source_actor)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(StoreError::classify)?;
+    let event = event_from_row(&row)?;
+
+    let devices: Vec<Uuid> = targets.iter().map(|t| t.device_id.0).collect();
+    let sites: Vec<Uuid> = targets.iter().map(|t| t.site_id.0).collect();
+    let baseline: Vec<f64> = targets.iter().map(|t| t.baseline_power_w).collect();
+    sqlx::query(
+        "INSERT INTO curtailment_target (event_id, device_id, org_id, site_id, state, baseline_power_w)
+         SELECT $1, u.device, $2, u.site, 'pending', u.baseline
+         FROM unnest($3::uuid[], $4::uuid[], $5::float8[]) AS u(device, site, baseline)",
+    )
+    .bind(e.id.0)
+    .bind(e.org_id.0)
+    .bind(&devices)
+    .bind(&sites)
+    .bind(&baseline)
+    .execute(&mut *conn)
+    .await
+    .map_err(StoreError::classify)?;
+
+    log_event_transition(&mut *conn, &event, None, EventState::Pending, &e.source_actor, Some(&e.reason)).await?;
+    Ok(event)
+}
+
+pub async fn log_event_transition(
+    db: impl PgExecutor<'_>,
+    event: &EventRow,
+    from: Option<EventState>,
+    to: EventState,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO event_transition (org_id, event_id, from_state, to_state, actor, reason)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(event.org_id.0)
+    .bind(event.id.0)
+    .bind(from.map(|s| s.as_str()))
+    .bind(to.as_str())
+    .bind(actor)
+    .bind(reason)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+pub async fn audit(
+    db: impl PgExecutor<'_>,
+    org: OrgId,
+    actor_kind: &str,
+    actor_id: Option<Uuid>,
+    action: &str,
+    subject: Option<Uuid>,
+    metadata: Json,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO audit_log (org_id, actor_kind, actor_id, action, subject_id, metadata) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(org.0)
+    .bind(actor_kind)
+    .bind(actor_id)
+    .bind(action)
+    .bind(subject)
+    .bind(metadata)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// The persisted event a Start with this idempotency key or external reference already created.
+/// The key is checked first.
+pub async fn find_replay(
+    db: &mut PgConnection,
+    org: OrgId,
+    idempotency_key: Option<&str>,
+    external: Option<(&str, &str)>,
+) -> Result<Option<EventRow>, StoreError> {
+    if let Some(key) = idempotency_key {
+        let row = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM curtailment_event WHERE org_id = $1 AND idempotency_key = $2"
+        ))
+        .bind(org.0)
+        .bind(key)
+        .fetch_optional(&mut *db)
+        .await?;
+        if let Some(r) = row {
+            return event_from_row(&r).map(Some);
+        }
+    }
+    if let Some((source, reference)) = external {
+        let row = sqlx::query(&format!(
+            "SELECT {EVENT_COLUMNS} FROM curtailment_event
+             WHERE org_id = $1 AND external_source = $2 AND external_reference = $3"
+        ))
+        .bind(org.0)
+        .bind(source)
+        .bind(reference)
+        .fetch_optional(&mut *db)
+        .await?;
+        if let Some(r) = row {
+            return event_from_row(&r).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+pub async fn get_event(db: impl PgExecutor<'_>, org: OrgId, id: EventId) -> Result<Option<EventRow>, StoreError> {
+    let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM curtailment_event WHERE org_id = $1 AND id = $2"))
+        .bind(org.0)
+        .bind(id.0)
+        .fetch_optional(db)
+        .await?;
+    row.as_ref().map(event_from_row).transpose()
+}
+
+/// Locks an event row for a state change (`FOR UPDATE`).
+pub async fn lock_event(conn: &mut PgConnection, org: OrgId, id: EventId) -> Result<Option<EventRow>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM curtailment_event WHERE org_id = $1 AND id = $2 FOR UPDATE"
+    ))
+    .bind(org.0)
+    .bind(id.0)
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(event_from_row).transpose()
+}
+
+/// Target counts by state for each of `events`.
+pub async fn target_counts(
+    db: impl PgExecutor<'_>,
+    events: &[EventId],
+) -> Result<BTreeMap<EventId, BTreeMap<String, i64>>, StoreError> {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.0).collect();
+    let rows = sqlx::query(
+        "SELECT event_id, state, count(*) FROM curtailment_target WHERE event_id = ANY($1) GROUP BY event_id, state",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?;
+    let mut out: BTreeMap<EventId, BTreeMap<String, i64>> = BTreeMap::new();
+    for r in rows {
+        out.entry(EventId(r.get(0))).or_default().insert(r.get(1), r.get(2));
+    }
+    Ok(out)
+}
+
+/// One page of an org's events, newest first, after the keyset cursor `before` (an event id).
+pub async fn list_events(
+    db: impl PgExecutor<'_>,
+    org: OrgId,
+    state: Option<EventState>,
+    before: Option<EventId>,
+    limit: i64,
+) -> Result<Vec<EventRow>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM curtailment_event
+         WHERE org_id = $1 AND ($2::text IS NULL OR state = $2) AND ($3::uuid IS NULL OR id < $3)
+         ORDER BY id DESC LIMIT $4"
+    ))
+    .bind(org.0)
+    .bind(state.map(|s| s.as_str()))
+    .bind(before.map(|b| b.0))
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// Events the reconciler drives.
+pub async fn live_events(db: impl PgExecutor<'_>) -> Result<Vec<EventRow>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM curtailment_event WHERE state IN ('pending', 'active', 'restoring') ORDER BY id"
+    ))
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// Compare-and-set on an event's state. Returns the updated row, or `None` if it was not in
+/// `from` (a lost race). Sets the timestamp that belongs to the new state.
+pub async fn transition_event(
+    conn: &mut PgConnection,
+    event: &EventRow,
+    from: EventState,
+    to: EventState,
+    actor: &str,
+    reason: Option<&str>,
+) -> Result<Option<EventRow>, StoreError> {
+    debug_assert!(from.can_transition(to), "{from} -> {to}");
+    let row = sqlx::query(&format!(
+        "UPDATE curtailment_event SET state = $3, updated_at = now(),
+            activated_at = CASE WHEN $3 = 'active' THEN now() ELSE activated_at END,
+            restore_started_at = CASE WHEN $3 = 'restoring' THEN now() ELSE restore_started_at END,
+            stop_reason = CASE WHEN $3 = 'restoring' THEN COALESCE($4, stop_reason) ELSE stop_reason END,
+            ended_at = CASE WHEN $3 IN ('completed', 'completed_with_failures', 'cancelled', 'failed')
+                            THEN now() ELSE ended_at END
+         WHERE id = $1 AND state = $2
+         RETURNING {EVENT_COLUMNS}"
+    ))
+    .bind(event.id.0)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(reason)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let updated = event_from_row(&row)?;
+    log_event_transition(&mut *conn, &updated, Some(from), to, actor, reason).await?;
+    Ok(Some(updated))
+}
+
+/// Stop's target sweep, in the caller's transaction after the event moved to `restoring`:
+/// never-sent targets (no batch ever stamped) end `restored` at once; everything that may have been touched (including
+/// failed targets that received a command) goes to `restore_pending`. A failed target whose device
+/// another live event has since claimed is left alone: that event owns the miner now.
+pub async fn sweep_targets_for_restore(conn: &mut PgConnection, event: EventId, actor: &str) -> Result<(), StoreError> {
+    sqlx::query(
+        "WITH moved AS (
+            UPDATE curtailment_target t SET
+                state = CASE WHEN t.state = 'pending' AND t.last_batch_id IS NULL THEN 'restored'
+                             ELSE 'restore_pending' END,
+                retry_count = 0, updated_at = now()
+            FROM curtailment_target old
+            WHERE t.event_id = $1 AND old.event_id = t.event_id AND old.device_id = t.device_id
+              AND (t.state IN ('pending', 'dispatching', 'dispatched', 'confirmed', 'drifted')
+                   OR (t.state = 'failed' AND t.last_batch_id IS NOT NULL
+                       AND NOT EXISTS (SELECT 1 FROM curtailment_target o WHERE o.device_id = t.device_id
+                                       AND o.event_id <> t.event_id
+                                       AND o.state NOT IN ('failed', 'restored', 'restore_failed'))))
+            RETURNING t.org_id, t.device_id, old.state AS from_state, t.state AS to_state)
+         INSERT INTO event_transition (org_id, event_id, device_id, from_state, to_state, actor, reason)
+         SELECT org_id, $1, device_id, from_state, to_state, $2, 'stop' FROM moved",
+    )
+    .bind(event.0)
+    .bind(actor)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A target as the reconciler sees it: its row, its device's address and site, and the device's
+/// latest sample.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetRow {
+    pub device_id: DeviceId,
+    pub site_id: SiteId,
+    pub address: String,
+    pub state: TargetState,
+    pub baseline_power_w: f64,
+    pub retry_count: u32,
+    pub last_batch_id: Option<BatchId>,
+    pub prior_power_limit_w: Option<f64>,
+    pub dispatched_at: Option<DateTime<Utc>>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+    pub sample: Option<Sample>,
+    /// The device row is gone or moved out of the event's org.
+    pub device_missing: bool,
+}
+
+/// Every target of one event, loaded once per pass and passed through its phases.
+pub async fn targets(db: impl PgExecutor<'_>, event: EventId) -> Result<Vec<TargetRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT t.device_id, t.site_id, d.address, t.state, t.baseline_power_w, t.retry_count, t.last_batch_id,
+                t.prior_power_limit_w, t.dispatched_at, t.confirmed_at, t.updated_at,
+                s.reachable, s.power_w, s.hashrate_ths, s.sampled_at, d.id IS NULL AS missing
+         FROM curtailment_target t
+         LEFT JOIN device d ON d.id = t.device_id AND d.org_id = t.org_id
+         LEFT JOIN device_state s ON s.device_id = t.device_id
+         WHERE t.event_id = $1
+         ORDER BY t.site_id, t.baseline_power_w DESC, t.device_id",
+    )
+    .bind(event.0)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let state: String = r.get("state");
+            let sample = match (
+                r.get::<Option<bool>, _>("reachable"),
+                r.get::<Option<f64>, _>("power_w"),
+                r.get::<Option<f64>, _>("hashrate_ths"),
+                r.get::<Option<DateTime<Utc>>, _>("sampled_at"),
+            ) {
+                (Some(true), Some(power_w), Some(hashrate_ths), Some(sampled_at)) => {
+                    Some(Sample { power_w, hashrate_ths, sampled_at })
+                }
+                _ => None,
+            };
+            Ok(TargetRow {
+                device_id: DeviceId(r.get("device_id")),
+                site_id: SiteId(r.get("site_id")),
+                address: r.get::<Option<String>, _>("address").unwrap_or_default(),
+                state: state.parse().map_err(|e: ebb_domain::state::UnknownState| StoreError::Encode(e.to_string()))?,
+                baseline_power_w: r.get("baseline_power_w"),
+                retry_count: r.get::<i32, _>("retry_count") as u32,
+                last_batch_id: r.get::<Option<Uuid>, _>("last_batch_id").map(BatchId),
+                prior_power_limit_w: r.get("prior_power_limit_w"),
+                dispatched_at: r.get("dispatched_at"),
+                confirmed_at: r.get("confirmed_at"),
+                updated_at: r.get("updated_at"),
+                sample,
+                device_missing: r.get("missing"),
+            })
+        })
+        .collect()
+}
+
+/// What else changes with a target's state.
+#[derive(Clone, Debug, Default)]
+pub struct TargetChange<'a> {
+    /// Stamp this batch id (on `dispatching`).
+    pub batch: Option<BatchId>,
+    pub set_dispatched_at: bool,
+    pub set_confirmed_at: bool,
+    pub retry: Retry,
+    pub flap: bool,
+    /// `Some(None)` clears the last error.
+    pub error: Option<Option<&'a str>>,
+    /// Only move targets whose latest batch is this one (a result for an older batch is stale).
+    pub expect_batch: Option<BatchId>,
+}
+
+/// What happens to the retry counter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Retry {
+    #[default]
+    Keep,
+    /// One more attempt was spent.
+    Spend,
+    /// The target (re)confirmed: a new episode starts.
+    Reset,
+}
+
+/// Compare-and-set for many targets of one event from one state to another. Returns the devices
+/// that moved; the others were not in `from` (lost races) and are left untouched.
+pub async fn transition_targets(
+    db: impl PgExecutor<'_>,
+    event: EventId,
+    devices: &[DeviceId],
+    from: TargetState,
+    to: TargetState,
+    change: &TargetChange<'_>,
+    actor: &str,
+) -> Result<Vec<DeviceId>, StoreError> {
+    debug_assert!(from.can_transition(to), "{from} -> {to}");
+    if devices.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = devices.iter().map(|d| d.0).collect();
+    let (set_error, error) = match change.error {
+        None => (false, None),
+        Some(e) => (true, e),
+    };
+    let rows = sqlx::query(
+        "WITH moved AS (
+            UPDATE curtailment_target SET state = $4, updated_at = now(),
+                last_batch_id = COALESCE($5, last_batch_id),
+                dispatched_at = CASE WHEN $6 THEN now() ELSE dispatched_at END,
+                confirmed_at = CASE WHEN $7 THEN now() ELSE confirmed_at END,
+                retry_count = CASE $8 WHEN 'spend' THEN retry_count + 1 WHEN 'reset' THEN 0 ELSE retry_count END,
+                flap_count = flap_count + CASE WHEN $9 THEN 1 ELSE 0 END,
+                last_error = CASE WHEN $10 THEN $11 ELSE last_error END
+            WHERE event_id = $1 AND device_id = ANY($2) AND state = $3
+              AND ($13::uuid IS NULL OR last_batch_id = $13)
+            RETURNING org_id, device_id)
+         INSERT INTO event_transition (org_id, event_id, device_id, from_state, to_state, actor, reason)
+         SELECT org_id, $1, device_id, $3, $4, $12, $11 FROM moved
+         RETURNING device_id",
+    )
+    .bind(event.0)
+    .bind(&ids)
+    .bind(from.as_str())
+    .bind(to.as_str())
+    .bind(change.batch.map(|b| b.0))
+    .bind(change.set_dispatched_at)
+    .bind(change.set_confirmed_at)
+    .bind(match change.retry {
+        Retry::Keep => "keep",
+        Retry::Spend => "spend",
+        Retry::Reset => "reset",
+    })
+    .bind(change.flap)
+    .bind(set_error)
+    .bind(error)
+    .bind(actor)
+    .bind(change.expect_batch.map(|b| b.0))
+    .fetch_all(db)
+    .await?;
+    Ok(rows.iter().map(|r| DeviceId(r.get(0))).collect())
+}
+
+/// Stamps `dispatching` on targets of a live event before their batch is published
+/// (DESIGN §5.1). The event row is held `FOR SHARE` for the transaction, so an admin terminate
+/// (which takes it `FOR UPDATE`) cannot interleave; a terminal event stamps nothing.
+pub async fn stamp_dispatching(
+    conn: &mut PgConnection,
+    event: EventId,
+    devices: &[DeviceId],
+    from: TargetState,
+    to: TargetState,
+    batch: BatchId,
+    retry: Retry,
+    actor: &str,
+) -> Result<Vec<DeviceId>, StoreError> {
+    let state: Option<String> = sqlx::query_scalar("SELECT state FROM curtailment_event WHERE id = $1 FOR SHARE")
+        .bind(event.0)
+        .fetch_optional(&mut *conn)
+        .await?;
+    let live = state
+        .and_then(|s| s.parse::<EventState>().ok())
+        .is_some_and(|s| !s.is_terminal());
+    if !live {
+        return Ok(Vec::new());
+    }
+    let change = TargetChange { batch: Some(batch), retry, ..Default::default() };
+    transition_targets(&mut *conn, event, devices, from, to, &change, actor).await
+}
+
+/// Records the power limit each miner had before its curtail, as the agent reported it.
+pub async fn record_prior_power_limits(
+    db: impl PgExecutor<'_>,
+    event: EventId,
+    limits: &[(DeviceId, f64)],
+) -> Result<(), StoreError> {
+    if limits.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = limits.iter().map(|l| l.0.0).collect();
+    let w: Vec<f64> = limits.iter().map(|l| l.1).collect();
+    sqlx::query(
+        "UPDATE curtailment_target t SET prior_power_limit_w = u.w
+         FROM unnest($2::uuid[], $3::float8[]) AS u(id, w)
+         WHERE t.event_id = $1 AND t.device_id = u.id AND t.prior_power_limit_w IS NULL",
+    )
+    .bind(event.0)
+    .bind(&ids)
+    .bind(&w)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Marks the time of the latest restore batch (the pacing gate reads it).
+pub async fn mark_restore_batch(db: impl PgExecutor<'_>, event: EventId, at: DateTime<Utc>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE curtailment_event SET last_restore_batch_at = $2, updated_at = now() WHERE id = $1")
+        .bind(event.0)
+        .bind(at)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// The event a batch belongs to, found from a result message.
+pub async fn event_of_batch(db: &PgPool, batch: BatchId) -> Result<Option<EventId>, StoreError> {
+    let id: Option<Uuid> =
+        sqlx::query_scalar("SELECT event_id FROM curtailment_target WHERE last_batch_id = $1 LIMIT 1")
+            .bind(batch.0)
+            .fetch_optional(db)
+            .await?;
+    Ok(id.map(EventId))
+}
+
+/// Queues the `ebb.event.<org>.<event>` notice for a state change, in the caller's transaction.
+pub async fn announce(
+    conn: &mut PgConnection,
+    event: &EventRow,
+    from: Option<EventState>,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    let notice = ebb_bus::EventNotice {
+        event_id: event.id,
+        state: event.state,
+        from,
+        reason: reason.map(str::to_owned),
+        targets: BTreeMap::new(),
+    };
+    let payload = ebb_bus::encode(&ebb_bus::Envelope::new(Some(event.org_id), notice))
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+    let subject = ebb_bus::subjects::event(event.org_id, event.id);
+    crate::outbox::enqueue(conn, Some(event.org_id), &subject, &payload).await?;
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! The reconciler drives curtailment events and their targets through their state machines
+//! (DESIGN §5). Exactly one instance acts at a time: the holder of a PostgreSQL advisory lock. The
+//! leader is woken by command results and telemetry, with a slow safety tick, and after every pass
+//! it bumps a heartbeat row that an alert can read. Everything it knows is in the database, so a
+//! new leader resumes where the last one stopped, including targets orphaned in `dispatching`.
+
+pub mod config;
+mod intake;
+mod pass;
+
+pub use config::ReconcilerConfig;
+
+use anyhow::Context;
+use async_nats::jetstream;
+use ebb_store::PgPool;
+use sqlx::{Connection, PgConnection};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// The advisory lock key that elects the leader ("ebb_rec1").
+pub const LEADER_LOCK_KEY: i64 = 0x6562_625f_7265_6331;
+/// The heartbeat row's name.
+pub const HEARTBEAT: &str = "reconciler";
+
+/// Test-only fault injection: lets a test stop the leader at a precise point.
+#[doc(hidden)]
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Called after a batch was stamped `dispatching` and before it is published. If it returns
+    /// `true`, the pass stops there and never returns, as if the process died.
+    pub after_stamp: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+}
+
+/// Starts the reconciler and runs until `shutdown`: waits to become leader, leads until the lock
+/// is lost, then waits again.
+pub async fn run(config: ReconcilerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    run_with_hooks(config, Hooks::default(), shutdown).await
+}
+
+#[doc(hidden)]
+pub async fn run_with_hooks(config: ReconcilerConfig, hooks: Hooks, shutdown: CancellationToken) -> anyhow::Result<()> {
+    if let Err(errs) = config.validate() {
+        anyhow::bail!("invalid reconciler config: {}", errs.join("; "));
+    }
+    let holder = config.holder_name();
+    tracing::info!(config = ?config, holder, "reconciler starting");
+    let pool = ebb_store::connect(config.database_url.expose(), config.db_connections)
+        .await
+        .context("connecting to postgresql")?;
+    let client = ebb_bus::connect(&config.nats_url, "ebb-reconciler").await.context("connecting to nats")?;
+    let js = jetstream::new(client);
+    ebb_bus::streams::ensure_streams(&js).await.map_err(|e| anyhow::anyhow!("creating streams: {e}"))?;
+
+    while !shutdown.is_cancelled() {
+        let lock = match try_lock(config.database_url.expose()).await {
+            Ok(Some(conn)) => conn,
+            Ok(None) => {
+                metrics::gauge!(ebb_obs::names::RECONCILER_IS_LEADER).set(0.0);
+                sleep_or_cancel(Duration::from_millis(config.standby_poll_ms), &shutdown).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not try the leader lock");
+                sleep_or_cancel(Duration::from_millis(config.standby_poll_ms), &shutdown).await;
+                continue;
+            }
+        };
+        tracing::info!(holder, "became reconciler leader");
+        metrics::gauge!(ebb_obs::names::RECONCILER_IS_LEADER).set(1.0);
+        let result = lead(&config, &hooks, &holder, pool.clone(), js.clone(), lock, shutdown.clone()).await;
+        metrics::gauge!(ebb_obs::names::RECONCILER_IS_LEADER).set(0.0);
+        match result {
+            Ok(()) => tracing::info!(holder, "stopped leading"),
+            Err(e) => tracing::warn!(holder, error = ?e, "lost leadership"),
+        }
+    }
+    Ok(())
+}
+
+async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}
+
+/// Tries the leader lock on a dedicated connection; the lock lives exactly as long as it.
+async fn try_lock(url: &str) -> Result<Option<PgConnection>, sqlx::Error> {
+    let mut conn = PgConnection::connect(url).await?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LEADER_LOCK_KEY).fetch_one(&mut conn).await?;
+    if got { Ok(Some(conn)) } else { Ok(None) }
+}
+
+/// One leadership term: intake tasks feed the pass loop until shutdown or the lock connection
+/// fails. Intake tasks are owned by a tracker and drained before returning.
+async fn lead(
+    config: &ReconcilerConfig,
+    hooks: &Hooks,
+    holder: &str,
+    pool: PgPool,
+    js: jetstream::Context,
+    mut lock: PgConnection,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let term = shutdown.child_token();
+    let wake = Arc::new(Notify::new());
+    // Results are applied by the pass loop itself, so a result can never interleave with a
+    // stamp → publish → mark-dispatched sequence.
+    let (results_tx, mut results_rx) = mpsc::channel(intake::RESULT_QUEUE);
+    let tasks = TaskTracker::new();
+    tasks.spawn(intake::results(js.clone(), results_tx, wake.clone(), term.clone()));
+    tasks.spawn(intake::telemetry(js.clone(), pool.clone(), wake.clone(), term.clone()));
+    tasks.close();
+
+    let mut reconciler = pass::Reconciler::new(config, hooks.clone(), pool.clone(), js);
+    let tick = Duration::from_millis(config.tick_ms);
+    let outcome = loop {
+        // The lock connection is the fence: if it is gone, so is the lock.
+        if let Err(e) = sqlx::query("SELECT 1").execute(&mut lock).await {
+            break Err(anyhow::Error::new(e).context("leader lock connection failed"));
+        }
+        let mut results = Vec::new();
+        while let Ok(r) = results_rx.try_recv() {
+            results.push(r);
+        }
+        let next = reconciler.pass(results).await;
+        // Liveness is freshness, not query health: beat even if the pass failed.
+        if let Err(e) = ebb_store::heartbeat::beat(&pool, HEARTBEAT, holder).await {
+            tracing::warn!(error = ?e, "heartbeat write failed");
+        }
+        let sleep = next.map_or(tick, |n| n.min(tick));
+        tokio::select! {
+            _ = term.cancelled() => break Ok(()),
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(sleep) => {}
+        }
+    };
+    term.cancel();
+    tasks.wait().await;
+    drop(lock);
+    outcome
+}
