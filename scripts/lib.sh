@@ -1,0 +1,189 @@
+# shellcheck shell=bash
+# Shell helpers shared by scripts/test and scripts/dev. Source it, don't run it:
+#
+#   . "$(dirname "$0")/lib.sh"
+#
+# ensure_* make sure a tool is installed (installing the Debian package when running as root,
+# otherwise printing the command to run) and never fail silently. pg_* manage a throwaway
+# PostgreSQL cluster in a directory; as root, postgres runs as `nobody` because it refuses root.
+
+set -euo pipefail
+
+# Settings for a cluster that only lives for a test run: durability traded for speed.
+# shellcheck disable=SC2034 # used by the scripts that source this file
+PG_FAST_SETTINGS=(fsync=off full_page_writes=off synchronous_commit=off max_connections=500)
+
+log() { printf '==> %s\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die() {
+	printf 'error: %s\n' "$*" >&2
+	exit 1
+}
+
+# run_logged CMD...: prints CMD, then runs it.
+run_logged() {
+	log "$*"
+	"$@"
+}
+
+is_root() { [ "$(id -u)" -eq 0 ]; }
+
+# install_package PACKAGE BINARY: installs PACKAGE with apt-get as root, else says how and exits.
+install_package() {
+	local package=$1 binary=$2
+	if ! is_root; then
+		die "$binary not found; install it with: sudo apt-get install -y $package"
+	fi
+	if ! command -v apt-get >/dev/null; then
+		die "$binary not found and apt-get is not available; install the $package package"
+	fi
+	log "$binary not found; installing the Debian package $package"
+	# The lock timeout waits for another apt run (e.g. unattended upgrades) instead of failing.
+	apt-get -o DPkg::Lock::Timeout=600 update -qq >&2 ||
+		die "apt-get update failed; install $package by hand: apt-get install -y $package"
+	DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "$package" >&2 ||
+		die "apt-get install $package failed; install it by hand: apt-get install -y $package"
+}
+
+# ensure_rust: cargo must be on PATH.
+ensure_rust() {
+	if ! command -v cargo >/dev/null; then
+		[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+	fi
+	command -v cargo >/dev/null ||
+		die "cargo not found; install Rust with rustup: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh"
+}
+
+# ensure_nats_server: nats-server on PATH, or EBB_NATS_SERVER naming an executable.
+ensure_nats_server() {
+	if [ -n "${EBB_NATS_SERVER:-}" ]; then
+		[ -x "$EBB_NATS_SERVER" ] ||
+			die "EBB_NATS_SERVER=$EBB_NATS_SERVER is not an executable file (unset it to use nats-server from PATH)"
+		return 0
+	fi
+	command -v nats-server >/dev/null && return 0
+	install_package nats-server nats-server
+	command -v nats-server >/dev/null || die "nats-server is still not on PATH after installing nats-server"
+}
+
+# find_pg_bindir: prints the directory holding initdb, postgres and pg_ctl: EBB_PG_BINDIR, else
+# PATH, else the newest /usr/lib/postgresql/*/bin (where Debian puts them, off PATH).
+find_pg_bindir() {
+	local dir candidates=()
+	if [ -n "${EBB_PG_BINDIR:-}" ]; then
+		candidates=("$EBB_PG_BINDIR")
+	else
+		if command -v initdb >/dev/null; then
+			candidates+=("$(dirname "$(command -v initdb)")")
+		fi
+		while IFS= read -r dir; do
+			candidates+=("$dir")
+		done < <(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -t/ -k5,5 -n -r)
+	fi
+	for dir in "${candidates[@]}"; do
+		if [ -x "$dir/initdb" ] && [ -x "$dir/postgres" ] && [ -x "$dir/pg_ctl" ]; then
+			printf '%s\n' "$dir"
+			return 0
+		fi
+	done
+	return 1
+}
+
+# ensure_postgres: initdb, postgres and pg_ctl on PATH (adding Debian's bindir if needed).
+ensure_postgres() {
+	local dir
+	if [ -n "${EBB_PG_BINDIR:-}" ]; then
+		dir=$(find_pg_bindir) ||
+			die "EBB_PG_BINDIR=$EBB_PG_BINDIR does not contain initdb, postgres and pg_ctl"
+	elif ! dir=$(find_pg_bindir); then
+		install_package postgresql initdb
+		dir=$(find_pg_bindir) ||
+			die "initdb/postgres/pg_ctl still not found on PATH or in /usr/lib/postgresql/*/bin after installing postgresql"
+	fi
+	case ":$PATH:" in
+	*":$dir:"*) ;;
+	*) export PATH="$dir:$PATH" ;;
+	esac
+}
+
+# as_pg_user CMD...: runs CMD as the current user, or as `nobody` when root (postgres refuses
+# to run as root).
+as_pg_user() {
+	if ! is_root; then
+		"$@"
+	elif command -v setpriv >/dev/null; then
+		setpriv --reuid="$(id -u nobody)" --regid="$(id -g nobody)" --clear-groups -- "$@"
+	elif command -v runuser >/dev/null; then
+		runuser -u nobody -- "$@"
+	else
+		die "running as root, and neither setpriv nor runuser (package util-linux) is available to run postgres as nobody"
+	fi
+}
+
+# pg_init DIR: creates a cluster in DIR/data (trust auth, superuser `postgres`, UTF8).
+pg_init() {
+	local dir=$1
+	mkdir -p "$dir"
+	if is_root; then chown "$(id -u nobody):$(id -g nobody)" "$dir"; fi
+	if ! (cd "$dir" && as_pg_user initdb -D "$dir/data" -A trust -U postgres -E UTF8 --locale=C \
+		--no-sync --no-instructions >"$dir/initdb.log" 2>&1); then
+		cat "$dir/initdb.log" >&2
+		die "initdb failed (log above)"
+	fi
+}
+
+# pg_start DIR [SETTING...]: starts the cluster in DIR on a free loopback port, with its unix
+# socket in DIR and its log in DIR/postgres.log, and sets PG_PORT. Retries if the port is taken.
+pg_start() {
+	local dir=$1 attempt port opts setting
+	shift
+	for attempt in 1 2 3 4 5; do
+		port=$(pick_port)
+		opts="-h 127.0.0.1 -p $port -k '$dir'"
+		for setting in "$@"; do
+			opts+=" -c $setting"
+		done
+		: >"$dir/postgres.log"
+		if is_root; then chown "$(id -u nobody):$(id -g nobody)" "$dir/postgres.log"; fi
+		if (cd "$dir" && as_pg_user pg_ctl -D "$dir/data" -l "$dir/postgres.log" -w -t 60 -o "$opts" start >/dev/null); then
+			# shellcheck disable=SC2034 # the caller's result
+			PG_PORT=$port
+			return 0
+		fi
+		grep -qE 'could not bind|Address already in use' "$dir/postgres.log" || break
+		warn "port $port is taken (attempt $attempt), trying another"
+	done
+	tail -n 30 "$dir/postgres.log" >&2
+	die "postgres did not start (log above, from $dir/postgres.log)"
+}
+
+# pg_stop DIR: immediate shutdown; quiet if it is not running.
+pg_stop() {
+	local dir=$1
+	[ -f "$dir/data/postmaster.pid" ] || return 0
+	(cd "$dir" && as_pg_user pg_ctl -D "$dir/data" -m immediate -w stop >/dev/null 2>&1) || true
+}
+
+# pick_port: a random port in 20000-59999 that nothing on 127.0.0.1 answers on.
+pick_port() {
+	local port
+	while :; do
+		port=$((20000 + RANDOM % 40000))
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			printf '%s\n' "$port"
+			return 0
+		fi
+	done
+}
+
+# fast_tmp_parent: /dev/shm when it has at least 1 GiB free (tmpfs makes CREATE DATABASE ~5x
+# faster), else ${TMPDIR:-/tmp}. Docker's default /dev/shm is only 64 MiB.
+fast_tmp_parent() {
+	local free_kib
+	free_kib=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }') || free_kib=0
+	if [ -w /dev/shm ] && [ "${free_kib:-0}" -ge 1048576 ] 2>/dev/null; then
+		printf '/dev/shm\n'
+	else
+		printf '%s\n' "${TMPDIR:-/tmp}"
+	fi
+}

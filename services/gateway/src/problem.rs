@@ -1,0 +1,127 @@
+//! `application/problem+json` (RFC 9457) errors. One closed table maps each error kind to its
+//! status and stable `type`; internal error text never reaches a client (it is logged once).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ebb_bus::{RpcError, RpcErrorKind};
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// A problem response.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub title: &'static str,
+    pub status: u16,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub skipped: BTreeMap<String, u32>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+/// Every kind of error the API returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    InvalidArgument,
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    Conflict,
+    FailedPrecondition,
+    InsufficientLoad,
+    EmptyPlan,
+    Unavailable,
+    Internal,
+}
+
+impl Kind {
+    /// The closed mapping: status, `type`, title.
+    pub fn describe(self) -> (StatusCode, &'static str, &'static str) {
+        use Kind::*;
+        match self {
+            InvalidArgument => (StatusCode::BAD_REQUEST, "https://ebb.dev/problems/invalid-argument", "Invalid argument"),
+            Unauthenticated => (StatusCode::UNAUTHORIZED, "https://ebb.dev/problems/unauthenticated", "Unauthenticated"),
+            PermissionDenied => (StatusCode::FORBIDDEN, "https://ebb.dev/problems/permission-denied", "Permission denied"),
+            NotFound => (StatusCode::NOT_FOUND, "https://ebb.dev/problems/not-found", "Not found"),
+            Conflict => (StatusCode::CONFLICT, "https://ebb.dev/problems/conflict", "Conflict"),
+            FailedPrecondition => (StatusCode::CONFLICT, "https://ebb.dev/problems/failed-precondition", "Failed precondition"),
+            InsufficientLoad => (StatusCode::UNPROCESSABLE_ENTITY, "https://ebb.dev/problems/insufficient-load", "Insufficient load"),
+            EmptyPlan => (StatusCode::UNPROCESSABLE_ENTITY, "https://ebb.dev/problems/empty-plan", "No eligible devices"),
+            Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "https://ebb.dev/problems/unavailable", "Service unavailable"),
+            Internal => (StatusCode::INTERNAL_SERVER_ERROR, "https://ebb.dev/problems/internal", "Internal error"),
+        }
+    }
+}
+
+impl Problem {
+    pub fn new(kind: Kind, detail: impl Into<String>) -> Self {
+        let (status, t, title) = kind.describe();
+        Self {
+            kind: t,
+            title,
+            status: status.as_u16(),
+            detail: detail.into(),
+            errors: Vec::new(),
+            skipped: BTreeMap::new(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self {
+            errors: vec![FieldError { field: field.to_owned(), message: message.clone() }],
+            ..Self::new(Kind::InvalidArgument, format!("{field}: {message}"))
+        }
+    }
+
+    /// Logs `err` in full and returns a problem that does not leak it.
+    pub fn internal(err: impl std::fmt::Debug) -> Self {
+        tracing::error!(error = ?err, "internal error");
+        Self::new(Kind::Internal, "an internal error occurred")
+    }
+}
+
+impl From<RpcError> for Problem {
+    fn from(e: RpcError) -> Self {
+        let kind = match e.kind {
+            RpcErrorKind::InvalidArgument => Kind::InvalidArgument,
+            RpcErrorKind::InsufficientLoad => Kind::InsufficientLoad,
+            RpcErrorKind::EmptyPlan => Kind::EmptyPlan,
+            RpcErrorKind::NotFound => Kind::NotFound,
+            RpcErrorKind::FailedPrecondition => Kind::FailedPrecondition,
+            RpcErrorKind::PermissionDenied => Kind::PermissionDenied,
+            RpcErrorKind::Conflict => Kind::Conflict,
+            RpcErrorKind::Unavailable => Kind::Unavailable,
+            // The planner logged the cause; its message is already generic.
+            RpcErrorKind::Internal => return Problem::new(Kind::Internal, "an internal error occurred"),
+        };
+        let mut p = Problem::new(kind, e.message.clone());
+        if let Some(f) = e.field {
+            p.errors.push(FieldError { field: f.clone(), message: e.message });
+        }
+        p.skipped = e.skipped;
+        p.extra = e.detail;
+        p
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (status, Json(self)).into_response();
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        r
+    }
+}
