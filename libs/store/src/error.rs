@@ -43,7 +43,9 @@ impl StoreError {
         if let sqlx::Error::Database(db) = &e
             && db.code().as_deref() == Some(UNIQUE_VIOLATION)
         {
-            return StoreError::Unique { constraint: db.constraint().unwrap_or_default().to_owned() };
+            return StoreError::Unique {
+                constraint: db.constraint().unwrap_or_default().to_owned(),
+            };
         }
         if matches!(e, sqlx::Error::RowNotFound) {
             return StoreError::NotFound;
@@ -55,7 +57,10 @@ impl StoreError {
 pub(crate) fn is_retryable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {
-            matches!(db.code().as_deref(), Some(SERIALIZATION_FAILURE) | Some(DEADLOCK_DETECTED))
+            matches!(
+                db.code().as_deref(),
+                Some(SERIALIZATION_FAILURE) | Some(DEADLOCK_DETECTED)
+            )
         }
         _ => false,
     }

@@ -54,7 +54,9 @@ fn event_from_row(r: &sqlx::postgres::PgRow) -> Result<EventRow, StoreError> {
     Ok(EventRow {
         id: EventId(r.get("id")),
         org_id: OrgId(r.get("org_id")),
-        state: state.parse().map_err(|e: ebb_domain::state::UnknownState| StoreError::Encode(e.to_string()))?,
+        state: state
+            .parse()
+            .map_err(|e: ebb_domain::state::UnknownState| StoreError::Encode(e.to_string()))?,
         mode: r.get("mode"),
         mode_params: r.get("mode_params"),
         command: serde_json::from_value(command).map_err(|e| StoreError::Encode(e.to_string()))?,
@@ -107,7 +109,11 @@ pub struct NewEvent {
 /// Inserts the event and all its targets (pending, baseline from the selection) in the caller's
 /// transaction. A device already held by another live event fails the whole insert with the
 /// exclusivity constraint, so two concurrent Starts can never claim the same miner.
-pub async fn insert_event(conn: &mut PgConnection, e: &NewEvent, targets: &[Selected]) -> Result<EventRow, StoreError> {
+pub async fn insert_event(
+    conn: &mut PgConnection,
+    e: &NewEvent,
+    targets: &[Selected],
+) -> Result<EventRow, StoreError> {
     let command = serde_json::to_value(e.command).map_err(|x| StoreError::Encode(x.to_string()))?;
     let row = sqlx::query(&format!(
         "INSERT INTO curtailment_event (id, org_id, state, mode, mode_params, command, scope, priority, reason,
@@ -156,7 +162,15 @@ pub async fn insert_event(conn: &mut PgConnection, e: &NewEvent, targets: &[Sele
     .await
     .map_err(StoreError::classify)?;
 
-    log_event_transition(&mut *conn, &event, None, EventState::Pending, &e.source_actor, Some(&e.reason)).await?;
+    log_event_transition(
+        &mut *conn,
+        &event,
+        None,
+        EventState::Pending,
+        &e.source_actor,
+        Some(&e.reason),
+    )
+    .await?;
     Ok(event)
 }
 
@@ -243,17 +257,27 @@ pub async fn find_replay(
     Ok(None)
 }
 
-pub async fn get_event(db: impl PgExecutor<'_>, org: OrgId, id: EventId) -> Result<Option<EventRow>, StoreError> {
-    let row = sqlx::query(&format!("SELECT {EVENT_COLUMNS} FROM curtailment_event WHERE org_id = $1 AND id = $2"))
-        .bind(org.0)
-        .bind(id.0)
-        .fetch_optional(db)
-        .await?;
+pub async fn get_event(
+    db: impl PgExecutor<'_>,
+    org: OrgId,
+    id: EventId,
+) -> Result<Option<EventRow>, StoreError> {
+    let row = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM curtailment_event WHERE org_id = $1 AND id = $2"
+    ))
+    .bind(org.0)
+    .bind(id.0)
+    .fetch_optional(db)
+    .await?;
     row.as_ref().map(event_from_row).transpose()
 }
 
 /// Locks an event row for a state change (`FOR UPDATE`).
-pub async fn lock_event(conn: &mut PgConnection, org: OrgId, id: EventId) -> Result<Option<EventRow>, StoreError> {
+pub async fn lock_event(
+    conn: &mut PgConnection,
+    org: OrgId,
+    id: EventId,
+) -> Result<Option<EventRow>, StoreError> {
     let row = sqlx::query(&format!(
         "SELECT {EVENT_COLUMNS} FROM curtailment_event WHERE org_id = $1 AND id = $2 FOR UPDATE"
     ))
@@ -278,7 +302,9 @@ pub async fn target_counts(
     .await?;
     let mut out: BTreeMap<EventId, BTreeMap<String, i64>> = BTreeMap::new();
     for r in rows {
-        out.entry(EventId(r.get(0))).or_default().insert(r.get(1), r.get(2));
+        out.entry(EventId(r.get(0)))
+            .or_default()
+            .insert(r.get(1), r.get(2));
     }
     Ok(out)
 }
@@ -352,7 +378,11 @@ pub async fn transition_event(
 /// never-sent targets (no batch ever stamped) end `restored` at once; everything that may have been touched (including
 /// failed targets that received a command) goes to `restore_pending`. A failed target whose device
 /// another live event has since claimed is left alone: that event owns the miner now.
-pub async fn sweep_targets_for_restore(conn: &mut PgConnection, event: EventId, actor: &str) -> Result<(), StoreError> {
+pub async fn sweep_targets_for_restore(
+    conn: &mut PgConnection,
+    event: EventId,
+    actor: &str,
+) -> Result<(), StoreError> {
     sqlx::query(
         "WITH moved AS (
             UPDATE curtailment_target t SET
@@ -398,7 +428,10 @@ pub struct TargetRow {
 }
 
 /// Every target of one event, loaded once per pass and passed through its phases.
-pub async fn targets(db: impl PgExecutor<'_>, event: EventId) -> Result<Vec<TargetRow>, StoreError> {
+pub async fn targets(
+    db: impl PgExecutor<'_>,
+    event: EventId,
+) -> Result<Vec<TargetRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT t.device_id, t.site_id, d.address, t.state, t.baseline_power_w, t.retry_count, t.last_batch_id,
                 t.prior_power_limit_w, t.dispatched_at, t.confirmed_at, t.updated_at,
@@ -421,16 +454,22 @@ pub async fn targets(db: impl PgExecutor<'_>, event: EventId) -> Result<Vec<Targ
                 r.get::<Option<f64>, _>("hashrate_ths"),
                 r.get::<Option<DateTime<Utc>>, _>("sampled_at"),
             ) {
-                (Some(true), Some(power_w), Some(hashrate_ths), Some(sampled_at)) => {
-                    Some(Sample { power_w, hashrate_ths, sampled_at })
-                }
+                (Some(true), Some(power_w), Some(hashrate_ths), Some(sampled_at)) => Some(Sample {
+                    power_w,
+                    hashrate_ths,
+                    sampled_at,
+                }),
                 _ => None,
             };
             Ok(TargetRow {
                 device_id: DeviceId(r.get("device_id")),
                 site_id: SiteId(r.get("site_id")),
                 address: r.get::<Option<String>, _>("address").unwrap_or_default(),
-                state: state.parse().map_err(|e: ebb_domain::state::UnknownState| StoreError::Encode(e.to_string()))?,
+                state: state
+                    .parse()
+                    .map_err(|e: ebb_domain::state::UnknownState| {
+                        StoreError::Encode(e.to_string())
+                    })?,
                 baseline_power_w: r.get("baseline_power_w"),
                 retry_count: r.get::<i32, _>("retry_count") as u32,
                 last_batch_id: r.get::<Option<Uuid>, _>("last_batch_id").map(BatchId),
@@ -542,17 +581,22 @@ pub async fn stamp_dispatching(
     retry: Retry,
     actor: &str,
 ) -> Result<Vec<DeviceId>, StoreError> {
-    let state: Option<String> = sqlx::query_scalar("SELECT state FROM curtailment_event WHERE id = $1 FOR SHARE")
-        .bind(event.0)
-        .fetch_optional(&mut *conn)
-        .await?;
+    let state: Option<String> =
+        sqlx::query_scalar("SELECT state FROM curtailment_event WHERE id = $1 FOR SHARE")
+            .bind(event.0)
+            .fetch_optional(&mut *conn)
+            .await?;
     let live = state
         .and_then(|s| s.parse::<EventState>().ok())
         .is_some_and(|s| !s.is_terminal());
     if !live {
         return Ok(Vec::new());
     }
-    let change = TargetChange { batch: Some(batch), retry, ..Default::default() };
+    let change = TargetChange {
+        batch: Some(batch),
+        retry,
+        ..Default::default()
+    };
     transition_targets(&mut *conn, event, devices, from, to, &change, actor).await
 }
 
@@ -581,22 +625,29 @@ pub async fn record_prior_power_limits(
 }
 
 /// Marks the time of the latest restore batch (the pacing gate reads it).
-pub async fn mark_restore_batch(db: impl PgExecutor<'_>, event: EventId, at: DateTime<Utc>) -> Result<(), StoreError> {
-    sqlx::query("UPDATE curtailment_event SET last_restore_batch_at = $2, updated_at = now() WHERE id = $1")
-        .bind(event.0)
-        .bind(at)
-        .execute(db)
-        .await?;
+pub async fn mark_restore_batch(
+    db: impl PgExecutor<'_>,
+    event: EventId,
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE curtailment_event SET last_restore_batch_at = $2, updated_at = now() WHERE id = $1",
+    )
+    .bind(event.0)
+    .bind(at)
+    .execute(db)
+    .await?;
     Ok(())
 }
 
 /// The event a batch belongs to, found from a result message.
 pub async fn event_of_batch(db: &PgPool, batch: BatchId) -> Result<Option<EventId>, StoreError> {
-    let id: Option<Uuid> =
-        sqlx::query_scalar("SELECT event_id FROM curtailment_target WHERE last_batch_id = $1 LIMIT 1")
-            .bind(batch.0)
-            .fetch_optional(db)
-            .await?;
+    let id: Option<Uuid> = sqlx::query_scalar(
+        "SELECT event_id FROM curtailment_target WHERE last_batch_id = $1 LIMIT 1",
+    )
+    .bind(batch.0)
+    .fetch_optional(db)
+    .await?;
     Ok(id.map(EventId))
 }
 

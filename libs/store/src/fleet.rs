@@ -11,7 +11,11 @@ use uuid::Uuid;
 
 pub async fn create_org(db: impl PgExecutor<'_>, name: &str) -> Result<OrgId, StoreError> {
     let id = OrgId::new();
-    sqlx::query("INSERT INTO org (id, name) VALUES ($1, $2)").bind(id.0).bind(name).execute(db).await?;
+    sqlx::query("INSERT INTO org (id, name) VALUES ($1, $2)")
+        .bind(id.0)
+        .bind(name)
+        .execute(db)
+        .await?;
     Ok(id)
 }
 
@@ -27,7 +31,9 @@ pub async fn org_settings(db: impl PgExecutor<'_>, org: OrgId) -> Result<OrgSett
         .fetch_optional(db)
         .await?
         .ok_or(StoreError::NotFound)?;
-    Ok(OrgSettings { default_max_duration_s: row.get::<i32, _>(0) as u32 })
+    Ok(OrgSettings {
+        default_max_duration_s: row.get::<i32, _>(0) as u32,
+    })
 }
 
 /// A site row.
@@ -81,17 +87,23 @@ pub async fn sites(db: impl PgExecutor<'_>, org: OrgId) -> Result<Vec<Site>, Sto
 
 /// Every site of every org: the reconciler maps site ids to subject tokens with this.
 pub async fn all_sites(db: impl PgExecutor<'_>) -> Result<Vec<Site>, StoreError> {
-    let rows = sqlx::query("SELECT id, org_id, code, name, ramp_limit_kw_per_min FROM site ORDER BY code")
-        .fetch_all(db)
-        .await?;
+    let rows =
+        sqlx::query("SELECT id, org_id, code, name, ramp_limit_kw_per_min FROM site ORDER BY code")
+            .fetch_all(db)
+            .await?;
     rows.iter().map(site_from_row).collect()
 }
 
-pub async fn site_by_code(db: impl PgExecutor<'_>, code: &SiteCode) -> Result<Option<Site>, StoreError> {
-    let row = sqlx::query("SELECT id, org_id, code, name, ramp_limit_kw_per_min FROM site WHERE code = $1")
-        .bind(code.as_str())
-        .fetch_optional(db)
-        .await?;
+pub async fn site_by_code(
+    db: impl PgExecutor<'_>,
+    code: &SiteCode,
+) -> Result<Option<Site>, StoreError> {
+    let row = sqlx::query(
+        "SELECT id, org_id, code, name, ramp_limit_kw_per_min FROM site WHERE code = $1",
+    )
+    .bind(code.as_str())
+    .fetch_optional(db)
+    .await?;
     row.as_ref().map(site_from_row).transpose()
 }
 
@@ -108,16 +120,25 @@ pub async fn upsert_devices(
     let model: Vec<&str> = devices.iter().map(|d| d.model.as_str()).collect();
     let fw: Vec<Option<&str>> = devices.iter().map(|d| d.firmware.as_deref()).collect();
     let nominal: Vec<Option<f64>> = devices.iter().map(|d| d.nominal_power_w).collect();
-    let full: Vec<bool> = devices.iter().map(|d| d.capabilities.curtail_full).collect();
-    let eff: Vec<bool> = devices.iter().map(|d| d.capabilities.curtail_efficiency).collect();
-    let pt: Vec<bool> = devices.iter().map(|d| d.capabilities.power_target).collect();
+    let full: Vec<bool> = devices
+        .iter()
+        .map(|d| d.capabilities.curtail_full)
+        .collect();
+    let eff: Vec<bool> = devices
+        .iter()
+        .map(|d| d.capabilities.curtail_efficiency)
+        .collect();
+    let pt: Vec<bool> = devices
+        .iter()
+        .map(|d| d.capabilities.power_target)
+        .collect();
     let r = sqlx::query(
         "INSERT INTO device (id, org_id, site_id, address, make, model, firmware, nominal_power_w,
                              curtail_full, curtail_efficiency, power_target)
-         SELECT u.id, $1, $2, u.address, u.make, u.model, u.firmware, u.nominal, u.full, u.eff, u.pt
+         SELECT u.id, $1, $2, u.address, u.make, u.model, u.firmware, u.nominal, u.cap_full, u.cap_eff, u.cap_pt
          FROM unnest($3::uuid[], $4::text[], $5::text[], $6::text[], $7::text[], $8::float8[],
                      $9::bool[], $10::bool[], $11::bool[])
-              AS u(id, address, make, model, firmware, nominal, full, eff, pt)
+              AS u(id, address, make, model, firmware, nominal, cap_full, cap_eff, cap_pt)
          ON CONFLICT (site_id, address) DO UPDATE SET
              make = excluded.make, model = excluded.model, firmware = excluded.firmware,
              nominal_power_w = excluded.nominal_power_w, curtail_full = excluded.curtail_full,
@@ -141,7 +162,10 @@ pub async fn upsert_devices(
 }
 
 /// The devices an agent drives.
-pub async fn inventory(db: impl PgExecutor<'_>, site: SiteId) -> Result<Vec<InventoryDevice>, StoreError> {
+pub async fn inventory(
+    db: impl PgExecutor<'_>,
+    site: SiteId,
+) -> Result<Vec<InventoryDevice>, StoreError> {
     let rows = sqlx::query(
         "SELECT id, address, make, model, curtail_full, curtail_efficiency, power_target
          FROM device WHERE site_id = $1 ORDER BY address",
@@ -207,7 +231,11 @@ pub async fn ingest_telemetry(
 
 /// The planner's live snapshot of an org's devices in the given sites (all sites when empty),
 /// with each device's latest valid sample and whether another live event holds it.
-pub async fn candidates(db: &PgPool, org: OrgId, sites: &[SiteId]) -> Result<Vec<Candidate>, StoreError> {
+pub async fn candidates(
+    db: &PgPool,
+    org: OrgId,
+    sites: &[SiteId],
+) -> Result<Vec<Candidate>, StoreError> {
     let site_ids: Vec<Uuid> = sites.iter().map(|s| s.0).collect();
     let rows = sqlx::query(
         "SELECT d.id, d.site_id, d.curtail_full, d.curtail_efficiency, d.power_target, d.maintenance,
@@ -229,9 +257,11 @@ pub async fn candidates(db: &PgPool, org: OrgId, sites: &[SiteId]) -> Result<Vec
             let hash: Option<f64> = r.get("hashrate_ths");
             let at: Option<DateTime<Utc>> = r.get("sampled_at");
             let sample = match (reachable, power, hash, at) {
-                (Some(true), Some(power_w), Some(hashrate_ths), Some(sampled_at)) => {
-                    Some(Sample { power_w, hashrate_ths, sampled_at })
-                }
+                (Some(true), Some(power_w), Some(hashrate_ths), Some(sampled_at)) => Some(Sample {
+                    power_w,
+                    hashrate_ths,
+                    sampled_at,
+                }),
                 _ => None,
             };
             Candidate {
@@ -289,7 +319,10 @@ pub async fn insert_api_key(
     Ok(id)
 }
 
-pub async fn api_key_by_prefix(db: impl PgExecutor<'_>, prefix: &str) -> Result<Option<ApiKeyRow>, StoreError> {
+pub async fn api_key_by_prefix(
+    db: impl PgExecutor<'_>,
+    prefix: &str,
+) -> Result<Option<ApiKeyRow>, StoreError> {
     let row = sqlx::query(
         "SELECT id, org_id, role, secret_hash, site_ids, expires_at, revoked_at FROM api_key WHERE prefix = $1",
     )

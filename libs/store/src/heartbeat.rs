@@ -20,7 +20,10 @@ pub async fn beat(db: impl PgExecutor<'_>, name: &str, holder: &str) -> Result<i
 }
 
 /// The current heartbeat: (holder, seq, beat_at).
-pub async fn read(db: impl PgExecutor<'_>, name: &str) -> Result<Option<(String, i64, DateTime<Utc>)>, StoreError> {
+pub async fn read(
+    db: impl PgExecutor<'_>,
+    name: &str,
+) -> Result<Option<(String, i64, DateTime<Utc>)>, StoreError> {
     let row = sqlx::query("SELECT holder, seq, beat_at FROM reconciler_heartbeat WHERE name = $1")
         .bind(name)
         .fetch_optional(db)

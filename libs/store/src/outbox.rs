@@ -31,7 +31,11 @@ pub async fn enqueue(
 /// Publishes up to `limit` unpublished rows, oldest first, and marks them published. Rows are
 /// claimed with `FOR UPDATE SKIP LOCKED`, so several relays can run side by side. Returns how many
 /// were published.
-pub async fn relay_once(pool: &PgPool, js: &jetstream::Context, limit: i64) -> Result<usize, RelayError> {
+pub async fn relay_once(
+    pool: &PgPool,
+    js: &jetstream::Context,
+    limit: i64,
+) -> Result<usize, RelayError> {
     let mut tx = pool.begin().await.map_err(StoreError::from)?;
     let rows: Vec<(Uuid, String, Vec<u8>)> = sqlx::query_as(
         "SELECT id, subject, payload FROM outbox WHERE published_at IS NULL
@@ -47,12 +51,14 @@ pub async fn relay_once(pool: &PgPool, js: &jetstream::Context, limit: i64) -> R
     // Pipeline the publishes, then await every ack before marking anything published.
     let mut acks = Vec::with_capacity(rows.len());
     for (id, subject, payload) in rows {
-        let (subject, ack) = ebb_bus::publish::send(js, subject, &id.to_string(), payload, None).await?;
+        let (subject, ack) =
+            ebb_bus::publish::send(js, subject, &id.to_string(), payload, None).await?;
         acks.push((id, subject, ack));
     }
     let mut done = Vec::with_capacity(acks.len());
     for (id, subject, ack) in acks {
-        ack.await.map_err(|source| ebb_bus::publish::PublishError::Ack { subject, source })?;
+        ack.await
+            .map_err(|source| ebb_bus::publish::PublishError::Ack { subject, source })?;
         done.push(id);
     }
     sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
@@ -75,7 +81,12 @@ pub enum RelayError {
 
 /// Runs the relay until `shutdown`: drains in batches, then waits `idle` before looking again.
 /// A failed round is logged and retried; it never ends the loop.
-pub async fn run_relay(pool: PgPool, js: jetstream::Context, idle: Duration, shutdown: CancellationToken) {
+pub async fn run_relay(
+    pool: PgPool,
+    js: jetstream::Context,
+    idle: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         let pause = match relay_once(&pool, &js, 500).await {
             Ok(500) => Duration::ZERO,

@@ -29,7 +29,10 @@ where
         match outcome {
             Err(StoreError::Db(e)) if is_retryable(&e) => {
                 if attempt >= attempts {
-                    return Err(StoreError::RetriesExhausted { attempts, source: e });
+                    return Err(StoreError::RetriesExhausted {
+                        attempts,
+                        source: e,
+                    });
                 }
                 metrics::counter!(ebb_obs::names::STORE_TX_RETRIES).increment(1);
                 tracing::debug!(attempt, error = %e, "retrying transaction");
@@ -41,4 +44,3 @@ where
         }
     }
 }
-

@@ -1,0 +1,7 @@
+//! Store tests against a real PostgreSQL database per test (and a real nats-server for the relay).
+
+mod fixtures;
+mod migrations;
+mod outbox;
+mod targets;
+mod tx;

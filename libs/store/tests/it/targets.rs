@@ -1,0 +1,428 @@
+//! Events and targets: device exclusivity, compare-and-set, the dispatch stamp's liveness guard,
+//! Stop's sweep, and telemetry ingest.
+
+use super::fixtures::{Fleet, fleet};
+use chrono::Utc;
+use ebb_bus::TelemetrySample;
+use ebb_domain::selection::Selected;
+use ebb_domain::{BatchId, CommandKind, CurtailLevel, DeviceId, EventId, EventState, TargetState};
+use ebb_store::events::{self, NewEvent, Retry, TargetChange};
+use ebb_store::{StoreError, fleet as fl};
+
+fn new_event(f: &Fleet, key: Option<&str>) -> NewEvent {
+    NewEvent {
+        id: EventId::new(),
+        org_id: f.org,
+        mode: "kw".into(),
+        mode_params: serde_json::json!({"mode": "kw", "target_kw": 10.0}),
+        command: CommandKind::Curtail {
+            level: CurtailLevel::Full,
+        },
+        scope: serde_json::json!({}),
+        priority: 0,
+        reason: "test".into(),
+        target_kw: Some(10.0),
+        selection: serde_json::json!({}),
+        restore_batch_size: 10,
+        restore_batch_interval_s: 0,
+        max_duration_s: Some(3600),
+        idempotency_key: key.map(str::to_owned),
+        external_source: None,
+        external_reference: None,
+        created_by: None,
+        source_actor: "api_key".into(),
+    }
+}
+
+fn selected(f: &Fleet, devices: &[DeviceId]) -> Vec<Selected> {
+    devices
+        .iter()
+        .map(|d| Selected {
+            device_id: *d,
+            site_id: f.site.id,
+            baseline_power_w: 3000.0,
+            efficiency_j_per_th: 30.0,
+            shed_w: 3000.0,
+        })
+        .collect()
+}
+
+async fn insert(f: &Fleet, devices: &[DeviceId]) -> Result<EventId, StoreError> {
+    let mut conn = f.db.pool().acquire().await.unwrap();
+    events::insert_event(&mut conn, &new_event(f, None), &selected(f, devices))
+        .await
+        .map(|e| e.id)
+}
+
+#[tokio::test]
+async fn a_device_is_in_at_most_one_live_event() {
+    let f = fleet(3).await;
+    let first = insert(&f, &f.devices[0..2]).await.unwrap();
+    let err = insert(&f, &f.devices[1..3]).await.unwrap_err();
+    assert_eq!(
+        err.unique_constraint(),
+        Some("curtailment_target_device_exclusive"),
+        "{err:?}"
+    );
+    // Once the first event lets go of the device, it can be claimed again.
+    let moved = events::transition_targets(
+        f.db.pool(),
+        first,
+        &f.devices[1..2],
+        TargetState::Pending,
+        TargetState::Restored,
+        &TargetChange::default(),
+        "test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved.len(), 1);
+    insert(&f, &f.devices[1..3]).await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_starts_cannot_claim_the_same_miner() {
+    let f = fleet(50).await;
+    let (a, b) = tokio::join!(insert(&f, &f.devices), insert(&f, &f.devices));
+    assert!(a.is_ok() != b.is_ok(), "exactly one wins: {a:?} {b:?}");
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM curtailment_target")
+        .fetch_one(f.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 50);
+}
+
+#[tokio::test]
+async fn transitions_are_compare_and_set_and_logged() {
+    let f = fleet(2).await;
+    let ev = insert(&f, &f.devices).await.unwrap();
+    let pool = f.db.pool();
+    let c = TargetChange::default();
+    // Wrong prior state: nothing moves.
+    let moved = events::transition_targets(
+        pool,
+        ev,
+        &f.devices,
+        TargetState::Dispatching,
+        TargetState::Dispatched,
+        &c,
+        "t",
+    )
+    .await
+    .unwrap();
+    assert!(moved.is_empty());
+    let moved = events::transition_targets(
+        pool,
+        ev,
+        &f.devices[..1],
+        TargetState::Pending,
+        TargetState::Dispatching,
+        &c,
+        "t",
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved, f.devices[..1].to_vec());
+    // The same write again loses: the target is no longer pending.
+    let again = events::transition_targets(
+        pool,
+        ev,
+        &f.devices[..1],
+        TargetState::Pending,
+        TargetState::Dispatching,
+        &c,
+        "t",
+    )
+    .await
+    .unwrap();
+    assert!(again.is_empty());
+    let logged: Vec<(String, String)> = sqlx::query_as("SELECT coalesce(from_state, ''), to_state FROM event_transition WHERE event_id = $1 AND device_id IS NOT NULL")
+        .bind(ev.0).fetch_all(pool).await.unwrap();
+    assert_eq!(logged, vec![("pending".into(), "dispatching".into())]);
+    // Retry spend and reset.
+    let spend = TargetChange {
+        retry: Retry::Spend,
+        ..Default::default()
+    };
+    events::transition_targets(
+        pool,
+        ev,
+        &f.devices[..1],
+        TargetState::Dispatching,
+        TargetState::Pending,
+        &spend,
+        "t",
+    )
+    .await
+    .unwrap();
+    let t = events::targets(pool, ev).await.unwrap();
+    assert_eq!(
+        t.iter()
+            .find(|x| x.device_id == f.devices[0])
+            .unwrap()
+            .retry_count,
+        1
+    );
+}
+
+#[tokio::test]
+async fn stale_results_do_not_move_a_target() {
+    let f = fleet(1).await;
+    let ev = insert(&f, &f.devices).await.unwrap();
+    let pool = f.db.pool();
+    let b1 = BatchId::new();
+    let mut conn = pool.acquire().await.unwrap();
+    events::stamp_dispatching(
+        &mut conn,
+        ev,
+        &f.devices,
+        TargetState::Pending,
+        TargetState::Dispatching,
+        b1,
+        Retry::Keep,
+        "t",
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let other = TargetChange {
+        expect_batch: Some(BatchId::new()),
+        ..Default::default()
+    };
+    let moved = events::transition_targets(
+        pool,
+        ev,
+        &f.devices,
+        TargetState::Dispatching,
+        TargetState::Dispatched,
+        &other,
+        "t",
+    )
+    .await
+    .unwrap();
+    assert!(moved.is_empty());
+    let same = TargetChange {
+        expect_batch: Some(b1),
+        ..Default::default()
+    };
+    let moved = events::transition_targets(
+        pool,
+        ev,
+        &f.devices,
+        TargetState::Dispatching,
+        TargetState::Dispatched,
+        &same,
+        "t",
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved.len(), 1);
+}
+
+#[tokio::test]
+async fn nothing_is_stamped_for_a_terminal_event() {
+    let f = fleet(2).await;
+    let ev = insert(&f, &f.devices).await.unwrap();
+    let pool = f.db.pool();
+    sqlx::query("UPDATE curtailment_event SET state = 'cancelled' WHERE id = $1")
+        .bind(ev.0)
+        .execute(pool)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let stamped = events::stamp_dispatching(
+        &mut conn,
+        ev,
+        &f.devices,
+        TargetState::Pending,
+        TargetState::Dispatching,
+        BatchId::new(),
+        Retry::Keep,
+        "t",
+    )
+    .await
+    .unwrap();
+    assert!(
+        stamped.is_empty(),
+        "a terminated event must never get a new command"
+    );
+}
+
+#[tokio::test]
+async fn the_stamp_waits_for_a_concurrent_terminate() {
+    // Terminate holds the event FOR UPDATE; the stamp takes it FOR SHARE, so it waits, then sees
+    // the terminal state and stamps nothing.
+    let f = fleet(1).await;
+    let ev = insert(&f, &f.devices).await.unwrap();
+    let pool = f.db.pool().clone();
+    let mut term = pool.begin().await.unwrap();
+    let row = events::lock_event(&mut term, f.org, ev)
+        .await
+        .unwrap()
+        .unwrap();
+    let stamp = {
+        let pool = pool.clone();
+        let devices = f.devices.clone();
+        tokio::spawn(async move {
+            let mut conn = pool.acquire().await.unwrap();
+            events::stamp_dispatching(
+                &mut conn,
+                ev,
+                &devices,
+                TargetState::Pending,
+                TargetState::Dispatching,
+                BatchId::new(),
+                Retry::Keep,
+                "t",
+            )
+            .await
+            .unwrap()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !stamp.is_finished(),
+        "the stamp must wait for the terminate's lock"
+    );
+    events::transition_event(
+        &mut term,
+        &row,
+        EventState::Pending,
+        EventState::Cancelled,
+        "admin",
+        Some("test"),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    term.commit().await.unwrap();
+    assert!(stamp.await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn stop_sweep_restores_what_was_touched() {
+    let f = fleet(4).await;
+    let ev = insert(&f, &f.devices).await.unwrap();
+    let pool = f.db.pool();
+    let c = TargetChange::default();
+    let d = &f.devices;
+    // d0 never sent; d1 sent and confirmed; d2 sent, failed; d3 sent then re-queued (pending again).
+    let mut conn = pool.acquire().await.unwrap();
+    events::stamp_dispatching(
+        &mut conn,
+        ev,
+        &d[1..4],
+        TargetState::Pending,
+        TargetState::Dispatching,
+        BatchId::new(),
+        Retry::Keep,
+        "t",
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    events::transition_targets(
+        pool,
+        ev,
+        &d[1..2],
+        TargetState::Dispatching,
+        TargetState::Dispatched,
+        &c,
+        "t",
+    )
+    .await
+    .unwrap();
+    events::transition_targets(
+        pool,
+        ev,
+        &d[1..2],
+        TargetState::Dispatched,
+        TargetState::Confirmed,
+        &c,
+        "t",
+    )
+    .await
+    .unwrap();
+    events::transition_targets(
+        pool,
+        ev,
+        &d[2..3],
+        TargetState::Dispatching,
+        TargetState::Failed,
+        &c,
+        "t",
+    )
+    .await
+    .unwrap();
+    events::transition_targets(
+        pool,
+        ev,
+        &d[3..4],
+        TargetState::Dispatching,
+        TargetState::Pending,
+        &c,
+        "t",
+    )
+    .await
+    .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    events::sweep_targets_for_restore(&mut tx, ev, "t")
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let t = events::targets(pool, ev).await.unwrap();
+    let state = |i: usize| t.iter().find(|x| x.device_id == d[i]).unwrap().state;
+    assert_eq!(state(0), TargetState::Restored);
+    assert_eq!(state(1), TargetState::RestorePending);
+    assert_eq!(
+        state(2),
+        TargetState::RestorePending,
+        "a failed target that got a command is restored"
+    );
+    assert_eq!(
+        state(3),
+        TargetState::RestorePending,
+        "a re-queued target may have been touched"
+    );
+}
+
+#[tokio::test]
+async fn telemetry_ingest_keeps_the_newest_valid_sample() {
+    let f = fleet(2).await;
+    let pool = f.db.pool();
+    let now = Utc::now().timestamp_millis();
+    let s = |d: DeviceId, t: i64, p: f64| TelemetrySample {
+        device_id: d,
+        reachable: true,
+        power_w: Some(p),
+        hashrate_ths: Some(100.0),
+        sampled_at_ms: t,
+    };
+    fl::ingest_telemetry(
+        pool,
+        f.site.id,
+        &[s(f.devices[0], now, 3000.0), s(f.devices[1], now, f64::NAN)],
+    )
+    .await
+    .unwrap();
+    // An older sample never moves a device back in time.
+    fl::ingest_telemetry(pool, f.site.id, &[s(f.devices[0], now - 1000, 10.0)])
+        .await
+        .unwrap();
+    // A sample for another site's id is ignored.
+    fl::ingest_telemetry(
+        pool,
+        ebb_domain::SiteId::new(),
+        &[s(f.devices[0], now + 1000, 20.0)],
+    )
+    .await
+    .unwrap();
+    let c = fl::candidates(pool, f.org, &[]).await.unwrap();
+    let by = |d: DeviceId| c.iter().find(|x| x.device_id == d).unwrap().sample;
+    assert_eq!(by(f.devices[0]).unwrap().power_w, 3000.0);
+    assert_eq!(
+        by(f.devices[1]),
+        None,
+        "NaN power never reaches device_state as a value"
+    );
+}
