@@ -22,7 +22,13 @@ pub struct Envelope<T> {
 
 impl<T> Envelope<T> {
     pub fn new(org: Option<OrgId>, body: T) -> Self {
-        Self { v: VERSION, id: uuid::Uuid::now_v7().to_string(), at: Utc::now(), org, body }
+        Self {
+            v: VERSION,
+            id: uuid::Uuid::now_v7().to_string(),
+            at: Utc::now(),
+            org,
+            body,
+        }
     }
 }
 
@@ -67,7 +73,13 @@ mod tests {
 
     #[test]
     fn round_trip_and_forward_compatible_fields() {
-        let e = Envelope::new(None, V2 { a: 1, b: Some("x".into()) });
+        let e = Envelope::new(
+            None,
+            V2 {
+                a: 1,
+                b: Some("x".into()),
+            },
+        );
         let bytes = encode(&e).unwrap();
         assert_eq!(decode::<V2>(&bytes).unwrap(), e);
         // An old reader ignores the new field; a new reader defaults it.
@@ -80,7 +92,13 @@ mod tests {
     fn newer_versions_and_garbage_are_refused() {
         let mut e = Envelope::new(None, V1 { a: 1 });
         e.v = VERSION + 1;
-        assert!(matches!(decode::<V1>(&encode(&e).unwrap()), Err(CodecError::Version(_))));
-        assert!(matches!(decode::<V1>(b"\xc1garbage"), Err(CodecError::Decode(_))));
+        assert!(matches!(
+            decode::<V1>(&encode(&e).unwrap()),
+            Err(CodecError::Version(_))
+        ));
+        assert!(matches!(
+            decode::<V1>(b"\xc1garbage"),
+            Err(CodecError::Decode(_))
+        ));
     }
 }

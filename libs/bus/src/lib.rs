@@ -16,7 +16,10 @@ pub use messages::*;
 
 /// Connects to NATS with the settings every Ebb service uses: a name, bounded reconnects backoff,
 /// and a request timeout.
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+pub async fn connect(
+    url: &str,
+    name: &str,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
     async_nats::ConnectOptions::new()
         .name(name)
         .request_timeout(Some(std::time::Duration::from_secs(10)))

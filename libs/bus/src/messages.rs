@@ -261,11 +261,20 @@ pub enum RpcErrorKind {
 
 impl RpcError {
     pub fn new(kind: RpcErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into(), field: None, detail: BTreeMap::new(), skipped: BTreeMap::new() }
+        Self {
+            kind,
+            message: message.into(),
+            field: None,
+            detail: BTreeMap::new(),
+            skipped: BTreeMap::new(),
+        }
     }
 
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Self { field: Some(field.to_owned()), ..Self::new(RpcErrorKind::InvalidArgument, message) }
+        Self {
+            field: Some(field.to_owned()),
+            ..Self::new(RpcErrorKind::InvalidArgument, message)
+        }
     }
 }
 
@@ -281,8 +290,14 @@ mod tests {
             batch_id: BatchId::new(),
             event_id: Some(EventId::new()),
             site: SiteCode::parse("a").unwrap(),
-            command: CommandKind::Curtail { level: CurtailLevel::Full },
-            devices: vec![DeviceRef { device_id: DeviceId::new(), address: "127.0.0.1".into(), restore_power_limit_w: None }],
+            command: CommandKind::Curtail {
+                level: CurtailLevel::Full,
+            },
+            devices: vec![DeviceRef {
+                device_id: DeviceId::new(),
+                address: "127.0.0.1".into(),
+                restore_power_limit_w: None,
+            }],
         };
         let env = Envelope::new(None, b);
         assert_eq!(decode::<CommandBatch>(&encode(&env).unwrap()).unwrap(), env);
@@ -291,7 +306,13 @@ mod tests {
             event_id: None,
             site: SiteCode::parse("a").unwrap(),
             command: None,
-            results: vec![DeviceResult { device_id: DeviceId::new(), outcome: Outcome::Refused { reason: "no".into() }, prior_power_limit_w: Some(3000.0) }],
+            results: vec![DeviceResult {
+                device_id: DeviceId::new(),
+                outcome: Outcome::Refused {
+                    reason: "no".into(),
+                },
+                prior_power_limit_w: Some(3000.0),
+            }],
             finished_at: Utc::now(),
         };
         let env = Envelope::new(None, r);

@@ -11,9 +11,15 @@ pub const TRACEPARENT: &str = "traceparent";
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("publishing to {subject}")]
-    Send { subject: String, source: async_nats::jetstream::context::PublishError },
+    Send {
+        subject: String,
+        source: async_nats::jetstream::context::PublishError,
+    },
     #[error("awaiting the ack for {subject}")]
-    Ack { subject: String, source: async_nats::jetstream::context::PublishError },
+    Ack {
+        subject: String,
+        source: async_nats::jetstream::context::PublishError,
+    },
 }
 
 /// Sends one message and returns its ack future without waiting, so callers can pipeline many
@@ -29,7 +35,10 @@ pub async fn send(
     if let Some(tp) = traceparent {
         headers.insert(TRACEPARENT, tp);
     }
-    let msg = PublishMessage::build().payload(Bytes::from(payload)).headers(headers).message_id(msg_id);
+    let msg = PublishMessage::build()
+        .payload(Bytes::from(payload))
+        .headers(headers)
+        .message_id(msg_id);
     match js.send_publish(subject.clone(), msg).await {
         Ok(ack) => Ok((subject, ack)),
         Err(source) => Err(PublishError::Send { subject, source }),
@@ -46,6 +55,8 @@ pub async fn publish_acked(
     traceparent: Option<&str>,
 ) -> Result<bool, PublishError> {
     let (subject, ack) = send(js, subject, msg_id, payload, traceparent).await?;
-    let ack = ack.await.map_err(|source| PublishError::Ack { subject, source })?;
+    let ack = ack
+        .await
+        .map_err(|source| PublishError::Ack { subject, source })?;
     Ok(ack.duplicate)
 }

@@ -16,7 +16,10 @@ pub enum CallError {
     #[error("{0} did not answer in time")]
     Timeout(String),
     #[error("request to {subject} failed")]
-    Transport { subject: String, source: async_nats::RequestError },
+    Transport {
+        subject: String,
+        source: async_nats::RequestError,
+    },
     #[error(transparent)]
     Codec(#[from] CodecError),
     #[error(transparent)]
@@ -32,12 +35,20 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     timeout: Duration,
 ) -> Result<Resp, CallError> {
     let payload = encode(&Envelope::new(org, body))?;
-    let req = async_nats::Request::new().payload(Bytes::from(payload)).timeout(Some(timeout));
-    let msg = client.send_request(subject.to_owned(), req).await.map_err(|e| match e.kind() {
-        RequestErrorKind::NoResponders => CallError::NoResponders(subject.to_owned()),
-        RequestErrorKind::TimedOut => CallError::Timeout(subject.to_owned()),
-        _ => CallError::Transport { subject: subject.to_owned(), source: e },
-    })?;
+    let req = async_nats::Request::new()
+        .payload(Bytes::from(payload))
+        .timeout(Some(timeout));
+    let msg = client
+        .send_request(subject.to_owned(), req)
+        .await
+        .map_err(|e| match e.kind() {
+            RequestErrorKind::NoResponders => CallError::NoResponders(subject.to_owned()),
+            RequestErrorKind::TimedOut => CallError::Timeout(subject.to_owned()),
+            _ => CallError::Transport {
+                subject: subject.to_owned(),
+                source: e,
+            },
+        })?;
     match decode::<Reply<Resp>>(&msg.payload)?.body {
         Reply::Ok { value } => Ok(value),
         Reply::Err { error } => Err(CallError::Remote(error)),

@@ -30,7 +30,10 @@ where
         if bytes.len() <= max_bytes {
             out.push(bytes);
         } else if n <= 1 {
-            return Err(SplitError::ItemTooLarge { bytes: bytes.len(), max_bytes });
+            return Err(SplitError::ItemTooLarge {
+                bytes: bytes.len(),
+                max_bytes,
+            });
         } else {
             let mut left = chunk;
             let right = left.split_off(n / 2);
@@ -75,8 +78,15 @@ mod tests {
 
     #[test]
     fn empty_and_oversized() {
-        assert!(split_encode(Vec::<String>::new(), 10, 1024, wrap).unwrap().is_empty());
+        assert!(
+            split_encode(Vec::<String>::new(), 10, 1024, wrap)
+                .unwrap()
+                .is_empty()
+        );
         let huge = vec!["x".repeat(2048)];
-        assert!(matches!(split_encode(huge, 10, 1024, wrap), Err(SplitError::ItemTooLarge { .. })));
+        assert!(matches!(
+            split_encode(huge, 10, 1024, wrap),
+            Err(SplitError::ItemTooLarge { .. })
+        ));
     }
 }

@@ -32,14 +32,34 @@ pub fn configs() -> Vec<stream::Config> {
             // silently growing without bound.
             max_messages: 1_000_000,
             discard: stream::DiscardPolicy::New,
-            ..base(CMD, "ebb.cmd.>", stream::RetentionPolicy::WorkQueue, Duration::from_secs(24 * 3600))
+            ..base(
+                CMD,
+                "ebb.cmd.>",
+                stream::RetentionPolicy::WorkQueue,
+                Duration::from_secs(24 * 3600),
+            )
         },
-        base(RESULT, "ebb.result.>", stream::RetentionPolicy::Limits, Duration::from_secs(24 * 3600)),
+        base(
+            RESULT,
+            "ebb.result.>",
+            stream::RetentionPolicy::Limits,
+            Duration::from_secs(24 * 3600),
+        ),
         stream::Config {
             max_bytes: 8 * 1024 * 1024 * 1024,
-            ..base(TELEMETRY, "ebb.telemetry.>", stream::RetentionPolicy::Limits, Duration::from_secs(3600))
+            ..base(
+                TELEMETRY,
+                "ebb.telemetry.>",
+                stream::RetentionPolicy::Limits,
+                Duration::from_secs(3600),
+            )
         },
-        base(EVENT, "ebb.event.>", stream::RetentionPolicy::Limits, Duration::from_secs(30 * 24 * 3600)),
+        base(
+            EVENT,
+            "ebb.event.>",
+            stream::RetentionPolicy::Limits,
+            Duration::from_secs(30 * 24 * 3600),
+        ),
     ]
 }
 

@@ -39,7 +39,10 @@ pub fn agent_group(site: &SiteCode) -> String {
 
 /// The site token of a subject under `prefix`, if it is one.
 pub fn site_of<'a>(prefix: &str, subject: &'a str) -> Option<&'a str> {
-    subject.strip_prefix(prefix)?.strip_prefix('.').filter(|s| !s.is_empty() && !s.contains('.'))
+    subject
+        .strip_prefix(prefix)?
+        .strip_prefix('.')
+        .filter(|s| !s.is_empty() && !s.contains('.'))
 }
 
 #[cfg(test)]
@@ -52,7 +55,10 @@ mod tests {
         assert_eq!(cmd(&s), "ebb.cmd.site-a");
         assert_eq!(result(&s), "ebb.result.site-a");
         assert_eq!(telemetry(&s), "ebb.telemetry.site-a");
-        assert_eq!(site_of(TELEMETRY_PREFIX, "ebb.telemetry.site-a"), Some("site-a"));
+        assert_eq!(
+            site_of(TELEMETRY_PREFIX, "ebb.telemetry.site-a"),
+            Some("site-a")
+        );
         assert_eq!(site_of(TELEMETRY_PREFIX, "ebb.telemetry.a.b"), None);
         assert_eq!(site_of(TELEMETRY_PREFIX, "ebb.cmd.a"), None);
     }

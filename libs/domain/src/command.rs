@@ -57,20 +57,28 @@ impl Capabilities {
     /// curtail was applied, so any curtail capability allows it.
     pub fn allows(self, kind: &CommandKind) -> bool {
         match kind {
-            CommandKind::Curtail { level: CurtailLevel::Full } => self.curtail_full,
-            CommandKind::Curtail { level: CurtailLevel::Efficiency } => self.curtail_efficiency,
+            CommandKind::Curtail {
+                level: CurtailLevel::Full,
+            } => self.curtail_full,
+            CommandKind::Curtail {
+                level: CurtailLevel::Efficiency,
+            } => self.curtail_efficiency,
             CommandKind::SetPowerTarget { .. } => self.power_target,
-            CommandKind::Uncurtail => self.curtail_full || self.curtail_efficiency || self.power_target,
+            CommandKind::Uncurtail => {
+                self.curtail_full || self.curtail_efficiency || self.power_target
+            }
         }
     }
 
     /// The capability a command needs, for reasons and metrics.
     pub fn required_for(kind: &CommandKind) -> Option<Capability> {
         match kind {
-            CommandKind::Curtail { level: CurtailLevel::Full } => Some(Capability::CurtailFull),
-            CommandKind::Curtail { level: CurtailLevel::Efficiency } => {
-                Some(Capability::CurtailEfficiency)
-            }
+            CommandKind::Curtail {
+                level: CurtailLevel::Full,
+            } => Some(Capability::CurtailFull),
+            CommandKind::Curtail {
+                level: CurtailLevel::Efficiency,
+            } => Some(Capability::CurtailEfficiency),
             CommandKind::SetPowerTarget { .. } => Some(Capability::PowerTarget),
             CommandKind::Uncurtail => None,
         }
@@ -108,8 +116,12 @@ impl CommandKind {
     /// A stable low-cardinality name for metrics labels.
     pub fn label(&self) -> &'static str {
         match self {
-            CommandKind::Curtail { level: CurtailLevel::Full } => "curtail_full",
-            CommandKind::Curtail { level: CurtailLevel::Efficiency } => "curtail_efficiency",
+            CommandKind::Curtail {
+                level: CurtailLevel::Full,
+            } => "curtail_full",
+            CommandKind::Curtail {
+                level: CurtailLevel::Efficiency,
+            } => "curtail_efficiency",
             CommandKind::Uncurtail => "uncurtail",
             CommandKind::SetPowerTarget { .. } => "set_power_target",
         }
@@ -163,18 +175,35 @@ impl fmt::Display for Outcome {
 mod tests {
     use super::*;
 
-    const FULL: CommandKind = CommandKind::Curtail { level: CurtailLevel::Full };
-    const EFF: CommandKind = CommandKind::Curtail { level: CurtailLevel::Efficiency };
+    const FULL: CommandKind = CommandKind::Curtail {
+        level: CurtailLevel::Full,
+    };
+    const EFF: CommandKind = CommandKind::Curtail {
+        level: CurtailLevel::Efficiency,
+    };
 
     #[test]
     fn capability_table() {
-        let pause_only = Capabilities { curtail_full: true, ..Default::default() };
-        let limit_only = Capabilities { curtail_efficiency: true, power_target: true, ..Default::default() };
+        let pause_only = Capabilities {
+            curtail_full: true,
+            ..Default::default()
+        };
+        let limit_only = Capabilities {
+            curtail_efficiency: true,
+            power_target: true,
+            ..Default::default()
+        };
         let none = Capabilities::default();
-        let check = |c: Capabilities, k: CommandKind, want: bool| assert_eq!(c.allows(&k), want, "{c:?} {k:?}");
+        let check = |c: Capabilities, k: CommandKind, want: bool| {
+            assert_eq!(c.allows(&k), want, "{c:?} {k:?}")
+        };
         check(pause_only, FULL, true);
         check(pause_only, EFF, false);
-        check(pause_only, CommandKind::SetPowerTarget { watts: 2000.0 }, false);
+        check(
+            pause_only,
+            CommandKind::SetPowerTarget { watts: 2000.0 },
+            false,
+        );
         check(pause_only, CommandKind::Uncurtail, true);
         // A miner that can only do efficiency is not eligible for a full curtail.
         check(limit_only, FULL, false);
@@ -194,15 +223,28 @@ mod tests {
             Outcome::Timeout,
             Outcome::InvalidCommand { reason: "x".into() },
         ];
-        let ok: Vec<_> = all.iter().filter(|o| o.is_success()).map(Outcome::label).collect();
+        let ok: Vec<_> = all
+            .iter()
+            .filter(|o| o.is_success())
+            .map(Outcome::label)
+            .collect();
         assert_eq!(ok, ["ok", "already_in_state"]);
     }
 
     #[test]
     fn power_target_range() {
-        assert!(CommandKind::SetPowerTarget { watts: 1500.0 }.validate().is_ok());
+        assert!(
+            CommandKind::SetPowerTarget { watts: 1500.0 }
+                .validate()
+                .is_ok()
+        );
         for bad in [f64::NAN, -1.0, 0.0, 50.0, 1e9, f64::INFINITY] {
-            assert!(CommandKind::SetPowerTarget { watts: bad }.validate().is_err(), "{bad}");
+            assert!(
+                CommandKind::SetPowerTarget { watts: bad }
+                    .validate()
+                    .is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -210,7 +252,10 @@ mod tests {
     fn wire_shape() {
         let json = serde_json::to_string(&FULL).unwrap();
         assert_eq!(json, r#"{"kind":"curtail","level":"full"}"#);
-        let o = serde_json::to_string(&Outcome::Refused { reason: "busy".into() }).unwrap();
+        let o = serde_json::to_string(&Outcome::Refused {
+            reason: "busy".into(),
+        })
+        .unwrap();
         assert_eq!(o, r#"{"outcome":"refused","reason":"busy"}"#);
     }
 }

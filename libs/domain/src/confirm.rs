@@ -47,7 +47,11 @@ pub struct ConfirmPolicy {
 
 impl Default for ConfirmPolicy {
     fn default() -> Self {
-        Self { full_curtail_max_fraction: 0.15, power_target_tolerance: 1.05, restored_min_hashrate_ths: HASHING_EPSILON_THS }
+        Self {
+            full_curtail_max_fraction: 0.15,
+            power_target_tolerance: 1.05,
+            restored_min_hashrate_ths: HASHING_EPSILON_THS,
+        }
     }
 }
 
@@ -76,16 +80,26 @@ impl ConfirmPolicy {
             return Evidence::None;
         };
         let holds = match *kind {
-            CommandKind::Curtail { level: CurtailLevel::Full } => {
+            CommandKind::Curtail {
+                level: CurtailLevel::Full,
+            } => {
                 s.power_w <= baseline_w * self.full_curtail_max_fraction
                     && s.hashrate_ths <= HASHING_EPSILON_THS
             }
-            CommandKind::SetPowerTarget { watts } => s.power_w <= watts * self.power_target_tolerance,
+            CommandKind::SetPowerTarget { watts } => {
+                s.power_w <= watts * self.power_target_tolerance
+            }
             // Efficiency mode asks the firmware for its best operating point; any real drop counts.
-            CommandKind::Curtail { level: CurtailLevel::Efficiency } => s.power_w < baseline_w * 0.95,
+            CommandKind::Curtail {
+                level: CurtailLevel::Efficiency,
+            } => s.power_w < baseline_w * 0.95,
             CommandKind::Uncurtail => return self.restore_evidence(sample, since),
         };
-        if holds { Evidence::Holds } else { Evidence::Contradicts }
+        if holds {
+            Evidence::Holds
+        } else {
+            Evidence::Contradicts
+        }
     }
 
     /// Whether the miner is hashing again after an uncurtail sent at `since`.
@@ -103,21 +117,31 @@ mod tests {
     use super::*;
     use chrono::Duration;
 
-    const FULL: CommandKind = CommandKind::Curtail { level: CurtailLevel::Full };
+    const FULL: CommandKind = CommandKind::Curtail {
+        level: CurtailLevel::Full,
+    };
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap()
     }
 
     fn sample(power_w: f64, hashrate_ths: f64, t: i64) -> Sample {
-        Sample { power_w, hashrate_ths, sampled_at: at(t) }
+        Sample {
+            power_w,
+            hashrate_ths,
+            sampled_at: at(t),
+        }
     }
 
     #[test]
     fn full_curtail_needs_low_power_and_no_hashrate_after_the_command() {
         let p = ConfirmPolicy::default();
         let check = |s: Option<Sample>, want: Evidence| {
-            assert_eq!(p.curtail_evidence(&FULL, 3000.0, s.as_ref(), at(10)), want, "{s:?}");
+            assert_eq!(
+                p.curtail_evidence(&FULL, 3000.0, s.as_ref(), at(10)),
+                want,
+                "{s:?}"
+            );
         };
         check(Some(sample(90.0, 0.0, 11)), Evidence::Holds);
         // Power fell but the miner still hashes: firmware that lies about sleeping.
@@ -137,17 +161,35 @@ mod tests {
         let p = ConfirmPolicy::default();
         let k = CommandKind::SetPowerTarget { watts: 2000.0 };
         let since = at(0);
-        assert_eq!(p.curtail_evidence(&k, 3000.0, Some(&sample(2090.0, 80.0, 1)), since), Evidence::Holds);
-        assert_eq!(p.curtail_evidence(&k, 3000.0, Some(&sample(2200.0, 80.0, 1)), since), Evidence::Contradicts);
+        assert_eq!(
+            p.curtail_evidence(&k, 3000.0, Some(&sample(2090.0, 80.0, 1)), since),
+            Evidence::Holds
+        );
+        assert_eq!(
+            p.curtail_evidence(&k, 3000.0, Some(&sample(2200.0, 80.0, 1)), since),
+            Evidence::Contradicts
+        );
     }
 
     #[test]
     fn restore_needs_hashrate_after_the_command() {
         let p = ConfirmPolicy::default();
-        assert_eq!(p.restore_evidence(Some(&sample(500.0, 20.0, 1)), at(0)), Evidence::Holds);
-        assert_eq!(p.restore_evidence(Some(&sample(90.0, 0.0, 1)), at(0)), Evidence::Contradicts);
-        assert_eq!(p.restore_evidence(Some(&sample(3000.0, 100.0, 0)), at(0)), Evidence::None);
-        assert_eq!(p.restore_evidence(None, at(0) + Duration::seconds(1)), Evidence::None);
+        assert_eq!(
+            p.restore_evidence(Some(&sample(500.0, 20.0, 1)), at(0)),
+            Evidence::Holds
+        );
+        assert_eq!(
+            p.restore_evidence(Some(&sample(90.0, 0.0, 1)), at(0)),
+            Evidence::Contradicts
+        );
+        assert_eq!(
+            p.restore_evidence(Some(&sample(3000.0, 100.0, 0)), at(0)),
+            Evidence::None
+        );
+        assert_eq!(
+            p.restore_evidence(None, at(0) + Duration::seconds(1)),
+            Evidence::None
+        );
     }
 
     #[test]

@@ -75,8 +75,13 @@ impl SiteCode {
     pub fn parse(s: &str) -> Result<Self, InvalidSiteCode> {
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-        if ok { Ok(Self(s.to_owned())) } else { Err(InvalidSiteCode) }
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if ok {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(InvalidSiteCode)
+        }
     }
 
     pub fn as_str(&self) -> &str {

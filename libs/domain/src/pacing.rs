@@ -59,7 +59,10 @@ mod tests {
     use proptest::prelude::*;
 
     fn pacing(batch_size: u32, secs: i64) -> RestorePacing {
-        RestorePacing { batch_size, interval: Duration::seconds(secs) }
+        RestorePacing {
+            batch_size,
+            interval: Duration::seconds(secs),
+        }
     }
 
     #[test]
@@ -74,12 +77,25 @@ mod tests {
     #[test]
     fn batch_size_and_ramp() {
         // 60 kW/min over 30 s = 30 kW per batch per site.
-        let pending = [(1, 10.0), (1, 10.0), (1, 10.0), (1, 10.0), (2, 3.0), (2, 3.0)];
+        let pending = [
+            (1, 10.0),
+            (1, 10.0),
+            (1, 10.0),
+            (1, 10.0),
+            (2, 3.0),
+            (2, 3.0),
+        ];
         let ramp = |s: i32| (s == 1).then_some(60.0);
-        assert_eq!(next_restore_batch(&pending, &pacing(100, 30), ramp), [0, 1, 2, 4, 5]);
+        assert_eq!(
+            next_restore_batch(&pending, &pacing(100, 30), ramp),
+            [0, 1, 2, 4, 5]
+        );
         assert_eq!(next_restore_batch(&pending, &pacing(2, 30), ramp), [0, 1]);
         // A miner bigger than the budget goes alone.
-        assert_eq!(next_restore_batch(&[(1, 50.0), (1, 1.0)], &pacing(10, 30), ramp), [0]);
+        assert_eq!(
+            next_restore_batch(&[(1, 50.0), (1, 1.0)], &pacing(10, 30), ramp),
+            [0]
+        );
     }
 
     proptest! {

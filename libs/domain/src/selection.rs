@@ -29,7 +29,9 @@ impl Mode {
     pub fn command(&self) -> CommandKind {
         match *self {
             Mode::PowerTarget { watts } => CommandKind::SetPowerTarget { watts: watts.get() },
-            _ => CommandKind::Curtail { level: CurtailLevel::Full },
+            _ => CommandKind::Curtail {
+                level: CurtailLevel::Full,
+            },
         }
     }
 
@@ -119,8 +121,14 @@ pub struct Plan {
 /// Why no plan could be made. Nothing is persisted for these.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum SelectionError {
-    #[error("insufficient load: requested {requested_kw:.1} kW, eligible load is {available_kw:.1} kW")]
-    InsufficientLoad { requested_kw: f64, available_kw: f64, skipped: BTreeMap<SkipReason, u32> },
+    #[error(
+        "insufficient load: requested {requested_kw:.1} kW, eligible load is {available_kw:.1} kW"
+    )]
+    InsufficientLoad {
+        requested_kw: f64,
+        available_kw: f64,
+        skipped: BTreeMap<SkipReason, u32>,
+    },
     #[error("no eligible device in scope")]
     EmptyPlan { skipped: BTreeMap<SkipReason, u32> },
     #[error("percent must be greater than 0 and at most 100")]
@@ -128,7 +136,11 @@ pub enum SelectionError {
 }
 
 /// Select devices for `mode` from `candidates`.
-pub fn select(mode: &Mode, candidates: &[Candidate], params: &SelectionParams) -> Result<Plan, SelectionError> {
+pub fn select(
+    mode: &Mode,
+    candidates: &[Candidate],
+    params: &SelectionParams,
+) -> Result<Plan, SelectionError> {
     let command = mode.command();
     let mut skipped: BTreeMap<SkipReason, u32> = BTreeMap::new();
     let mut eligible: Vec<(&Candidate, Sample, f64)> = Vec::with_capacity(candidates.len());
@@ -136,7 +148,10 @@ pub fn select(mode: &Mode, candidates: &[Candidate], params: &SelectionParams) -
 
     for c in candidates {
         let reason = classify(c, &command, params);
-        if let Some(s) = c.sample.filter(|s| s.is_valid() && params.now - s.sampled_at <= params.stale_after) {
+        if let Some(s) = c
+            .sample
+            .filter(|s| s.is_valid() && params.now - s.sampled_at <= params.stale_after)
+        {
             scope_w += s.power_w;
         }
         match reason {
@@ -213,7 +228,11 @@ pub fn select(mode: &Mode, candidates: &[Candidate], params: &SelectionParams) -
     })
 }
 
-fn classify(c: &Candidate, command: &CommandKind, p: &SelectionParams) -> Result<(Sample, f64), SkipReason> {
+fn classify(
+    c: &Candidate,
+    command: &CommandKind,
+    p: &SelectionParams,
+) -> Result<(Sample, f64), SkipReason> {
     if c.maintenance && !p.force_include_maintenance {
         return Err(SkipReason::Maintenance);
     }
@@ -223,7 +242,10 @@ fn classify(c: &Candidate, command: &CommandKind, p: &SelectionParams) -> Result
     if !c.capabilities.allows(command) {
         return Err(SkipReason::LacksCapability);
     }
-    let s = c.sample.filter(Sample::is_valid).ok_or(SkipReason::Offline)?;
+    let s = c
+        .sample
+        .filter(Sample::is_valid)
+        .ok_or(SkipReason::Offline)?;
     if p.now - s.sampled_at > p.stale_after {
         return Err(SkipReason::Stale);
     }
@@ -245,23 +267,37 @@ mod tests {
     }
 
     fn params() -> SelectionParams {
-        SelectionParams { now: now(), stale_after: Duration::seconds(60), min_power_w: 200.0, force_include_maintenance: false }
+        SelectionParams {
+            now: now(),
+            stale_after: Duration::seconds(60),
+            min_power_w: 200.0,
+            force_include_maintenance: false,
+        }
     }
 
     fn cand(n: u128, power_w: f64, hashrate_ths: f64) -> Candidate {
         Candidate {
             device_id: DeviceId(Uuid::from_u128(n)),
             site_id: SiteId(Uuid::from_u128(1)),
-            capabilities: Capabilities { curtail_full: true, ..Default::default() },
+            capabilities: Capabilities {
+                curtail_full: true,
+                ..Default::default()
+            },
             maintenance: false,
             in_active_event: false,
             priority: 0,
-            sample: Some(Sample { power_w, hashrate_ths, sampled_at: now() }),
+            sample: Some(Sample {
+                power_w,
+                hashrate_ths,
+                sampled_at: now(),
+            }),
         }
     }
 
     fn kw(v: f64) -> Mode {
-        Mode::Kw { target_kw: Kw::new(v).unwrap() }
+        Mode::Kw {
+            target_kw: Kw::new(v).unwrap(),
+        }
     }
 
     fn ids(p: &Plan) -> Vec<u128> {
@@ -270,7 +306,11 @@ mod tests {
 
     #[test]
     fn least_efficient_first_until_target() {
-        let c = vec![cand(1, 3000.0, 150.0), cand(2, 3000.0, 100.0), cand(3, 3000.0, 75.0)];
+        let c = vec![
+            cand(1, 3000.0, 150.0),
+            cand(2, 3000.0, 100.0),
+            cand(3, 3000.0, 75.0),
+        ];
         let plan = select(&kw(5.0), &c, &params()).unwrap();
         assert_eq!(ids(&plan), [3, 2]); // 40 J/TH, then 30 J/TH
         assert_eq!(plan.expected_shed_kw, 6.0);
@@ -279,7 +319,11 @@ mod tests {
 
     #[test]
     fn ties_break_on_priority_then_id() {
-        let mut c = vec![cand(5, 3000.0, 100.0), cand(4, 3000.0, 100.0), cand(6, 3000.0, 100.0)];
+        let mut c = vec![
+            cand(5, 3000.0, 100.0),
+            cand(4, 3000.0, 100.0),
+            cand(6, 3000.0, 100.0),
+        ];
         c[2].priority = -1;
         let plan = select(&Mode::Full, &c, &params()).unwrap();
         assert_eq!(ids(&plan), [6, 4, 5]);
@@ -290,7 +334,10 @@ mod tests {
         let mut c: Vec<Candidate> = (1..=8).map(|n| cand(n, 3000.0, 100.0)).collect();
         c[0].maintenance = true;
         c[1].in_active_event = true;
-        c[2].capabilities = Capabilities { curtail_efficiency: true, ..Default::default() };
+        c[2].capabilities = Capabilities {
+            curtail_efficiency: true,
+            ..Default::default()
+        };
         c[3].sample = None;
         c[4].sample.as_mut().unwrap().sampled_at = now() - Duration::seconds(61);
         c[5].sample.as_mut().unwrap().power_w = 100.0;
@@ -308,18 +355,30 @@ mod tests {
         .into();
         assert_eq!(plan.skipped, want);
 
-        let forced = SelectionParams { force_include_maintenance: true, ..params() };
+        let forced = SelectionParams {
+            force_include_maintenance: true,
+            ..params()
+        };
         assert_eq!(select(&Mode::Full, &c, &forced).unwrap().selected.len(), 2);
     }
 
     #[test]
     fn insufficient_and_empty() {
         let c = vec![cand(1, 3000.0, 100.0)];
-        assert!(matches!(select(&kw(3.5), &c, &params()), Err(SelectionError::InsufficientLoad { .. })));
+        assert!(matches!(
+            select(&kw(3.5), &c, &params()),
+            Err(SelectionError::InsufficientLoad { .. })
+        ));
         let mut off = cand(1, 3000.0, 100.0);
         off.sample = None;
-        assert!(matches!(select(&Mode::Full, &[off], &params()), Err(SelectionError::EmptyPlan { .. })));
-        assert_eq!(select(&Mode::Percent { percent: 0.0 }, &c, &params()), Err(SelectionError::InvalidPercent));
+        assert!(matches!(
+            select(&Mode::Full, &[off], &params()),
+            Err(SelectionError::EmptyPlan { .. })
+        ));
+        assert_eq!(
+            select(&Mode::Percent { percent: 0.0 }, &c, &params()),
+            Err(SelectionError::InvalidPercent)
+        );
     }
 
     #[test]
@@ -332,7 +391,14 @@ mod tests {
             x.capabilities.power_target = true;
         }
         pt[1].sample.as_mut().unwrap().power_w = 1500.0;
-        let plan = select(&Mode::PowerTarget { watts: Watts::new(2000.0).unwrap() }, &pt, &params()).unwrap();
+        let plan = select(
+            &Mode::PowerTarget {
+                watts: Watts::new(2000.0).unwrap(),
+            },
+            &pt,
+            &params(),
+        )
+        .unwrap();
         assert_eq!(ids(&plan), [1]);
         assert_eq!(plan.selected[0].shed_w, 1000.0);
     }

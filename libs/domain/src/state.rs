@@ -137,7 +137,10 @@ impl TargetState {
     /// On the curtail side of the machine (not yet stopped).
     pub fn is_curtail_phase(self) -> bool {
         use TargetState::*;
-        matches!(self, Pending | Dispatching | Dispatched | Confirmed | Drifted | Failed)
+        matches!(
+            self,
+            Pending | Dispatching | Dispatched | Confirmed | Drifted | Failed
+        )
     }
 
     pub fn can_transition(self, to: TargetState) -> bool {
@@ -155,7 +158,9 @@ impl TargetState {
             // Stop: anything that may have been touched is restored; a never-sent target has
             // nothing to undo and ends restored at once.
             (Pending, Restored) => true,
-            (Pending | Dispatching | Dispatched | Confirmed | Drifted | Failed, RestorePending) => true,
+            (Pending | Dispatching | Dispatched | Confirmed | Drifted | Failed, RestorePending) => {
+                true
+            }
             (RestorePending, RestoreDispatching) => true,
             (RestoreDispatching, RestoreDispatched) => true,
             (RestoreDispatching | RestoreDispatched, RestorePending) => true,
@@ -168,7 +173,10 @@ impl TargetState {
 
 /// The event state a set of settled targets implies once restore has finished, or `None` while
 /// any target is still moving.
-pub fn restore_outcome(targets: impl IntoIterator<Item = TargetState>, any_confirmed: bool) -> Option<EventState> {
+pub fn restore_outcome(
+    targets: impl IntoIterator<Item = TargetState>,
+    any_confirmed: bool,
+) -> Option<EventState> {
     let mut failures = false;
     for t in targets {
         match t {
@@ -226,10 +234,22 @@ mod tests {
     #[test]
     fn terminate_gate_covers_everything_in_flight() {
         use TargetState::*;
-        let blocking: Vec<_> = TargetState::ALL.iter().copied().filter(|s| s.blocks_terminate()).collect();
+        let blocking: Vec<_> = TargetState::ALL
+            .iter()
+            .copied()
+            .filter(|s| s.blocks_terminate())
+            .collect();
         assert_eq!(
             blocking,
-            vec![Dispatching, Dispatched, Confirmed, Drifted, RestorePending, RestoreDispatching, RestoreDispatched]
+            vec![
+                Dispatching,
+                Dispatched,
+                Confirmed,
+                Drifted,
+                RestorePending,
+                RestoreDispatching,
+                RestoreDispatched
+            ]
         );
     }
 
@@ -237,11 +257,23 @@ mod tests {
     fn restore_outcomes() {
         use TargetState::*;
         let check = |ts: &[TargetState], confirmed: bool, want: Option<EventState>| {
-            assert_eq!(restore_outcome(ts.iter().copied(), confirmed), want, "{ts:?}");
+            assert_eq!(
+                restore_outcome(ts.iter().copied(), confirmed),
+                want,
+                "{ts:?}"
+            );
         };
         check(&[Restored, Restored], true, Some(EventState::Completed));
-        check(&[Restored, RestoreFailed], true, Some(EventState::CompletedWithFailures));
-        check(&[Restored, Failed], true, Some(EventState::CompletedWithFailures));
+        check(
+            &[Restored, RestoreFailed],
+            true,
+            Some(EventState::CompletedWithFailures),
+        );
+        check(
+            &[Restored, Failed],
+            true,
+            Some(EventState::CompletedWithFailures),
+        );
         check(&[Restored, RestoreDispatched], true, None);
         check(&[Failed, Restored], false, Some(EventState::Failed));
         check(&[], false, Some(EventState::Failed));

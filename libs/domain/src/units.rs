@@ -35,7 +35,9 @@ impl Kw {
         } else if v <= 0.0 {
             Err(InvalidPower::NotPositive)
         } else if v > Self::MAX {
-            Err(InvalidPower::TooLarge { max: Self::MAX as u64 })
+            Err(InvalidPower::TooLarge {
+                max: Self::MAX as u64,
+            })
         } else {
             Ok(Self(v))
         }
@@ -73,7 +75,9 @@ impl Watts {
         } else if v < 0.0 {
             Err(InvalidPower::Negative)
         } else if v > Self::MAX {
-            Err(InvalidPower::TooLarge { max: Self::MAX as u64 })
+            Err(InvalidPower::TooLarge {
+                max: Self::MAX as u64,
+            })
         } else {
             Ok(Self(v))
         }

@@ -35,7 +35,11 @@ pub fn init_tracing(format: LogFormat) {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let result = match format {
-        LogFormat::Json => fmt().with_env_filter(filter).json().with_current_span(true).try_init(),
+        LogFormat::Json => fmt()
+            .with_env_filter(filter)
+            .json()
+            .with_current_span(true)
+            .try_init(),
         LogFormat::Pretty => fmt().with_env_filter(filter).try_init(),
     };
     // Already installed (tests, or `ebb dev` composing services): keep the first.
@@ -67,7 +71,13 @@ pub fn metrics_router() -> axum::Router {
         axum::routing::get(move || {
             let h = handle.clone();
             async move {
-                ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], h.render())
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    h.render(),
+                )
             }
         }),
     )

@@ -1,8 +1,9 @@
 //! Every metric name, defined once: `ebb_<service>_<thing>_<unit>`. Labels are low-cardinality:
 //! never a device id.
 
-pub const LATENCY_BUCKETS: &[f64] =
-    &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
 
 // store
 pub const STORE_TX_RETRIES: &str = "ebb_store_tx_retries_total";

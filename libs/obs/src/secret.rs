@@ -25,4 +25,3 @@ impl Secret {
         &self.0
     }
 }
-

@@ -16,12 +16,19 @@ impl TraceParent {
     /// A new root trace.
     pub fn new_root() -> Self {
         let mut rng = rand::rng();
-        Self { trace_id: rng.random::<u128>().max(1), span_id: rng.random::<u64>().max(1), sampled: true }
+        Self {
+            trace_id: rng.random::<u128>().max(1),
+            span_id: rng.random::<u64>().max(1),
+            sampled: true,
+        }
     }
 
     /// The same trace with a new span id, for a hop.
     pub fn child(&self) -> Self {
-        Self { span_id: rand::rng().random::<u64>().max(1), ..*self }
+        Self {
+            span_id: rand::rng().random::<u64>().max(1),
+            ..*self
+        }
     }
 
     /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; anything else (or all-zero ids) is `None`.
@@ -34,7 +41,11 @@ impl TraceParent {
         let trace_id = u128::from_str_radix(t, 16).ok().filter(|x| *x != 0)?;
         let span_id = u64::from_str_radix(p, 16).ok().filter(|x| *x != 0)?;
         let flags = u8::from_str_radix(f, 16).ok()?;
-        Some(Self { trace_id, span_id, sampled: flags & 1 == 1 })
+        Some(Self {
+            trace_id,
+            span_id,
+            sampled: flags & 1 == 1,
+        })
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -44,7 +55,13 @@ impl TraceParent {
 
 impl std::fmt::Display for TraceParent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "00-{:032x}-{:016x}-{:02x}", self.trace_id, self.span_id, u8::from(self.sampled))
+        write!(
+            f,
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id,
+            self.span_id,
+            u8::from(self.sampled)
+        )
     }
 }
 
@@ -65,8 +82,12 @@ mod tests {
         assert_eq!(c.trace_id, t.trace_id);
         let s = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         assert_eq!(TraceParent::parse(s).unwrap().to_string(), s);
-        for bad in ["", "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01", "00-xyz-00f067aa0ba902b7-01"] {
+        for bad in [
+            "",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-xyz-00f067aa0ba902b7-01",
+        ] {
             assert_eq!(TraceParent::parse(bad), None, "{bad}");
         }
     }

@@ -11,7 +11,11 @@ pub struct PlannerConfig {
     #[arg(long = "database-url", env = "DATABASE_URL", default_value = "")]
     pub database_url: Secret,
     /// NATS URL.
-    #[arg(long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long = "nats-url",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// Telemetry older than this excludes a device as stale.
     #[arg(long, env = "EBB_PLANNER_STALE_AFTER_S", default_value_t = 60)]
@@ -23,10 +27,18 @@ pub struct PlannerConfig {
     #[arg(long, env = "EBB_PLANNER_RESTORE_BATCH_SIZE", default_value_t = 100)]
     pub restore_batch_size: u32,
     /// Seconds between restore batches when a Start does not say.
-    #[arg(long, env = "EBB_PLANNER_RESTORE_BATCH_INTERVAL_S", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "EBB_PLANNER_RESTORE_BATCH_INTERVAL_S",
+        default_value_t = 30
+    )]
     pub restore_batch_interval_s: u32,
     /// The longest restore interval a non-admin may ask for.
-    #[arg(long, env = "EBB_PLANNER_NON_ADMIN_MAX_INTERVAL_S", default_value_t = 300)]
+    #[arg(
+        long,
+        env = "EBB_PLANNER_NON_ADMIN_MAX_INTERVAL_S",
+        default_value_t = 300
+    )]
     pub non_admin_max_interval_s: u32,
     /// Pool size.
     #[arg(long, env = "EBB_PLANNER_DB_CONNECTIONS", default_value_t = 8)]
@@ -68,7 +80,9 @@ impl PlannerConfig {
             bad.push("restore_batch_size must be between 1 and 10000".to_owned());
         }
         if self.non_admin_max_interval_s < self.restore_batch_interval_s {
-            bad.push("non_admin_max_interval_s must be at least restore_batch_interval_s".to_owned());
+            bad.push(
+                "non_admin_max_interval_s must be at least restore_batch_interval_s".to_owned(),
+            );
         }
         if self.db_connections == 0 {
             bad.push("db_connections must be at least 1".to_owned());
@@ -83,10 +97,17 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_and_secrets_hidden() {
-        let c = PlannerConfig { restore_batch_size: 0, stale_after_s: 0, ..Default::default() };
+        let c = PlannerConfig {
+            restore_batch_size: 0,
+            stale_after_s: 0,
+            ..Default::default()
+        };
         let errs = c.validate().unwrap_err();
         assert_eq!(errs.len(), 3, "{errs:?}");
-        let ok = PlannerConfig { database_url: Secret("postgres://u:pw@h/db".into()), ..Default::default() };
+        let ok = PlannerConfig {
+            database_url: Secret("postgres://u:pw@h/db".into()),
+            ..Default::default()
+        };
         assert!(ok.validate().is_ok());
         assert!(!format!("{ok:?}").contains("pw"));
     }

@@ -9,8 +9,9 @@ pub use config::PlannerConfig;
 
 use anyhow::Context;
 use ebb_bus::{
-    Actor, Inventory, InventoryRequest, PlanView, RegisterDevicesReply, RegisterDevicesRequest, Role, RpcError,
-    RpcErrorKind, SiteShare, StartReply, StartRequest, StopReply, StopRequest, subjects,
+    Actor, Inventory, InventoryRequest, PlanView, RegisterDevicesReply, RegisterDevicesRequest,
+    Role, RpcError, RpcErrorKind, SiteShare, StartReply, StartRequest, StopReply, StopRequest,
+    subjects,
 };
 use ebb_domain::selection::{Plan, SelectionError, SelectionParams, select};
 use ebb_domain::{EventId, EventState, OrgId, SiteId};
@@ -31,14 +32,20 @@ pub async fn run(config: PlannerConfig, shutdown: CancellationToken) -> anyhow::
     let pool = ebb_store::connect(config.database_url.expose(), config.db_connections)
         .await
         .context("connecting to postgresql")?;
-    let client = ebb_bus::connect(&config.nats_url, "ebb-planner").await.context("connecting to nats")?;
+    let client = ebb_bus::connect(&config.nats_url, "ebb-planner")
+        .await
+        .context("connecting to nats")?;
     let planner = Arc::new(Planner::new(pool, config));
     serve(planner, client, shutdown).await
 }
 
 /// Serves the planner's endpoints on `client` until `shutdown`. Requests are handled
 /// concurrently, at most [`MAX_CONCURRENT_REQUESTS`] at a time.
-pub async fn serve(planner: Arc<Planner>, client: async_nats::Client, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn serve(
+    planner: Arc<Planner>,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     use async_nats::service::ServiceExt;
     let service = client
         .service_builder()
@@ -49,7 +56,10 @@ pub async fn serve(planner: Arc<Planner>, client: async_nats::Client, shutdown: 
     let group = service.group(subjects::PLANNER_GROUP);
     let mut streams = Vec::new();
     for verb in ["preview", "start", "stop", "inventory", "register"] {
-        let ep = group.endpoint(verb).await.map_err(|e| anyhow::anyhow!("endpoint {verb}: {e}"))?;
+        let ep = group
+            .endpoint(verb)
+            .await
+            .map_err(|e| anyhow::anyhow!("endpoint {verb}: {e}"))?;
         streams.push(ep.map(move |r| (verb, r)).boxed());
     }
     let requests = futures::stream::select_all(streams).take_until(shutdown.cancelled_owned());
@@ -89,17 +99,27 @@ impl Planner {
     /// Decodes a request for `verb`, runs it, and encodes the reply; never panics on bad input.
     pub async fn handle(&self, verb: &str, payload: &[u8]) -> bytes::Bytes {
         fn decode<T: serde::de::DeserializeOwned>(p: &[u8]) -> Result<T, RpcError> {
-            ebb_bus::decode::<T>(p)
-                .map(|e| e.body)
-                .map_err(|e| RpcError::new(RpcErrorKind::InvalidArgument, format!("undecodable request: {e}")))
+            ebb_bus::decode::<T>(p).map(|e| e.body).map_err(|e| {
+                RpcError::new(
+                    RpcErrorKind::InvalidArgument,
+                    format!("undecodable request: {e}"),
+                )
+            })
         }
         let reply = match verb {
             "preview" => ebb_bus::rpc::reply(async { self.preview(&decode(payload)?).await }.await),
             "start" => ebb_bus::rpc::reply(async { self.start(&decode(payload)?).await }.await),
             "stop" => ebb_bus::rpc::reply(async { self.stop(&decode(payload)?).await }.await),
-            "inventory" => ebb_bus::rpc::reply(async { self.inventory(&decode(payload)?).await }.await),
-            "register" => ebb_bus::rpc::reply(async { self.register(&decode(payload)?).await }.await),
-            other => ebb_bus::rpc::reply::<()>(Err(RpcError::new(RpcErrorKind::NotFound, format!("no verb {other}")))),
+            "inventory" => {
+                ebb_bus::rpc::reply(async { self.inventory(&decode(payload)?).await }.await)
+            }
+            "register" => {
+                ebb_bus::rpc::reply(async { self.register(&decode(payload)?).await }.await)
+            }
+            other => ebb_bus::rpc::reply::<()>(Err(RpcError::new(
+                RpcErrorKind::NotFound,
+                format!("no verb {other}"),
+            ))),
         };
         reply.unwrap_or_else(|e| {
             tracing::error!(error = %e, "encoding planner reply");
@@ -118,17 +138,27 @@ impl Planner {
     /// with the same idempotency key or external reference created.
     pub async fn start(&self, req: &StartRequest) -> Result<StartReply, RpcError> {
         if req.actor.role() < Role::Operator {
-            return Err(RpcError::new(RpcErrorKind::PermissionDenied, "starting a curtailment needs the operator role"));
+            return Err(RpcError::new(
+                RpcErrorKind::PermissionDenied,
+                "starting a curtailment needs the operator role",
+            ));
         }
         // The replay check comes first: a retried request returns what was persisted, even if the
         // fleet (or the request's other fields) changed since.
         if let Some(found) = self.replay(req).await? {
-            return Ok(StartReply { event_id: found, replayed: true });
+            return Ok(StartReply {
+                event_id: found,
+                replayed: true,
+            });
         }
-        let org = fleet::org_settings(&self.pool, req.org).await.map_err(|e| match e {
-            StoreError::NotFound => RpcError::new(RpcErrorKind::NotFound, "organisation not found"),
-            other => internal(other),
-        })?;
+        let org = fleet::org_settings(&self.pool, req.org)
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => {
+                    RpcError::new(RpcErrorKind::NotFound, "organisation not found")
+                }
+                other => internal(other),
+            })?;
         let valid = validate::start(req, &self.config, Some(&org))?;
 
         for _ in 0..EXCLUSIVITY_RETRIES {
@@ -139,40 +169,64 @@ impl Planner {
                         metrics::counter!(ebb_obs::names::PLANNER_CANDIDATES_EXCLUDED, "reason" => reason.label())
                             .increment(u64::from(*n));
                     }
-                    metrics::counter!(ebb_obs::names::PLANNER_STARTS, "mode" => req.mode.label()).increment(1);
+                    metrics::counter!(ebb_obs::names::PLANNER_STARTS, "mode" => req.mode.label())
+                        .increment(1);
                     tracing::info!(event_id = %id, org = %req.org, devices = plan.selected.len(),
                         shed_kw = plan.expected_shed_kw, "curtailment started");
-                    return Ok(StartReply { event_id: id, replayed: false });
+                    return Ok(StartReply {
+                        event_id: id,
+                        replayed: false,
+                    });
                 }
-                Err(StoreError::Unique { constraint }) if constraint == "curtailment_target_device_exclusive" => {
+                Err(StoreError::Unique { constraint })
+                    if constraint == "curtailment_target_device_exclusive" =>
+                {
                     tracing::info!("selected devices were claimed concurrently; selecting again");
                     continue;
                 }
                 Err(StoreError::Unique { constraint })
-                    if constraint == "curtailment_event_idempotency" || constraint == "curtailment_event_external" =>
+                    if constraint == "curtailment_event_idempotency"
+                        || constraint == "curtailment_event_external" =>
                 {
                     // A concurrent duplicate won the insert: converge on its event.
                     return match self.replay(req).await? {
-                        Some(id) => Ok(StartReply { event_id: id, replayed: true }),
-                        None => Err(RpcError::new(RpcErrorKind::Conflict, "a conflicting curtailment already exists")),
+                        Some(id) => Ok(StartReply {
+                            event_id: id,
+                            replayed: true,
+                        }),
+                        None => Err(RpcError::new(
+                            RpcErrorKind::Conflict,
+                            "a conflicting curtailment already exists",
+                        )),
                     };
                 }
                 Err(e) => return Err(internal(e)),
             }
         }
-        Err(RpcError::new(RpcErrorKind::Conflict, "devices kept being claimed by concurrent curtailments; try again"))
+        Err(RpcError::new(
+            RpcErrorKind::Conflict,
+            "devices kept being claimed by concurrent curtailments; try again",
+        ))
     }
 
     async fn replay(&self, req: &StartRequest) -> Result<Option<EventId>, RpcError> {
         if req.idempotency_key.is_none() && req.external_source.is_none() {
             return Ok(None);
         }
-        let mut conn = self.pool.acquire().await.map_err(|e| internal(StoreError::Db(e)))?;
-        let external = req.external_source.as_deref().zip(req.external_reference.as_deref());
-        // A failed lookup is an error, never a fall-through to a second insert.
-        let found = events::find_replay(&mut conn, req.org, req.idempotency_key.as_deref(), external)
+        let mut conn = self
+            .pool
+            .acquire()
             .await
-            .map_err(internal)?;
+            .map_err(|e| internal(StoreError::Db(e)))?;
+        let external = req
+            .external_source
+            .as_deref()
+            .zip(req.external_reference.as_deref());
+        // A failed lookup is an error, never a fall-through to a second insert.
+        let found =
+            events::find_replay(&mut conn, req.org, req.idempotency_key.as_deref(), external)
+                .await
+                .map_err(internal)?;
         Ok(found.map(|e| e.id))
     }
 
@@ -186,11 +240,19 @@ impl Planner {
         for code in &req.scope.sites {
             match sites.iter().find(|s| &s.code == code) {
                 Some(s) => scope.push(s.id),
-                None => return Err(RpcError::invalid("scope.sites", format!("unknown site {code}"))),
+                None => {
+                    return Err(RpcError::invalid(
+                        "scope.sites",
+                        format!("unknown site {code}"),
+                    ));
+                }
             }
         }
-        let codes: BTreeMap<SiteId, String> = sites.iter().map(|s| (s.id, s.code.to_string())).collect();
-        let candidates = fleet::candidates(&self.pool, req.org, &scope).await.map_err(internal)?;
+        let codes: BTreeMap<SiteId, String> =
+            sites.iter().map(|s| (s.id, s.code.to_string())).collect();
+        let candidates = fleet::candidates(&self.pool, req.org, &scope)
+            .await
+            .map_err(internal)?;
         let params = SelectionParams {
             now: chrono::Utc::now(),
             stale_after: chrono::Duration::seconds(i64::from(self.config.stale_after_s)),
@@ -217,16 +279,19 @@ impl Planner {
             id: EventId::new(),
             org_id: req.org,
             mode: req.mode.label().to_owned(),
-            mode_params: serde_json::to_value(req.mode).map_err(|e| StoreError::Encode(e.to_string()))?,
+            mode_params: serde_json::to_value(req.mode)
+                .map_err(|e| StoreError::Encode(e.to_string()))?,
             command: req.mode.command(),
-            scope: serde_json::to_value(&req.scope).map_err(|e| StoreError::Encode(e.to_string()))?,
+            scope: serde_json::to_value(&req.scope)
+                .map_err(|e| StoreError::Encode(e.to_string()))?,
             priority: req.priority,
             reason: valid.reason.clone(),
             target_kw: match req.mode {
                 ebb_domain::selection::Mode::Kw { target_kw } => Some(target_kw.get()),
                 _ => None,
             },
-            selection: serde_json::to_value(&view).map_err(|e| StoreError::Encode(e.to_string()))?,
+            selection: serde_json::to_value(&view)
+                .map_err(|e| StoreError::Encode(e.to_string()))?,
             restore_batch_size: valid.restore_batch_size,
             restore_batch_interval_s: valid.restore_batch_interval_s,
             max_duration_s: valid.max_duration_s,
@@ -253,15 +318,39 @@ impl Planner {
             let flags = flags.clone();
             Box::pin(async move {
                 let event = events::insert_event(conn, &new, &selected).await?;
-                events::audit(&mut *conn, org, actor_kind, actor_id, "curtailment_started", Some(event.id.0), flags)
-                    .await?;
+                events::audit(
+                    &mut *conn,
+                    org,
+                    actor_kind,
+                    actor_id,
+                    "curtailment_started",
+                    Some(event.id.0),
+                    flags,
+                )
+                .await?;
                 if unbounded {
-                    events::audit(&mut *conn, org, actor_kind, actor_id, "curtailment_unbounded_start",
-                        Some(event.id.0), serde_json::json!({})).await?;
+                    events::audit(
+                        &mut *conn,
+                        org,
+                        actor_kind,
+                        actor_id,
+                        "curtailment_unbounded_start",
+                        Some(event.id.0),
+                        serde_json::json!({}),
+                    )
+                    .await?;
                 }
                 if forced {
-                    events::audit(&mut *conn, org, actor_kind, actor_id, "curtailment_force_include_maintenance",
-                        Some(event.id.0), serde_json::json!({"force_include_maintenance": true})).await?;
+                    events::audit(
+                        &mut *conn,
+                        org,
+                        actor_kind,
+                        actor_id,
+                        "curtailment_force_include_maintenance",
+                        Some(event.id.0),
+                        serde_json::json!({"force_include_maintenance": true}),
+                    )
+                    .await?;
                 }
                 events::announce(conn, &event, None, Some(&event.reason)).await?;
                 Ok(event.id)
@@ -274,11 +363,17 @@ impl Planner {
     /// Stopping an event that is already restoring or ended changes nothing and says so.
     pub async fn stop(&self, req: &StopRequest) -> Result<StopReply, RpcError> {
         if req.actor.role() < Role::Operator {
-            return Err(RpcError::new(RpcErrorKind::PermissionDenied, "stopping a curtailment needs the operator role"));
+            return Err(RpcError::new(
+                RpcErrorKind::PermissionDenied,
+                "stopping a curtailment needs the operator role",
+            ));
         }
         let reason = match req.reason.as_deref().map(str::trim) {
             Some(r) if r.chars().count() > validate::MAX_TEXT => {
-                return Err(RpcError::invalid("reason", format!("must be at most {} characters", validate::MAX_TEXT)));
+                return Err(RpcError::invalid(
+                    "reason",
+                    format!("must be at most {} characters", validate::MAX_TEXT),
+                ));
             }
             Some("") | None => "stopped by operator".to_owned(),
             Some(r) => r.to_owned(),
@@ -291,19 +386,37 @@ impl Planner {
         let changed = with_tx(&self.pool, ebb_store::tx::DEFAULT_ATTEMPTS, move |conn| {
             let reason = reason.clone();
             Box::pin(async move {
-                let Some(event) = events::lock_event(conn, org, id).await? else { return Err(StoreError::NotFound) };
+                let Some(event) = events::lock_event(conn, org, id).await? else {
+                    return Err(StoreError::NotFound);
+                };
                 if !matches!(event.state, EventState::Pending | EventState::Active) {
                     return Ok(false);
                 }
-                let Some(moved) =
-                    events::transition_event(conn, &event, event.state, EventState::Restoring, actor_kind, Some(&reason))
-                        .await?
+                let Some(moved) = events::transition_event(
+                    conn,
+                    &event,
+                    event.state,
+                    EventState::Restoring,
+                    actor_kind,
+                    Some(&reason),
+                )
+                .await?
                 else {
-                    return Err(StoreError::RaceLost(format!("event {id} moved while locked")));
+                    return Err(StoreError::RaceLost(format!(
+                        "event {id} moved while locked"
+                    )));
                 };
                 events::sweep_targets_for_restore(conn, id, actor_kind).await?;
-                events::audit(&mut *conn, org, actor_kind, actor_id, "curtailment_stopped", Some(id.0),
-                    serde_json::json!({"reason": reason})).await?;
+                events::audit(
+                    &mut *conn,
+                    org,
+                    actor_kind,
+                    actor_id,
+                    "curtailment_stopped",
+                    Some(id.0),
+                    serde_json::json!({"reason": reason}),
+                )
+                .await?;
                 events::announce(conn, &moved, Some(event.state), Some(&reason)).await?;
                 Ok(true)
             })
@@ -313,7 +426,10 @@ impl Planner {
             StoreError::NotFound => RpcError::new(RpcErrorKind::NotFound, "curtailment not found"),
             other => internal(other),
         })?;
-        Ok(StopReply { event_id: id, changed })
+        Ok(StopReply {
+            event_id: id,
+            changed,
+        })
     }
 
     /// The devices of one site, for its agent.
@@ -321,18 +437,33 @@ impl Planner {
         let site = fleet::site_by_code(&self.pool, &req.site)
             .await
             .map_err(internal)?
-            .ok_or_else(|| RpcError::new(RpcErrorKind::NotFound, format!("unknown site {}", req.site)))?;
-        Ok(Inventory { devices: fleet::inventory(&self.pool, site.id).await.map_err(internal)? })
+            .ok_or_else(|| {
+                RpcError::new(RpcErrorKind::NotFound, format!("unknown site {}", req.site))
+            })?;
+        Ok(Inventory {
+            devices: fleet::inventory(&self.pool, site.id)
+                .await
+                .map_err(internal)?,
+        })
     }
 
     /// Adds or updates devices found by an agent's scan.
-    pub async fn register(&self, req: &RegisterDevicesRequest) -> Result<RegisterDevicesReply, RpcError> {
+    pub async fn register(
+        &self,
+        req: &RegisterDevicesRequest,
+    ) -> Result<RegisterDevicesReply, RpcError> {
         let site = fleet::site_by_code(&self.pool, &req.site)
             .await
             .map_err(internal)?
-            .ok_or_else(|| RpcError::new(RpcErrorKind::NotFound, format!("unknown site {}", req.site)))?;
-        let n = fleet::upsert_devices(&self.pool, &site, &req.devices).await.map_err(internal)?;
-        Ok(RegisterDevicesReply { registered: n as u32 })
+            .ok_or_else(|| {
+                RpcError::new(RpcErrorKind::NotFound, format!("unknown site {}", req.site))
+            })?;
+        let n = fleet::upsert_devices(&self.pool, &site, &req.devices)
+            .await
+            .map_err(internal)?;
+        Ok(RegisterDevicesReply {
+            registered: n as u32,
+        })
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -348,7 +479,10 @@ impl Planner {
 fn plan_view(req: &StartRequest, plan: &Plan, codes: &BTreeMap<SiteId, String>) -> PlanView {
     let mut per_site: BTreeMap<String, SiteShare> = BTreeMap::new();
     for s in &plan.selected {
-        let code = codes.get(&s.site_id).cloned().unwrap_or_else(|| s.site_id.to_string());
+        let code = codes
+            .get(&s.site_id)
+            .cloned()
+            .unwrap_or_else(|| s.site_id.to_string());
         let e = per_site.entry(code).or_default();
         e.devices += 1;
         e.shed_kw += s.shed_w / 1000.0;
@@ -359,7 +493,11 @@ fn plan_view(req: &StartRequest, plan: &Plan, codes: &BTreeMap<SiteId, String>) 
         expected_shed_kw: plan.expected_shed_kw,
         scope_kw: plan.scope_kw,
         available_kw: plan.available_kw,
-        skipped: plan.skipped.iter().map(|(r, n)| (r.label().to_owned(), *n)).collect(),
+        skipped: plan
+            .skipped
+            .iter()
+            .map(|(r, n)| (r.label().to_owned(), *n))
+            .collect(),
         per_site,
     }
 }
@@ -367,13 +505,27 @@ fn plan_view(req: &StartRequest, plan: &Plan, codes: &BTreeMap<SiteId, String>) 
 fn selection_error(e: SelectionError) -> RpcError {
     let msg = e.to_string();
     match e {
-        SelectionError::InsufficientLoad { requested_kw, available_kw, skipped } => RpcError {
-            detail: [("requested_kw".to_owned(), requested_kw), ("available_kw".to_owned(), available_kw)].into(),
-            skipped: skipped.iter().map(|(r, n)| (r.label().to_owned(), *n)).collect(),
+        SelectionError::InsufficientLoad {
+            requested_kw,
+            available_kw,
+            skipped,
+        } => RpcError {
+            detail: [
+                ("requested_kw".to_owned(), requested_kw),
+                ("available_kw".to_owned(), available_kw),
+            ]
+            .into(),
+            skipped: skipped
+                .iter()
+                .map(|(r, n)| (r.label().to_owned(), *n))
+                .collect(),
             ..RpcError::new(RpcErrorKind::InsufficientLoad, msg)
         },
         SelectionError::EmptyPlan { skipped } => RpcError {
-            skipped: skipped.iter().map(|(r, n)| (r.label().to_owned(), *n)).collect(),
+            skipped: skipped
+                .iter()
+                .map(|(r, n)| (r.label().to_owned(), *n))
+                .collect(),
             ..RpcError::new(RpcErrorKind::EmptyPlan, msg)
         },
         SelectionError::InvalidPercent => RpcError::invalid("percent", msg),

@@ -27,9 +27,10 @@ pub struct ValidStart {
 fn text(field: &str, v: Option<&str>) -> Result<(), RpcError> {
     match v {
         Some(s) if s.trim().is_empty() => Err(RpcError::invalid(field, "must not be blank")),
-        Some(s) if s.chars().count() > MAX_TEXT => {
-            Err(RpcError::invalid(field, format!("must be at most {MAX_TEXT} characters")))
-        }
+        Some(s) if s.chars().count() > MAX_TEXT => Err(RpcError::invalid(
+            field,
+            format!("must be at most {MAX_TEXT} characters"),
+        )),
         _ => Ok(()),
     }
 }
@@ -38,12 +39,22 @@ fn admin(req: &StartRequest, field: &str, what: &str) -> Result<(), RpcError> {
     if req.actor.role() >= Role::Admin {
         Ok(())
     } else {
-        Err(RpcError { field: Some(field.to_owned()), ..RpcError::new(RpcErrorKind::PermissionDenied, format!("{what} needs the admin role")) })
+        Err(RpcError {
+            field: Some(field.to_owned()),
+            ..RpcError::new(
+                RpcErrorKind::PermissionDenied,
+                format!("{what} needs the admin role"),
+            )
+        })
     }
 }
 
 /// Validates `req`. `org` is `None` for a preview, which has no org-dependent limits to apply.
-pub fn start(req: &StartRequest, cfg: &PlannerConfig, org: Option<&OrgSettings>) -> Result<ValidStart, RpcError> {
+pub fn start(
+    req: &StartRequest,
+    cfg: &PlannerConfig,
+    org: Option<&OrgSettings>,
+) -> Result<ValidStart, RpcError> {
     if req.reason.trim().is_empty() {
         return Err(RpcError::invalid("reason", "must not be blank"));
     }
@@ -52,38 +63,72 @@ pub fn start(req: &StartRequest, cfg: &PlannerConfig, org: Option<&OrgSettings>)
     text("external_source", req.external_source.as_deref())?;
     text("external_reference", req.external_reference.as_deref())?;
     if req.external_source.is_some() != req.external_reference.is_some() {
-        return Err(RpcError::invalid("external_reference", "external_source and external_reference go together"));
+        return Err(RpcError::invalid(
+            "external_reference",
+            "external_source and external_reference go together",
+        ));
     }
 
     let restore_batch_size = req.restore_batch_size.unwrap_or(cfg.restore_batch_size);
     if !(1..=MAX_RESTORE_BATCH).contains(&restore_batch_size) {
-        return Err(RpcError::invalid("restore_batch_size", format!("must be between 1 and {MAX_RESTORE_BATCH}")));
+        return Err(RpcError::invalid(
+            "restore_batch_size",
+            format!("must be between 1 and {MAX_RESTORE_BATCH}"),
+        ));
     }
-    let restore_batch_interval_s = req.restore_batch_interval_s.unwrap_or(cfg.restore_batch_interval_s);
+    let restore_batch_interval_s = req
+        .restore_batch_interval_s
+        .unwrap_or(cfg.restore_batch_interval_s);
     if restore_batch_interval_s > MAX_RESTORE_INTERVAL_S {
-        return Err(RpcError::invalid("restore_batch_interval_s", format!("must be at most {MAX_RESTORE_INTERVAL_S}")));
+        return Err(RpcError::invalid(
+            "restore_batch_interval_s",
+            format!("must be at most {MAX_RESTORE_INTERVAL_S}"),
+        ));
     }
     if restore_batch_interval_s > cfg.non_admin_max_interval_s {
-        admin(req, "restore_batch_interval_s", format!("a restore interval above {} s", cfg.non_admin_max_interval_s).as_str())?;
+        admin(
+            req,
+            "restore_batch_interval_s",
+            format!(
+                "a restore interval above {} s",
+                cfg.non_admin_max_interval_s
+            )
+            .as_str(),
+        )?;
     }
 
     let max_duration_s = match (req.allow_unbounded, req.max_duration_s) {
         (true, Some(_)) => {
-            return Err(RpcError::invalid("max_duration_s", "cannot be set together with allow_unbounded"));
+            return Err(RpcError::invalid(
+                "max_duration_s",
+                "cannot be set together with allow_unbounded",
+            ));
         }
         (true, None) => {
             admin(req, "allow_unbounded", "an unbounded curtailment")?;
             None
         }
-        (false, Some(0)) => return Err(RpcError::invalid("max_duration_s", "must be greater than 0")),
+        (false, Some(0)) => {
+            return Err(RpcError::invalid(
+                "max_duration_s",
+                "must be greater than 0",
+            ));
+        }
         (false, Some(d)) if d > MAX_DURATION_S => {
-            return Err(RpcError::invalid("max_duration_s", format!("must be at most {MAX_DURATION_S}")));
+            return Err(RpcError::invalid(
+                "max_duration_s",
+                format!("must be at most {MAX_DURATION_S}"),
+            ));
         }
         (false, Some(d)) => {
             if let Some(o) = org
                 && d > o.default_max_duration_s
             {
-                admin(req, "max_duration_s", "a max_duration_s above the organisation default")?;
+                admin(
+                    req,
+                    "max_duration_s",
+                    "a max_duration_s above the organisation default",
+                )?;
             }
             Some(d)
         }
@@ -91,19 +136,36 @@ pub fn start(req: &StartRequest, cfg: &PlannerConfig, org: Option<&OrgSettings>)
     };
 
     if req.force_include_maintenance {
-        admin(req, "force_include_maintenance", "including miners under maintenance")?;
+        admin(
+            req,
+            "force_include_maintenance",
+            "including miners under maintenance",
+        )?;
     }
     let min_power_w = match req.min_power_w_override {
         Some(w) if !(w.is_finite() && w >= 0.0) => {
-            return Err(RpcError::invalid("min_power_w_override", "must be a non-negative number"));
+            return Err(RpcError::invalid(
+                "min_power_w_override",
+                "must be a non-negative number",
+            ));
         }
         Some(w) => {
-            admin(req, "min_power_w_override", "overriding the candidate minimum power")?;
+            admin(
+                req,
+                "min_power_w_override",
+                "overriding the candidate minimum power",
+            )?;
             w
         }
         None => cfg.min_power_w,
     };
-    Ok(ValidStart { reason: req.reason.trim().to_owned(), restore_batch_size, restore_batch_interval_s, max_duration_s, min_power_w })
+    Ok(ValidStart {
+        reason: req.reason.trim().to_owned(),
+        restore_batch_size,
+        restore_batch_interval_s,
+        max_duration_s,
+        min_power_w,
+    })
 }
 
 /// What a preview assumes when it has not read the org: previews persist nothing, so any bound works.
@@ -120,8 +182,13 @@ mod tests {
     fn req(role: Role) -> StartRequest {
         StartRequest {
             org: OrgId::new(),
-            actor: Actor::ApiKey { key_id: uuid::Uuid::nil(), role },
-            mode: Mode::Kw { target_kw: Kw::new(10.0).unwrap() },
+            actor: Actor::ApiKey {
+                key_id: uuid::Uuid::nil(),
+                role,
+            },
+            mode: Mode::Kw {
+                target_kw: Kw::new(10.0).unwrap(),
+            },
             scope: Scope::default(),
             reason: "grid event".into(),
             priority: 0,
@@ -137,7 +204,9 @@ mod tests {
         }
     }
 
-    const ORG: OrgSettings = OrgSettings { default_max_duration_s: 3600 };
+    const ORG: OrgSettings = OrgSettings {
+        default_max_duration_s: 3600,
+    };
 
     fn check(r: StartRequest, field: Option<&str>, kind: Option<RpcErrorKind>) {
         let got = start(&r, &PlannerConfig::default(), Some(&ORG));
@@ -155,28 +224,135 @@ mod tests {
     fn fields_are_named() {
         use RpcErrorKind::*;
         check(req(Role::Operator), None, None);
-        check(StartRequest { reason: "  ".into(), ..req(Role::Operator) }, Some("reason"), Some(InvalidArgument));
-        check(StartRequest { reason: "é".repeat(256), ..req(Role::Operator) }, None, None);
-        check(StartRequest { reason: "é".repeat(257), ..req(Role::Operator) }, Some("reason"), Some(InvalidArgument));
-        check(StartRequest { external_source: Some("x".into()), ..req(Role::Operator) }, Some("external_reference"), Some(InvalidArgument));
-        check(StartRequest { restore_batch_size: Some(0), ..req(Role::Operator) }, Some("restore_batch_size"), Some(InvalidArgument));
-        check(StartRequest { max_duration_s: Some(0), ..req(Role::Operator) }, Some("max_duration_s"), Some(InvalidArgument));
-        check(StartRequest { allow_unbounded: true, max_duration_s: Some(10), ..req(Role::Admin) }, Some("max_duration_s"), Some(InvalidArgument));
+        check(
+            StartRequest {
+                reason: "  ".into(),
+                ..req(Role::Operator)
+            },
+            Some("reason"),
+            Some(InvalidArgument),
+        );
+        check(
+            StartRequest {
+                reason: "é".repeat(256),
+                ..req(Role::Operator)
+            },
+            None,
+            None,
+        );
+        check(
+            StartRequest {
+                reason: "é".repeat(257),
+                ..req(Role::Operator)
+            },
+            Some("reason"),
+            Some(InvalidArgument),
+        );
+        check(
+            StartRequest {
+                external_source: Some("x".into()),
+                ..req(Role::Operator)
+            },
+            Some("external_reference"),
+            Some(InvalidArgument),
+        );
+        check(
+            StartRequest {
+                restore_batch_size: Some(0),
+                ..req(Role::Operator)
+            },
+            Some("restore_batch_size"),
+            Some(InvalidArgument),
+        );
+        check(
+            StartRequest {
+                max_duration_s: Some(0),
+                ..req(Role::Operator)
+            },
+            Some("max_duration_s"),
+            Some(InvalidArgument),
+        );
+        check(
+            StartRequest {
+                allow_unbounded: true,
+                max_duration_s: Some(10),
+                ..req(Role::Admin)
+            },
+            Some("max_duration_s"),
+            Some(InvalidArgument),
+        );
     }
 
     #[test]
     fn privileges_on_the_effective_request() {
         use RpcErrorKind::PermissionDenied;
         let op = req(Role::Operator);
-        check(StartRequest { allow_unbounded: true, ..op.clone() }, Some("allow_unbounded"), Some(PermissionDenied));
-        check(StartRequest { force_include_maintenance: true, ..op.clone() }, Some("force_include_maintenance"), Some(PermissionDenied));
-        check(StartRequest { max_duration_s: Some(3601), ..op.clone() }, Some("max_duration_s"), Some(PermissionDenied));
-        check(StartRequest { max_duration_s: Some(3600), ..op.clone() }, None, None);
-        check(StartRequest { restore_batch_interval_s: Some(301), ..op.clone() }, Some("restore_batch_interval_s"), Some(PermissionDenied));
-        check(StartRequest { min_power_w_override: Some(10.0), ..op.clone() }, Some("min_power_w_override"), Some(PermissionDenied));
+        check(
+            StartRequest {
+                allow_unbounded: true,
+                ..op.clone()
+            },
+            Some("allow_unbounded"),
+            Some(PermissionDenied),
+        );
+        check(
+            StartRequest {
+                force_include_maintenance: true,
+                ..op.clone()
+            },
+            Some("force_include_maintenance"),
+            Some(PermissionDenied),
+        );
+        check(
+            StartRequest {
+                max_duration_s: Some(3601),
+                ..op.clone()
+            },
+            Some("max_duration_s"),
+            Some(PermissionDenied),
+        );
+        check(
+            StartRequest {
+                max_duration_s: Some(3600),
+                ..op.clone()
+            },
+            None,
+            None,
+        );
+        check(
+            StartRequest {
+                restore_batch_interval_s: Some(301),
+                ..op.clone()
+            },
+            Some("restore_batch_interval_s"),
+            Some(PermissionDenied),
+        );
+        check(
+            StartRequest {
+                min_power_w_override: Some(10.0),
+                ..op.clone()
+            },
+            Some("min_power_w_override"),
+            Some(PermissionDenied),
+        );
         let ad = req(Role::Admin);
-        check(StartRequest { allow_unbounded: true, ..ad.clone() }, None, None);
-        check(StartRequest { force_include_maintenance: true, max_duration_s: Some(7200), ..ad }, None, None);
+        check(
+            StartRequest {
+                allow_unbounded: true,
+                ..ad.clone()
+            },
+            None,
+            None,
+        );
+        check(
+            StartRequest {
+                force_include_maintenance: true,
+                max_duration_s: Some(7200),
+                ..ad
+            },
+            None,
+            None,
+        );
     }
 
     #[test]

@@ -10,7 +10,11 @@ pub struct ReconcilerConfig {
     #[arg(long = "database-url", env = "DATABASE_URL", default_value = "")]
     pub database_url: Secret,
     /// NATS URL.
-    #[arg(long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long = "nats-url",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// The slow safety tick, in milliseconds; results and telemetry wake the reconciler sooner.
     #[arg(long, env = "EBB_RECONCILER_TICK_MS", default_value_t = 10_000)]

@@ -21,7 +21,12 @@ pub struct Incoming {
     pub message: jetstream::Message,
 }
 
-pub async fn results(js: jetstream::Context, tx: mpsc::Sender<Incoming>, wake: Arc<Notify>, stop: CancellationToken) {
+pub async fn results(
+    js: jetstream::Context,
+    tx: mpsc::Sender<Incoming>,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
     let consumer = loop {
         match streams::ensure_consumer(&js, streams::RESULT, streams::reconciler_results()).await {
             Ok(c) => break c,
@@ -53,7 +58,14 @@ pub async fn results(js: jetstream::Context, tx: mpsc::Sender<Incoming>, wake: A
         };
         match ebb_bus::decode::<BatchResult>(&message.payload) {
             Ok(env) => {
-                if tx.send(Incoming { result: env.body, message }).await.is_err() {
+                if tx
+                    .send(Incoming {
+                        result: env.body,
+                        message,
+                    })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 wake.notify_one();
@@ -67,9 +79,16 @@ pub async fn results(js: jetstream::Context, tx: mpsc::Sender<Incoming>, wake: A
     }
 }
 
-pub async fn telemetry(js: jetstream::Context, pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
+pub async fn telemetry(
+    js: jetstream::Context,
+    pool: PgPool,
+    wake: Arc<Notify>,
+    stop: CancellationToken,
+) {
     let consumer = loop {
-        match streams::ensure_consumer(&js, streams::TELEMETRY, streams::reconciler_telemetry()).await {
+        match streams::ensure_consumer(&js, streams::TELEMETRY, streams::reconciler_telemetry())
+            .await
+        {
             Ok(c) => break c,
             Err(e) => {
                 tracing::warn!(error = %e, "creating the telemetry consumer");
@@ -102,7 +121,8 @@ pub async fn telemetry(js: jetstream::Context, pool: PgPool, wake: Arc<Notify>, 
         };
         // The subject names the site the agent may publish for (NATS permissions enforce it);
         // a body that claims another site is not trusted.
-        let subject_site = ebb_bus::subjects::site_of(ebb_bus::subjects::TELEMETRY_PREFIX, &message.subject);
+        let subject_site =
+            ebb_bus::subjects::site_of(ebb_bus::subjects::TELEMETRY_PREFIX, &message.subject);
         if subject_site != Some(batch.site.as_str()) {
             tracing::warn!(subject = %message.subject, site = %batch.site, "telemetry site does not match its subject");
             message.ack_with(AckKind::Term).await.ok();
@@ -118,7 +138,10 @@ pub async fn telemetry(js: jetstream::Context, pool: PgPool, wake: Arc<Notify>, 
                 Ok(None) => None,
                 Err(e) => {
                     tracing::warn!(error = ?e, "looking up a telemetry site");
-                    message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await.ok();
+                    message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await
+                        .ok();
                     continue;
                 }
             },
@@ -130,13 +153,17 @@ pub async fn telemetry(js: jetstream::Context, pool: PgPool, wake: Arc<Notify>, 
         };
         match fleet::ingest_telemetry(&pool, site_id, &batch.samples).await {
             Ok(_) => {
-                metrics::counter!(ebb_obs::names::RECONCILER_TELEMETRY_SAMPLES).increment(batch.samples.len() as u64);
+                metrics::counter!(ebb_obs::names::RECONCILER_TELEMETRY_SAMPLES)
+                    .increment(batch.samples.len() as u64);
                 message.ack().await.ok();
                 wake.notify_one();
             }
             Err(e) => {
                 tracing::warn!(error = ?e, "writing telemetry");
-                message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await.ok();
+                message
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                    .await
+                    .ok();
             }
         }
     }

@@ -41,7 +41,11 @@ pub async fn run(config: ReconcilerConfig, shutdown: CancellationToken) -> anyho
 }
 
 #[doc(hidden)]
-pub async fn run_with_hooks(config: ReconcilerConfig, hooks: Hooks, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run_with_hooks(
+    config: ReconcilerConfig,
+    hooks: Hooks,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     if let Err(errs) = config.validate() {
         anyhow::bail!("invalid reconciler config: {}", errs.join("; "));
     }
@@ -50,9 +54,13 @@ pub async fn run_with_hooks(config: ReconcilerConfig, hooks: Hooks, shutdown: Ca
     let pool = ebb_store::connect(config.database_url.expose(), config.db_connections)
         .await
         .context("connecting to postgresql")?;
-    let client = ebb_bus::connect(&config.nats_url, "ebb-reconciler").await.context("connecting to nats")?;
+    let client = ebb_bus::connect(&config.nats_url, "ebb-reconciler")
+        .await
+        .context("connecting to nats")?;
     let js = jetstream::new(client);
-    ebb_bus::streams::ensure_streams(&js).await.map_err(|e| anyhow::anyhow!("creating streams: {e}"))?;
+    ebb_bus::streams::ensure_streams(&js)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating streams: {e}"))?;
 
     while !shutdown.is_cancelled() {
         let lock = match try_lock(config.database_url.expose()).await {
@@ -70,7 +78,16 @@ pub async fn run_with_hooks(config: ReconcilerConfig, hooks: Hooks, shutdown: Ca
         };
         tracing::info!(holder, "became reconciler leader");
         metrics::gauge!(ebb_obs::names::RECONCILER_IS_LEADER).set(1.0);
-        let result = lead(&config, &hooks, &holder, pool.clone(), js.clone(), lock, shutdown.clone()).await;
+        let result = lead(
+            &config,
+            &hooks,
+            &holder,
+            pool.clone(),
+            js.clone(),
+            lock,
+            shutdown.clone(),
+        )
+        .await;
         metrics::gauge!(ebb_obs::names::RECONCILER_IS_LEADER).set(0.0);
         match result {
             Ok(()) => tracing::info!(holder, "stopped leading"),
@@ -90,7 +107,10 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
 /// Tries the leader lock on a dedicated connection; the lock lives exactly as long as it.
 async fn try_lock(url: &str) -> Result<Option<PgConnection>, sqlx::Error> {
     let mut conn = PgConnection::connect(url).await?;
-    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LEADER_LOCK_KEY).fetch_one(&mut conn).await?;
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LEADER_LOCK_KEY)
+        .fetch_one(&mut conn)
+        .await?;
     if got { Ok(Some(conn)) } else { Ok(None) }
 }
 
@@ -111,8 +131,18 @@ async fn lead(
     // stamp → publish → mark-dispatched sequence.
     let (results_tx, mut results_rx) = mpsc::channel(intake::RESULT_QUEUE);
     let tasks = TaskTracker::new();
-    tasks.spawn(intake::results(js.clone(), results_tx, wake.clone(), term.clone()));
-    tasks.spawn(intake::telemetry(js.clone(), pool.clone(), wake.clone(), term.clone()));
+    tasks.spawn(intake::results(
+        js.clone(),
+        results_tx,
+        wake.clone(),
+        term.clone(),
+    ));
+    tasks.spawn(intake::telemetry(
+        js.clone(),
+        pool.clone(),
+        wake.clone(),
+        term.clone(),
+    ));
     tasks.close();
 
     let mut reconciler = pass::Reconciler::new(config, hooks.clone(), pool.clone(), js);

@@ -1,9 +1,9 @@
 //! One reconcile pass: apply the results that arrived, then drive every live event one step,
 //! each event isolated from the others' errors and panics.
 
+use crate::Hooks;
 use crate::config::ReconcilerConfig;
 use crate::intake::Incoming;
-use crate::Hooks;
 use anyhow::Context;
 use async_nats::jetstream::{self, AckKind};
 use chrono::{DateTime, Utc};
@@ -64,12 +64,20 @@ impl Reconciler {
                 }
                 Err(e) => {
                     tracing::warn!(batch_id = %result.batch_id, error = ?e, "applying a result failed; redelivering");
-                    message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await.ok();
+                    message
+                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await
+                        .ok();
                 }
             }
         }
         match fleet::all_sites(&self.pool).await {
-            Ok(sites) => self.sites = sites.into_iter().map(|s| (s.id, (s.code, s.ramp_limit_kw_per_min))).collect(),
+            Ok(sites) => {
+                self.sites = sites
+                    .into_iter()
+                    .map(|s| (s.id, (s.code, s.ramp_limit_kw_per_min)))
+                    .collect()
+            }
             Err(e) => tracing::warn!(error = ?e, "loading sites"),
         }
         let live = match events::live_events(&self.pool).await {
@@ -83,7 +91,10 @@ impl Reconciler {
         let mut next: Option<Duration> = None;
         for ev in live {
             let id = ev.id;
-            match AssertUnwindSafe(self.reconcile_event(ev)).catch_unwind().await {
+            match AssertUnwindSafe(self.reconcile_event(ev))
+                .catch_unwind()
+                .await
+            {
                 Ok(Ok(n)) => next = min_opt(next, n),
                 Ok(Err(e)) => {
                     metrics::counter!(names::RECONCILER_EVENT_ERRORS).increment(1);
@@ -114,12 +125,20 @@ impl Reconciler {
             .results
             .iter()
             .filter(|d| d.outcome.is_success())
-            .filter_map(|d| d.prior_power_limit_w.filter(|w| w.is_finite() && *w > 0.0).map(|w| (d.device_id, w)))
+            .filter_map(|d| {
+                d.prior_power_limit_w
+                    .filter(|w| w.is_finite() && *w > 0.0)
+                    .map(|w| (d.device_id, w))
+            })
             .collect();
         events::record_prior_power_limits(&self.pool, event, &limits).await?;
 
-        let failed: HashMap<DeviceId, String> =
-            r.results.iter().filter(|d| !d.outcome.is_success()).map(|d| (d.device_id, d.outcome.to_string())).collect();
+        let failed: HashMap<DeviceId, String> = r
+            .results
+            .iter()
+            .filter(|d| !d.outcome.is_success())
+            .map(|d| (d.device_id, d.outcome.to_string()))
+            .collect();
         if failed.is_empty() {
             return Ok(());
         }
@@ -128,9 +147,15 @@ impl Reconciler {
         for t in &targets {
             if failed.contains_key(&t.device_id)
                 && t.last_batch_id == Some(r.batch_id)
-                && matches!(t.state, TargetState::Dispatched | TargetState::RestoreDispatched)
+                && matches!(
+                    t.state,
+                    TargetState::Dispatched | TargetState::RestoreDispatched
+                )
             {
-                spends.push(Spend { target: t, reason: "command outcome was not success" });
+                spends.push(Spend {
+                    target: t,
+                    reason: "command outcome was not success",
+                });
             }
         }
         for (device, outcome) in &failed {
@@ -162,7 +187,12 @@ impl Reconciler {
         }
     }
 
-    async fn curtail_side(&self, ev: &EventRow, targets: &[TargetRow], now: DateTime<Utc>) -> anyhow::Result<Option<Duration>> {
+    async fn curtail_side(
+        &self,
+        ev: &EventRow,
+        targets: &[TargetRow],
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Option<Duration>> {
         let mut next = None;
         let mut dispatch: Vec<&TargetRow> = Vec::new();
         let mut orphans: BTreeMap<BatchId, Vec<&TargetRow>> = BTreeMap::new();
@@ -171,36 +201,68 @@ impl Reconciler {
         let mut spends = Vec::new();
         for t in targets {
             match t.state {
-                TargetState::Pending if t.device_missing => spends.push(Spend { target: t, reason: "device vanished" }),
+                TargetState::Pending if t.device_missing => spends.push(Spend {
+                    target: t,
+                    reason: "device vanished",
+                }),
                 TargetState::Pending => dispatch.push(t),
                 TargetState::Dispatching => match t.last_batch_id {
-                    Some(b) if now - t.updated_at <= self.confirm_deadline => orphans.entry(b).or_default().push(t),
-                    _ => spends.push(Spend { target: t, reason: "stuck dispatching" }),
+                    Some(b) if now - t.updated_at <= self.confirm_deadline => {
+                        orphans.entry(b).or_default().push(t)
+                    }
+                    _ => spends.push(Spend {
+                        target: t,
+                        reason: "stuck dispatching",
+                    }),
                 },
                 TargetState::Dispatched => {
                     let since = t.dispatched_at.unwrap_or(t.updated_at);
-                    match self.policy.curtail_evidence(&ev.command, t.baseline_power_w, t.sample.as_ref(), since) {
-                        Evidence::Holds => confirm.entry(TargetState::Dispatched).or_default().push(t.device_id),
-                        _ if now - since > self.confirm_deadline => {
-                            spends.push(Spend { target: t, reason: "not confirmed before the deadline" })
-                        }
+                    match self.policy.curtail_evidence(
+                        &ev.command,
+                        t.baseline_power_w,
+                        t.sample.as_ref(),
+                        since,
+                    ) {
+                        Evidence::Holds => confirm
+                            .entry(TargetState::Dispatched)
+                            .or_default()
+                            .push(t.device_id),
+                        _ if now - since > self.confirm_deadline => spends.push(Spend {
+                            target: t,
+                            reason: "not confirmed before the deadline",
+                        }),
                         _ => next = min_opt(next, Some(until(since + self.confirm_deadline, now))),
                     }
                 }
                 TargetState::Confirmed => {
                     let since = t.confirmed_at.unwrap_or(t.updated_at);
                     // Drift needs a fresh sample that contradicts; missing telemetry never fires it.
-                    if self.policy.curtail_evidence(&ev.command, t.baseline_power_w, t.sample.as_ref(), since)
-                        == Evidence::Contradicts
+                    if self.policy.curtail_evidence(
+                        &ev.command,
+                        t.baseline_power_w,
+                        t.sample.as_ref(),
+                        since,
+                    ) == Evidence::Contradicts
                     {
                         drift.push(t);
                     }
                 }
                 TargetState::Drifted => {
                     let since = t.confirmed_at.unwrap_or(t.updated_at);
-                    match self.policy.curtail_evidence(&ev.command, t.baseline_power_w, t.sample.as_ref(), since) {
-                        Evidence::Holds => confirm.entry(TargetState::Drifted).or_default().push(t.device_id),
-                        _ => spends.push(Spend { target: t, reason: "drifted" }),
+                    match self.policy.curtail_evidence(
+                        &ev.command,
+                        t.baseline_power_w,
+                        t.sample.as_ref(),
+                        since,
+                    ) {
+                        Evidence::Holds => confirm
+                            .entry(TargetState::Drifted)
+                            .or_default()
+                            .push(t.device_id),
+                        _ => spends.push(Spend {
+                            target: t,
+                            reason: "drifted",
+                        }),
                     }
                 }
                 _ => {}
@@ -208,18 +270,53 @@ impl Reconciler {
         }
 
         for (from, devices) in &confirm {
-            let change = TargetChange { set_confirmed_at: true, retry: Retry::Reset, error: Some(None), ..Default::default() };
-            let moved = events::transition_targets(&self.pool, ev.id, devices, *from, TargetState::Confirmed, &change, ACTOR).await?;
+            let change = TargetChange {
+                set_confirmed_at: true,
+                retry: Retry::Reset,
+                error: Some(None),
+                ..Default::default()
+            };
+            let moved = events::transition_targets(
+                &self.pool,
+                ev.id,
+                devices,
+                *from,
+                TargetState::Confirmed,
+                &change,
+                ACTOR,
+            )
+            .await?;
             self.count(*from, TargetState::Confirmed, devices.len(), moved.len());
         }
         if !drift.is_empty() {
             let ids: Vec<DeviceId> = drift.iter().map(|t| t.device_id).collect();
-            let change = TargetChange { flap: true, error: Some(Some("drifted")), ..Default::default() };
-            let moved = events::transition_targets(&self.pool, ev.id, &ids, TargetState::Confirmed, TargetState::Drifted, &change, ACTOR).await?;
-            self.count(TargetState::Confirmed, TargetState::Drifted, ids.len(), moved.len());
+            let change = TargetChange {
+                flap: true,
+                error: Some(Some("drifted")),
+                ..Default::default()
+            };
+            let moved = events::transition_targets(
+                &self.pool,
+                ev.id,
+                &ids,
+                TargetState::Confirmed,
+                TargetState::Drifted,
+                &change,
+                ACTOR,
+            )
+            .await?;
+            self.count(
+                TargetState::Confirmed,
+                TargetState::Drifted,
+                ids.len(),
+                moved.len(),
+            );
             for t in drift.iter().filter(|t| moved.contains(&t.device_id)) {
                 tracing::info!(event_id = %ev.id, device_id = %t.device_id, "target drifted; re-sending");
-                spends.push(Spend { target: t, reason: "drifted" });
+                spends.push(Spend {
+                    target: t,
+                    reason: "drifted",
+                });
             }
         }
         // Drifted targets spend from `drifted` even when they were `confirmed` a moment ago.
@@ -229,15 +326,36 @@ impl Reconciler {
         for (batch, ts) in orphans {
             // A fresh orphan from a leader that died mid-dispatch: republish under the same id, so
             // the stream drops it if the first publish did land.
-            self.publish_and_mark(ev, batch, &ts, ev.command, TargetState::Dispatching, TargetState::Dispatched).await?;
-        }
-        self.dispatch(ev, &dispatch, ev.command, TargetState::Pending, TargetState::Dispatching, TargetState::Dispatched)
+            self.publish_and_mark(
+                ev,
+                batch,
+                &ts,
+                ev.command,
+                TargetState::Dispatching,
+                TargetState::Dispatched,
+            )
             .await?;
+        }
+        self.dispatch(
+            ev,
+            &dispatch,
+            ev.command,
+            TargetState::Pending,
+            TargetState::Dispatching,
+            TargetState::Dispatched,
+        )
+        .await?;
 
         // Progress the event once nothing is in flight.
-        let counts = events::target_counts(&self.pool, &[ev.id]).await?.remove(&ev.id).unwrap_or_default();
+        let counts = events::target_counts(&self.pool, &[ev.id])
+            .await?
+            .remove(&ev.id)
+            .unwrap_or_default();
         let n = |s: TargetState| counts.get(s.as_str()).copied().unwrap_or(0);
-        let moving = n(TargetState::Pending) + n(TargetState::Dispatching) + n(TargetState::Dispatched) + n(TargetState::Drifted);
+        let moving = n(TargetState::Pending)
+            + n(TargetState::Dispatching)
+            + n(TargetState::Dispatched)
+            + n(TargetState::Drifted);
         if moving == 0 {
             if n(TargetState::Confirmed) == 0 {
                 tracing::warn!(event_id = %ev.id, "every target failed; restoring what was touched");
@@ -245,16 +363,25 @@ impl Reconciler {
                 return Ok(Some(Duration::ZERO));
             }
             if ev.state == EventState::Pending {
-                self.move_event(ev, EventState::Pending, EventState::Active, None).await?;
+                self.move_event(ev, EventState::Pending, EventState::Active, None)
+                    .await?;
             }
         }
         if !dispatch.is_empty() {
-            next = min_opt(next, Some(self.confirm_deadline.to_std().unwrap_or_default()));
+            next = min_opt(
+                next,
+                Some(self.confirm_deadline.to_std().unwrap_or_default()),
+            );
         }
         Ok(next)
     }
 
-    async fn restore_side(&self, ev: &EventRow, targets: &[TargetRow], now: DateTime<Utc>) -> anyhow::Result<Option<Duration>> {
+    async fn restore_side(
+        &self,
+        ev: &EventRow,
+        targets: &[TargetRow],
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Option<Duration>> {
         let mut next = None;
         let mut pending: Vec<&TargetRow> = Vec::new();
         let mut orphans: BTreeMap<BatchId, Vec<&TargetRow>> = BTreeMap::new();
@@ -262,21 +389,28 @@ impl Reconciler {
         let mut spends = Vec::new();
         for t in targets {
             match t.state {
-                TargetState::RestorePending if t.device_missing => {
-                    spends.push(Spend { target: t, reason: "device vanished" })
-                }
+                TargetState::RestorePending if t.device_missing => spends.push(Spend {
+                    target: t,
+                    reason: "device vanished",
+                }),
                 TargetState::RestorePending => pending.push(t),
                 TargetState::RestoreDispatching => match t.last_batch_id {
-                    Some(b) if now - t.updated_at <= self.confirm_deadline => orphans.entry(b).or_default().push(t),
-                    _ => spends.push(Spend { target: t, reason: "stuck dispatching" }),
+                    Some(b) if now - t.updated_at <= self.confirm_deadline => {
+                        orphans.entry(b).or_default().push(t)
+                    }
+                    _ => spends.push(Spend {
+                        target: t,
+                        reason: "stuck dispatching",
+                    }),
                 },
                 TargetState::RestoreDispatched => {
                     let since = t.dispatched_at.unwrap_or(t.updated_at);
                     match self.policy.restore_evidence(t.sample.as_ref(), since) {
                         Evidence::Holds => restored.push(t.device_id),
-                        _ if now - since > self.confirm_deadline => {
-                            spends.push(Spend { target: t, reason: "not restored before the deadline" })
-                        }
+                        _ if now - since > self.confirm_deadline => spends.push(Spend {
+                            target: t,
+                            reason: "not restored before the deadline",
+                        }),
                         _ => next = min_opt(next, Some(until(since + self.confirm_deadline, now))),
                     }
                 }
@@ -284,16 +418,41 @@ impl Reconciler {
             }
         }
         if !restored.is_empty() {
-            let change = TargetChange { error: Some(None), ..Default::default() };
-            let moved = events::transition_targets(&self.pool, ev.id, &restored, TargetState::RestoreDispatched, TargetState::Restored, &change, ACTOR).await?;
-            self.count(TargetState::RestoreDispatched, TargetState::Restored, restored.len(), moved.len());
+            let change = TargetChange {
+                error: Some(None),
+                ..Default::default()
+            };
+            let moved = events::transition_targets(
+                &self.pool,
+                ev.id,
+                &restored,
+                TargetState::RestoreDispatched,
+                TargetState::Restored,
+                &change,
+                ACTOR,
+            )
+            .await?;
+            self.count(
+                TargetState::RestoreDispatched,
+                TargetState::Restored,
+                restored.len(),
+                moved.len(),
+            );
         }
         let requeued = self.spend(ev.id, &spends, None).await?;
         pending.extend(targets.iter().filter(|t| requeued.contains(&t.device_id)));
 
         let uncurtail = CommandKind::Uncurtail;
         for (batch, ts) in orphans {
-            self.publish_and_mark(ev, batch, &ts, uncurtail, TargetState::RestoreDispatching, TargetState::RestoreDispatched).await?;
+            self.publish_and_mark(
+                ev,
+                batch,
+                &ts,
+                uncurtail,
+                TargetState::RestoreDispatching,
+                TargetState::RestoreDispatched,
+            )
+            .await?;
         }
 
         let pacing = RestorePacing {
@@ -302,12 +461,23 @@ impl Reconciler {
         };
         if !pending.is_empty() {
             if pacing.due(ev.last_restore_batch_at, now) {
-                let list: Vec<(SiteId, f64)> = pending.iter().map(|t| (t.site_id, t.baseline_power_w / 1000.0)).collect();
-                let pick = next_restore_batch(&list, &pacing, |s| self.sites.get(&s).and_then(|x| x.1));
+                let list: Vec<(SiteId, f64)> = pending
+                    .iter()
+                    .map(|t| (t.site_id, t.baseline_power_w / 1000.0))
+                    .collect();
+                let pick =
+                    next_restore_batch(&list, &pacing, |s| self.sites.get(&s).and_then(|x| x.1));
                 let chosen: Vec<&TargetRow> = pick.iter().map(|i| pending[*i]).collect();
                 events::mark_restore_batch(&self.pool, ev.id, now).await?;
-                self.dispatch(ev, &chosen, uncurtail, TargetState::RestorePending, TargetState::RestoreDispatching, TargetState::RestoreDispatched)
-                    .await?;
+                self.dispatch(
+                    ev,
+                    &chosen,
+                    uncurtail,
+                    TargetState::RestorePending,
+                    TargetState::RestoreDispatching,
+                    TargetState::RestoreDispatched,
+                )
+                .await?;
                 tracing::info!(event_id = %ev.id, devices = chosen.len(), left = pending.len() - chosen.len(), "restore batch sent");
                 next = min_opt(next, Some(pacing.interval.to_std().unwrap_or_default()));
             } else if let Some(last) = ev.last_restore_batch_at {
@@ -319,7 +489,8 @@ impl Reconciler {
         let states = events::targets(&self.pool, ev.id).await?;
         let any_confirmed = states.iter().any(|t| t.confirmed_at.is_some());
         if let Some(end) = restore_outcome(states.iter().map(|t| t.state), any_confirmed) {
-            self.move_event(ev, EventState::Restoring, end, None).await?;
+            self.move_event(ev, EventState::Restoring, end, None)
+                .await?;
             tracing::info!(event_id = %ev.id, state = %end, "curtailment ended");
         }
         Ok(next)
@@ -327,7 +498,11 @@ impl Reconciler {
 
     /// Spends an attempt for each target; drifted targets are moved out of `drifted` (their state
     /// in `targets` may still say `confirmed` from before this pass).
-    async fn spend_from_drift_aware(&self, ev: &EventRow, spends: &[Spend<'_>]) -> anyhow::Result<Vec<DeviceId>> {
+    async fn spend_from_drift_aware(
+        &self,
+        ev: &EventRow,
+        spends: &[Spend<'_>],
+    ) -> anyhow::Result<Vec<DeviceId>> {
         let fixed: Vec<TargetRow> = spends
             .iter()
             .map(|s| {
@@ -338,15 +513,28 @@ impl Reconciler {
                 t
             })
             .collect();
-        let again: Vec<Spend<'_>> = fixed.iter().zip(spends).map(|(t, s)| Spend { target: t, reason: s.reason }).collect();
+        let again: Vec<Spend<'_>> = fixed
+            .iter()
+            .zip(spends)
+            .map(|(t, s)| Spend {
+                target: t,
+                reason: s.reason,
+            })
+            .collect();
         self.spend(ev.id, &again, None).await
     }
 
     /// Spends one attempt on each target: back to its queue (`pending`/`restore_pending`) while
     /// attempts remain, else `failed`/`restore_failed` (DESIGN §5.4: `retry_count >= max_retries`
     /// everywhere). Returns the devices queued again.
-    async fn spend(&self, event: ebb_domain::EventId, spends: &[Spend<'_>], batch: Option<BatchId>) -> anyhow::Result<Vec<DeviceId>> {
-        let mut groups: BTreeMap<(TargetState, TargetState, &'static str), Vec<DeviceId>> = BTreeMap::new();
+    async fn spend(
+        &self,
+        event: ebb_domain::EventId,
+        spends: &[Spend<'_>],
+        batch: Option<BatchId>,
+    ) -> anyhow::Result<Vec<DeviceId>> {
+        let mut groups: BTreeMap<(TargetState, TargetState, &'static str), Vec<DeviceId>> =
+            BTreeMap::new();
         for s in spends {
             let t = s.target;
             let restore_side = !t.state.is_curtail_phase();
@@ -357,12 +545,22 @@ impl Reconciler {
                 (true, false) => TargetState::RestorePending,
                 (true, true) => TargetState::RestoreFailed,
             };
-            groups.entry((t.state, to, s.reason)).or_default().push(t.device_id);
+            groups
+                .entry((t.state, to, s.reason))
+                .or_default()
+                .push(t.device_id);
         }
         let mut requeued = Vec::new();
         for ((from, to, reason), devices) in groups {
-            let change = TargetChange { retry: Retry::Spend, error: Some(Some(reason)), expect_batch: batch, ..Default::default() };
-            let moved = events::transition_targets(&self.pool, event, &devices, from, to, &change, ACTOR).await?;
+            let change = TargetChange {
+                retry: Retry::Spend,
+                error: Some(Some(reason)),
+                expect_batch: batch,
+                ..Default::default()
+            };
+            let moved =
+                events::transition_targets(&self.pool, event, &devices, from, to, &change, ACTOR)
+                    .await?;
             self.count(from, to, devices.len(), moved.len());
             if matches!(to, TargetState::Failed | TargetState::RestoreFailed) && !moved.is_empty() {
                 tracing::warn!(event_id = %event, devices = moved.len(), reason, state = %to, "targets exhausted their attempts");
@@ -398,7 +596,17 @@ impl Reconciler {
                 let stamped_ids = with_tx(&self.pool, ebb_store::tx::DEFAULT_ATTEMPTS, |conn| {
                     let ids = ids.clone();
                     Box::pin(async move {
-                        events::stamp_dispatching(conn, evid, &ids, from, stamped, batch, Retry::Keep, ACTOR).await
+                        events::stamp_dispatching(
+                            conn,
+                            evid,
+                            &ids,
+                            from,
+                            stamped,
+                            batch,
+                            Retry::Keep,
+                            ACTOR,
+                        )
+                        .await
                     })
                 })
                 .await?;
@@ -412,8 +620,13 @@ impl Reconciler {
                     // Simulated death between stamp and publish: never return.
                     futures::future::pending::<()>().await;
                 }
-                let batch_targets: Vec<&TargetRow> = chunk.iter().copied().filter(|t| stamped_ids.contains(&t.device_id)).collect();
-                self.publish_and_mark(ev, batch, &batch_targets, command, stamped, done).await?;
+                let batch_targets: Vec<&TargetRow> = chunk
+                    .iter()
+                    .copied()
+                    .filter(|t| stamped_ids.contains(&t.device_id))
+                    .collect();
+                self.publish_and_mark(ev, batch, &batch_targets, command, stamped, done)
+                    .await?;
             }
         }
         Ok(())
@@ -428,7 +641,9 @@ impl Reconciler {
         stamped: TargetState,
         done: TargetState,
     ) -> anyhow::Result<()> {
-        let Some(first) = targets.first() else { return Ok(()) };
+        let Some(first) = targets.first() else {
+            return Ok(());
+        };
         let Some((site, _)) = self.sites.get(&first.site_id) else {
             anyhow::bail!("site {} of event {} is unknown", first.site_id, ev.id);
         };
@@ -437,26 +652,55 @@ impl Reconciler {
             .map(|t| DeviceRef {
                 device_id: t.device_id,
                 address: t.address.clone(),
-                restore_power_limit_w: if command == CommandKind::Uncurtail { t.prior_power_limit_w } else { None },
+                restore_power_limit_w: if command == CommandKind::Uncurtail {
+                    t.prior_power_limit_w
+                } else {
+                    None
+                },
             })
             .collect();
-        let body = CommandBatch { batch_id: batch, event_id: Some(ev.id), site: site.clone(), command, devices };
-        let payload = ebb_bus::encode(&Envelope::new(Some(ev.org_id), body)).context("encoding a command batch")?;
+        let body = CommandBatch {
+            batch_id: batch,
+            event_id: Some(ev.id),
+            site: site.clone(),
+            command,
+            devices,
+        };
+        let payload = ebb_bus::encode(&Envelope::new(Some(ev.org_id), body))
+            .context("encoding a command batch")?;
         if payload.len() > split::MAX_BATCH_BYTES {
-            anyhow::bail!("command batch of {} devices encodes to {} bytes", targets.len(), payload.len());
+            anyhow::bail!(
+                "command batch of {} devices encodes to {} bytes",
+                targets.len(),
+                payload.len()
+            );
         }
         let trace = TraceParent::new_root();
-        let published = ebb_bus::publish::publish_acked(&self.js, subjects::cmd(site), &batch.to_string(), payload, Some(&trace.to_string())).await;
+        let published = ebb_bus::publish::publish_acked(
+            &self.js,
+            subjects::cmd(site),
+            &batch.to_string(),
+            payload,
+            Some(&trace.to_string()),
+        )
+        .await;
         if let Err(e) = published {
             // Stays stamped: the next pass republishes under the same id, and it costs no attempt.
             tracing::warn!(event_id = %ev.id, batch_id = %batch, error = %e, "publishing a batch failed");
             return Ok(());
         }
-        metrics::counter!(names::RECONCILER_BATCHES_PUBLISHED, "kind" => command.label()).increment(1);
+        metrics::counter!(names::RECONCILER_BATCHES_PUBLISHED, "kind" => command.label())
+            .increment(1);
         tracing::debug!(event_id = %ev.id, batch_id = %batch, site = %site, devices = targets.len(), trace_id = %trace.trace_id_hex(), "batch published");
         let ids: Vec<DeviceId> = targets.iter().map(|t| t.device_id).collect();
-        let change = TargetChange { set_dispatched_at: true, expect_batch: Some(batch), ..Default::default() };
-        let moved = events::transition_targets(&self.pool, ev.id, &ids, stamped, done, &change, ACTOR).await?;
+        let change = TargetChange {
+            set_dispatched_at: true,
+            expect_batch: Some(batch),
+            ..Default::default()
+        };
+        let moved =
+            events::transition_targets(&self.pool, ev.id, &ids, stamped, done, &change, ACTOR)
+                .await?;
         self.count(stamped, done, ids.len(), moved.len());
         Ok(())
     }
@@ -466,11 +710,22 @@ impl Reconciler {
         let (org, id) = (ev.org_id, ev.id);
         with_tx(&self.pool, ebb_store::tx::DEFAULT_ATTEMPTS, move |conn| {
             Box::pin(async move {
-                let Some(event) = events::lock_event(conn, org, id).await? else { return Ok(()) };
+                let Some(event) = events::lock_event(conn, org, id).await? else {
+                    return Ok(());
+                };
                 if !matches!(event.state, EventState::Pending | EventState::Active) {
                     return Ok(());
                 }
-                if let Some(moved) = events::transition_event(conn, &event, event.state, EventState::Restoring, ACTOR, Some(reason)).await? {
+                if let Some(moved) = events::transition_event(
+                    conn,
+                    &event,
+                    event.state,
+                    EventState::Restoring,
+                    ACTOR,
+                    Some(reason),
+                )
+                .await?
+                {
                     events::sweep_targets_for_restore(conn, id, ACTOR).await?;
                     events::announce(conn, &moved, Some(event.state), Some(reason)).await?;
                 }
@@ -481,7 +736,13 @@ impl Reconciler {
         Ok(())
     }
 
-    async fn move_event(&self, ev: &EventRow, from: EventState, to: EventState, reason: Option<&'static str>) -> anyhow::Result<()> {
+    async fn move_event(
+        &self,
+        ev: &EventRow,
+        from: EventState,
+        to: EventState,
+        reason: Option<&'static str>,
+    ) -> anyhow::Result<()> {
         let ev = ev.clone();
         let moved = with_tx(&self.pool, ebb_store::tx::DEFAULT_ATTEMPTS, move |conn| {
             let ev = ev.clone();
@@ -507,7 +768,8 @@ impl Reconciler {
                 .increment(moved as u64);
         }
         if moved < wanted {
-            metrics::counter!(names::RECONCILER_RACE_LOST, "what" => "target").increment((wanted - moved) as u64);
+            metrics::counter!(names::RECONCILER_RACE_LOST, "what" => "target")
+                .increment((wanted - moved) as u64);
             tracing::warn!(from = %from, to = %to, lost = wanted - moved, "targets were not in the expected state");
         }
     }

@@ -1,0 +1,403 @@
+//! Test harness: database, NATS, a registered fleet, the planner, reconcilers and a scripted site.
+
+use async_nats::jetstream;
+use ebb_bus::{
+    Actor, BatchResult, CommandBatch, DeviceResult, DiscoveredDevice, Role, Scope, StartRequest,
+    StopRequest, TelemetryBatch, TelemetrySample, streams, subjects,
+};
+use ebb_domain::selection::Mode;
+use ebb_domain::{
+    Capabilities, CommandKind, DeviceId, EventId, EventState, Kw, Outcome, SiteCode, TargetState,
+};
+use ebb_obs::Secret;
+use ebb_planner::{Planner, PlannerConfig};
+use ebb_reconciler::{Hooks, ReconcilerConfig};
+use ebb_store::fleet::{self, Site};
+use ebb_testkit::{NatsServer, TestDb};
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How a scripted miner behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Does what it is told.
+    Obedient,
+    /// Answers ok and does nothing.
+    LiesOk,
+    /// Refuses every command.
+    Refuses,
+}
+
+#[derive(Clone, Debug)]
+pub struct Miner {
+    pub behaviour: Behaviour,
+    pub asleep: bool,
+}
+
+/// A batch the scripted site received.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub at: Instant,
+    pub command: CommandKind,
+    pub devices: Vec<DeviceId>,
+}
+
+pub struct ScriptedSite {
+    pub miners: Arc<Mutex<HashMap<DeviceId, Miner>>>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl ScriptedSite {
+    pub fn set(&self, d: DeviceId, behaviour: Behaviour) {
+        self.miners.lock().unwrap().get_mut(&d).unwrap().behaviour = behaviour;
+    }
+    /// Wakes a miner by itself, as real firmware sometimes does.
+    pub fn wake_by_itself(&self, d: DeviceId) {
+        self.miners.lock().unwrap().get_mut(&d).unwrap().asleep = false;
+    }
+    pub fn batches(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+pub struct Harness {
+    pub db: TestDb,
+    pub nats: NatsServer,
+    pub js: jetstream::Context,
+    pub org: ebb_domain::OrgId,
+    pub site: Site,
+    pub devices: Vec<DeviceId>,
+    pub planner: Planner,
+    pub site_agent: ScriptedSite,
+    pub shutdown: CancellationToken,
+}
+
+const BASELINE_W: f64 = 3000.0;
+
+pub async fn harness(n: usize) -> Harness {
+    ebb_testkit::init_tracing();
+    let db = TestDb::new().await.unwrap();
+    ebb_store::migrate(db.pool()).await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let js = jetstream::new(nats.client().await.unwrap());
+    streams::ensure_streams(&js).await.unwrap();
+    let org = fleet::create_org(db.pool(), "acme").await.unwrap();
+    let code = SiteCode::parse("site-a").unwrap();
+    fleet::create_site(db.pool(), org, &code, "Site A", None)
+        .await
+        .unwrap();
+    let site = fleet::site_by_code(db.pool(), &code)
+        .await
+        .unwrap()
+        .unwrap();
+    let devs: Vec<DiscoveredDevice> = (0..n)
+        .map(|i| DiscoveredDevice {
+            address: format!("127.0.8.{i}"),
+            make: "WhatsMiner".into(),
+            model: "M60S".into(),
+            firmware: None,
+            capabilities: Capabilities {
+                curtail_full: true,
+                ..Default::default()
+            },
+            nominal_power_w: Some(BASELINE_W),
+        })
+        .collect();
+    fleet::upsert_devices(db.pool(), &site, &devs)
+        .await
+        .unwrap();
+    let devices: Vec<DeviceId> = fleet::inventory(db.pool(), site.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.device_id)
+        .collect();
+    let planner = Planner::new(
+        db.pool().clone(),
+        PlannerConfig {
+            database_url: Secret(db.url().into()),
+            ..Default::default()
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let site_agent = scripted_site(&js, &code, &devices, shutdown.clone()).await;
+    Harness {
+        db,
+        nats,
+        js,
+        org,
+        site,
+        devices,
+        planner,
+        site_agent,
+        shutdown,
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+impl Harness {
+    pub fn reconciler_config(&self, holder: &str) -> ReconcilerConfig {
+        ReconcilerConfig {
+            database_url: Secret(self.db.url().into()),
+            nats_url: self.nats.url().into(),
+            tick_ms: 200,
+            confirm_deadline_s: 2,
+            max_retries: 2,
+            standby_poll_ms: 100,
+            holder: holder.into(),
+            db_connections: 4,
+        }
+    }
+
+    pub fn spawn_reconciler(&self, holder: &str, hooks: Hooks) -> JoinHandle<anyhow::Result<()>> {
+        let cfg = self.reconciler_config(holder);
+        let stop = self.shutdown.child_token();
+        tokio::spawn(ebb_reconciler::run_with_hooks(cfg, hooks, stop))
+    }
+
+    /// Waits until every device has a fresh sample, so the planner can select.
+    pub async fn wait_for_telemetry(&self) {
+        self.wait(
+            "telemetry for every device",
+            Duration::from_secs(20),
+            || async {
+                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM device_state")
+                    .fetch_one(self.db.pool())
+                    .await
+                    .unwrap();
+                n as usize == self.devices.len()
+            },
+        )
+        .await;
+    }
+
+    pub fn start_request(&self, kw: f64) -> StartRequest {
+        StartRequest {
+            org: self.org,
+            actor: Actor::ApiKey {
+                key_id: uuid::Uuid::nil(),
+                role: Role::Admin,
+            },
+            mode: Mode::Kw {
+                target_kw: Kw::new(kw).unwrap(),
+            },
+            scope: Scope::default(),
+            reason: "test".into(),
+            priority: 0,
+            idempotency_key: None,
+            external_source: None,
+            external_reference: None,
+            max_duration_s: None,
+            allow_unbounded: false,
+            restore_batch_size: None,
+            restore_batch_interval_s: Some(0),
+            force_include_maintenance: false,
+            min_power_w_override: None,
+        }
+    }
+
+    pub async fn start(&self, req: StartRequest) -> EventId {
+        self.planner.start(&req).await.unwrap().event_id
+    }
+
+    pub async fn stop(&self, id: EventId) {
+        let req = StopRequest {
+            org: self.org,
+            actor: Actor::ApiKey {
+                key_id: uuid::Uuid::nil(),
+                role: Role::Admin,
+            },
+            event_id: id,
+            reason: None,
+        };
+        self.planner.stop(&req).await.unwrap();
+    }
+
+    pub async fn event_state(&self, id: EventId) -> EventState {
+        ebb_store::events::get_event(self.db.pool(), self.org, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state
+    }
+
+    pub async fn target_states(&self, id: EventId) -> HashMap<DeviceId, TargetState> {
+        ebb_store::events::targets(self.db.pool(), id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.device_id, t.state))
+            .collect()
+    }
+
+    pub async fn wait_event(&self, id: EventId, want: EventState, within: Duration) {
+        self.wait(&format!("event {id} to be {want}"), within, || async {
+            self.event_state(id).await == want
+        })
+        .await;
+    }
+
+    pub async fn wait<F, Fut>(&self, what: &str, within: Duration, mut f: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if f().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+}
+
+/// Plays a site agent: executes batches on scripted miners, publishes results, then telemetry
+/// every 100 ms and right after each batch.
+async fn scripted_site(
+    js: &jetstream::Context,
+    site: &SiteCode,
+    devices: &[DeviceId],
+    stop: CancellationToken,
+) -> ScriptedSite {
+    let miners: Arc<Mutex<HashMap<DeviceId, Miner>>> = Arc::new(Mutex::new(
+        devices
+            .iter()
+            .map(|d| {
+                (
+                    *d,
+                    Miner {
+                        behaviour: Behaviour::Obedient,
+                        asleep: false,
+                    },
+                )
+            })
+            .collect(),
+    ));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let consumer = streams::ensure_consumer(js, streams::CMD, streams::agent_consumer(site))
+        .await
+        .unwrap();
+    let publish_telemetry = {
+        let js = js.clone();
+        let site = site.clone();
+        let miners = miners.clone();
+        move || {
+            let js = js.clone();
+            let site = site.clone();
+            let samples: Vec<TelemetrySample> = miners
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(d, m)| TelemetrySample {
+                    device_id: *d,
+                    reachable: true,
+                    power_w: Some(if m.asleep { 60.0 } else { BASELINE_W }),
+                    hashrate_ths: Some(if m.asleep { 0.0 } else { 100.0 }),
+                    sampled_at_ms: chrono::Utc::now().timestamp_millis(),
+                })
+                .collect();
+            async move {
+                let body = TelemetryBatch {
+                    site: site.clone(),
+                    cycle: 0,
+                    samples,
+                    dropped_invalid: 0,
+                };
+                let payload = ebb_bus::encode(&ebb_bus::Envelope::new(None, body)).unwrap();
+                let id = uuid::Uuid::now_v7().to_string();
+                ebb_bus::publish::publish_acked(
+                    &js,
+                    subjects::telemetry(&site),
+                    &id,
+                    payload,
+                    None,
+                )
+                .await
+                .ok();
+            }
+        }
+    };
+    {
+        let publish = publish_telemetry.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            while !stop.is_cancelled() {
+                publish().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+    {
+        let js = js.clone();
+        let site = site.clone();
+        let miners = miners.clone();
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut msgs = consumer.messages().await.unwrap();
+            loop {
+                let m = tokio::select! { _ = stop.cancelled() => return, m = msgs.next() => m };
+                let Some(Ok(m)) = m else { return };
+                let batch = ebb_bus::decode::<CommandBatch>(&m.payload).unwrap().body;
+                let mut results = Vec::new();
+                {
+                    let mut ms = miners.lock().unwrap();
+                    for d in &batch.devices {
+                        let miner = ms.get_mut(&d.device_id).unwrap();
+                        let outcome = match miner.behaviour {
+                            Behaviour::Refuses => Outcome::Refused {
+                                reason: "busy".into(),
+                            },
+                            Behaviour::LiesOk => Outcome::Ok,
+                            Behaviour::Obedient => {
+                                miner.asleep = matches!(batch.command, CommandKind::Curtail { .. });
+                                Outcome::Ok
+                            }
+                        };
+                        results.push(DeviceResult {
+                            device_id: d.device_id,
+                            outcome,
+                            prior_power_limit_w: None,
+                        });
+                    }
+                }
+                seen.lock().unwrap().push(Seen {
+                    at: Instant::now(),
+                    command: batch.command,
+                    devices: batch.devices.iter().map(|d| d.device_id).collect(),
+                });
+                let r = BatchResult {
+                    batch_id: batch.batch_id,
+                    event_id: batch.event_id,
+                    site: site.clone(),
+                    command: Some(batch.command),
+                    results,
+                    finished_at: chrono::Utc::now(),
+                };
+                let payload = ebb_bus::encode(&ebb_bus::Envelope::new(None, r)).unwrap();
+                ebb_bus::publish::publish_acked(
+                    &js,
+                    subjects::result(&site),
+                    &batch.batch_id.to_string(),
+                    payload,
+                    None,
+                )
+                .await
+                .unwrap();
+                m.ack().await.unwrap();
+                publish_telemetry().await;
+            }
+        });
+    }
+    ScriptedSite { miners, seen }
+}
