@@ -397,3 +397,14 @@ pub struct EventNotice {
     #[serde(default)]
     pub targets: BTreeMap<String, i64>,
 }
+
+/// `ebb.svc.planner.terminate`: an admin ends an event that has nothing in flight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TerminateRequest {
+    pub org: OrgId,
+    pub actor: Actor,
+    pub event_id: EventId,
+    /// `cancelled` or `failed`.
+    pub target_state: ebb_domain::EventState,
+    pub reason: String,
+}

@@ -69,6 +69,7 @@ pub mod planner {
     pub const PREVIEW: &str = "ebb.svc.planner.preview";
     pub const START: &str = "ebb.svc.planner.start";
     pub const STOP: &str = "ebb.svc.planner.stop";
+    pub const TERMINATE: &str = "ebb.svc.planner.terminate";
     pub const INVENTORY: &str = "ebb.svc.planner.inventory";
     pub const REGISTER: &str = "ebb.svc.planner.register";
 }

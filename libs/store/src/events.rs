@@ -671,3 +671,42 @@ pub async fn announce(
     crate::outbox::enqueue(conn, Some(event.org_id), &subject, &payload).await?;
     Ok(())
 }
+
+/// How many targets of `event` may still be curtailed or have a command in flight: those block an
+/// admin terminate (DESIGN §5.1). A queued target that already received a command counts too.
+pub async fn targets_blocking_terminate(
+    conn: &mut PgConnection,
+    event: EventId,
+) -> Result<i64, StoreError> {
+    let n: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM curtailment_target WHERE event_id = $1 AND (
+            state IN ('dispatching', 'dispatched', 'confirmed', 'drifted',
+                      'restore_pending', 'restore_dispatching', 'restore_dispatched')
+            OR (state = 'pending' AND last_batch_id IS NOT NULL))",
+    )
+    .bind(event.0)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(n)
+}
+
+/// Terminate's sweep: targets that never received a command end `restored` (nothing to undo).
+pub async fn sweep_targets_for_terminate(
+    conn: &mut PgConnection,
+    event: EventId,
+    actor: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "WITH moved AS (
+            UPDATE curtailment_target SET state = 'restored', updated_at = now()
+            WHERE event_id = $1 AND state = 'pending' AND last_batch_id IS NULL
+            RETURNING org_id, device_id)
+         INSERT INTO event_transition (org_id, event_id, device_id, from_state, to_state, actor, reason)
+         SELECT org_id, $1, device_id, 'pending', 'restored', $2, 'terminate' FROM moved",
+    )
+    .bind(event.0)
+    .bind(actor)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}

@@ -22,7 +22,11 @@ pub fn generate() -> NewKey {
     let mut rng = rand::rng();
     let prefix = hex::encode(rng.random::<[u8; 6]>());
     let secret = hex::encode(rng.random::<[u8; 32]>());
-    NewKey { token: format!("ebb_{prefix}_{secret}"), secret_hash: hash(&secret), prefix }
+    NewKey {
+        token: format!("ebb_{prefix}_{secret}"),
+        secret_hash: hash(&secret),
+        prefix,
+    }
 }
 
 pub fn hash(secret: &str) -> Vec<u8> {
@@ -55,7 +59,12 @@ pub fn verify(row: &ApiKeyRow, secret: &str, now: DateTime<Utc>) -> Option<Princ
     if row.expires_at.is_some_and(|t| now >= t) || row.revoked_at.is_some_and(|t| now >= t) {
         return None;
     }
-    Some(Principal { key_id: row.id, org: row.org_id, role: Role::parse(&row.role)?, site_ids: row.site_ids.clone() })
+    Some(Principal {
+        key_id: row.id,
+        org: row.org_id,
+        role: Role::parse(&row.role)?,
+        site_ids: row.site_ids.clone(),
+    })
 }
 
 #[cfg(test)]
@@ -81,10 +90,19 @@ mod tests {
         let (prefix, secret) = parse(&k.token).unwrap();
         assert_eq!(prefix, k.prefix);
         let now = Utc::now();
-        let r = ApiKeyRow { secret_hash: k.secret_hash.clone(), ..row("x") };
+        let r = ApiKeyRow {
+            secret_hash: k.secret_hash.clone(),
+            ..row("x")
+        };
         assert!(verify(&r, secret, now).is_some());
         assert!(verify(&r, "nope", now).is_none());
-        for bad in ["", "ebb_", "ebb_abc_def", "Bearer x", &format!("{}x", k.token)] {
+        for bad in [
+            "",
+            "ebb_",
+            "ebb_abc_def",
+            "Bearer x",
+            &format!("{}x", k.token),
+        ] {
             assert!(parse(bad).is_none(), "{bad}");
         }
     }
@@ -93,8 +111,16 @@ mod tests {
     fn cut_offs_are_half_open() {
         let now = Utc::now();
         let check = |expires: Option<DateTime<Utc>>, revoked: Option<DateTime<Utc>>, ok: bool| {
-            let r = ApiKeyRow { expires_at: expires, revoked_at: revoked, ..row("s") };
-            assert_eq!(verify(&r, "s", now).is_some(), ok, "{expires:?} {revoked:?}");
+            let r = ApiKeyRow {
+                expires_at: expires,
+                revoked_at: revoked,
+                ..row("s")
+            };
+            assert_eq!(
+                verify(&r, "s", now).is_some(),
+                ok,
+                "{expires:?} {revoked:?}"
+            );
         };
         check(None, None, true);
         check(Some(now), None, false);

@@ -14,7 +14,11 @@ pub struct GatewayConfig {
     #[arg(long = "database-url", env = "DATABASE_URL", default_value = "")]
     pub database_url: Secret,
     /// NATS URL.
-    #[arg(long = "nats-url", env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    #[arg(
+        long = "nats-url",
+        env = "NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
     pub nats_url: String,
     /// How long a request waits for the planner, in seconds.
     #[arg(long, env = "EBB_GATEWAY_PLANNER_TIMEOUT_S", default_value_t = 30)]
@@ -41,7 +45,10 @@ impl GatewayConfig {
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut bad = Vec::new();
         if self.listen.parse::<SocketAddr>().is_err() {
-            bad.push(format!("listen must be an address like 127.0.0.1:8080, got {:?}", self.listen));
+            bad.push(format!(
+                "listen must be an address like 127.0.0.1:8080, got {:?}",
+                self.listen
+            ));
         }
         if self.database_url.expose().is_empty() {
             bad.push("database_url (DATABASE_URL) must be set".to_owned());

@@ -43,16 +43,27 @@ impl Gateway {
         let pool = ebb_store::connect(config.database_url.expose(), config.db_connections)
             .await
             .context("connecting to postgresql")?;
-        let nats = ebb_bus::connect(&config.nats_url, "ebb-gateway").await.context("connecting to nats")?;
+        let nats = ebb_bus::connect(&config.nats_url, "ebb-gateway")
+            .await
+            .context("connecting to nats")?;
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        let state = AppState { pool, nats, planner_timeout: Duration::from_secs(config.planner_timeout_s) };
-        Ok(Self { listener, app: router(state) })
+        let state = AppState {
+            pool,
+            nats,
+            planner_timeout: Duration::from_secs(config.planner_timeout_s),
+        };
+        Ok(Self {
+            listener,
+            app: router(state),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("a bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown`, then lets in-flight requests finish.

@@ -50,16 +50,56 @@ impl Kind {
     pub fn describe(self) -> (StatusCode, &'static str, &'static str) {
         use Kind::*;
         match self {
-            InvalidArgument => (StatusCode::BAD_REQUEST, "https://ebb.dev/problems/invalid-argument", "Invalid argument"),
-            Unauthenticated => (StatusCode::UNAUTHORIZED, "https://ebb.dev/problems/unauthenticated", "Unauthenticated"),
-            PermissionDenied => (StatusCode::FORBIDDEN, "https://ebb.dev/problems/permission-denied", "Permission denied"),
-            NotFound => (StatusCode::NOT_FOUND, "https://ebb.dev/problems/not-found", "Not found"),
-            Conflict => (StatusCode::CONFLICT, "https://ebb.dev/problems/conflict", "Conflict"),
-            FailedPrecondition => (StatusCode::CONFLICT, "https://ebb.dev/problems/failed-precondition", "Failed precondition"),
-            InsufficientLoad => (StatusCode::UNPROCESSABLE_ENTITY, "https://ebb.dev/problems/insufficient-load", "Insufficient load"),
-            EmptyPlan => (StatusCode::UNPROCESSABLE_ENTITY, "https://ebb.dev/problems/empty-plan", "No eligible devices"),
-            Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "https://ebb.dev/problems/unavailable", "Service unavailable"),
-            Internal => (StatusCode::INTERNAL_SERVER_ERROR, "https://ebb.dev/problems/internal", "Internal error"),
+            InvalidArgument => (
+                StatusCode::BAD_REQUEST,
+                "https://ebb.dev/problems/invalid-argument",
+                "Invalid argument",
+            ),
+            Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                "https://ebb.dev/problems/unauthenticated",
+                "Unauthenticated",
+            ),
+            PermissionDenied => (
+                StatusCode::FORBIDDEN,
+                "https://ebb.dev/problems/permission-denied",
+                "Permission denied",
+            ),
+            NotFound => (
+                StatusCode::NOT_FOUND,
+                "https://ebb.dev/problems/not-found",
+                "Not found",
+            ),
+            Conflict => (
+                StatusCode::CONFLICT,
+                "https://ebb.dev/problems/conflict",
+                "Conflict",
+            ),
+            FailedPrecondition => (
+                StatusCode::CONFLICT,
+                "https://ebb.dev/problems/failed-precondition",
+                "Failed precondition",
+            ),
+            InsufficientLoad => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "https://ebb.dev/problems/insufficient-load",
+                "Insufficient load",
+            ),
+            EmptyPlan => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "https://ebb.dev/problems/empty-plan",
+                "No eligible devices",
+            ),
+            Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "https://ebb.dev/problems/unavailable",
+                "Service unavailable",
+            ),
+            Internal => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "https://ebb.dev/problems/internal",
+                "Internal error",
+            ),
         }
     }
 }
@@ -81,7 +121,10 @@ impl Problem {
     pub fn field(field: &str, message: impl Into<String>) -> Self {
         let message = message.into();
         Self {
-            errors: vec![FieldError { field: field.to_owned(), message: message.clone() }],
+            errors: vec![FieldError {
+                field: field.to_owned(),
+                message: message.clone(),
+            }],
             ..Self::new(Kind::InvalidArgument, format!("{field}: {message}"))
         }
     }
@@ -105,11 +148,16 @@ impl From<RpcError> for Problem {
             RpcErrorKind::Conflict => Kind::Conflict,
             RpcErrorKind::Unavailable => Kind::Unavailable,
             // The planner logged the cause; its message is already generic.
-            RpcErrorKind::Internal => return Problem::new(Kind::Internal, "an internal error occurred"),
+            RpcErrorKind::Internal => {
+                return Problem::new(Kind::Internal, "an internal error occurred");
+            }
         };
         let mut p = Problem::new(kind, e.message.clone());
         if let Some(f) = e.field {
-            p.errors.push(FieldError { field: f.clone(), message: e.message });
+            p.errors.push(FieldError {
+                field: f.clone(),
+                message: e.message,
+            });
         }
         p.skipped = e.skipped;
         p.extra = e.detail;
@@ -121,7 +169,10 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut r = (status, Json(self)).into_response();
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         r
     }
 }

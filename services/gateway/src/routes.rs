@@ -1,9 +1,9 @@
 //! Handlers. Each parses its input into domain types at the edge (naming the field on error),
 //! checks the caller's role, then asks the planner or reads the store.
 
+use crate::AppState;
 use crate::auth::{self, Principal};
 use crate::problem::{Kind, Problem};
-use crate::AppState;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, request::Parts};
@@ -12,7 +12,9 @@ use axum::{Json, Router};
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use ebb_bus::rpc::{CallError, call};
-use ebb_bus::{Actor, PlanView, Role, Scope, StartReply, StartRequest, StopReply, StopRequest, subjects};
+use ebb_bus::{
+    Actor, PlanView, Role, Scope, StartReply, StartRequest, StopReply, StopRequest, subjects,
+};
 use ebb_domain::selection::Mode;
 use ebb_domain::{EventId, EventState, Kw, SiteCode, Watts};
 use ebb_store::events::{self, EventRow};
@@ -28,13 +30,21 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/curtailments:preview", post(preview))
         .route("/v1/curtailments/{id}", get(get_one))
         .route("/v1/curtailments/{id}/stop", post(stop))
+        .route("/v1/curtailments/{id}/terminate", post(terminate))
         .with_state(state)
 }
 
 async fn readyz(State(s): State<AppState>) -> Result<&'static str, Problem> {
-    let db = tokio::time::timeout(std::time::Duration::from_secs(2), sqlx::query("SELECT 1").execute(&s.pool)).await;
+    let db = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&s.pool),
+    )
+    .await;
     if !matches!(db, Ok(Ok(_))) {
-        return Err(Problem::new(Kind::Unavailable, "postgresql is not reachable"));
+        return Err(Problem::new(
+            Kind::Unavailable,
+            "postgresql is not reachable",
+        ));
     }
     if s.nats.connection_state() != async_nats::connection::State::Connected {
         return Err(Problem::new(Kind::Unavailable, "nats is not reachable"));
@@ -45,13 +55,23 @@ async fn readyz(State(s): State<AppState>) -> Result<&'static str, Problem> {
 impl FromRequestParts<AppState> for Principal {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let unauth = || Problem::new(Kind::Unauthenticated, "a valid bearer API key is required");
-        let header = parts.headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(unauth)?;
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(unauth)?;
         let token = header.strip_prefix("Bearer ").ok_or_else(unauth)?;
         let (prefix, secret) = auth::parse(token.trim()).ok_or_else(unauth)?;
-        let row = ebb_store::fleet::api_key_by_prefix(&state.pool, prefix).await.map_err(Problem::internal)?;
-        row.and_then(|r| auth::verify(&r, secret, Utc::now())).ok_or_else(unauth)
+        let row = ebb_store::fleet::api_key_by_prefix(&state.pool, prefix)
+            .await
+            .map_err(Problem::internal)?;
+        row.and_then(|r| auth::verify(&r, secret, Utc::now()))
+            .ok_or_else(unauth)
     }
 }
 
@@ -59,18 +79,24 @@ fn require(p: &Principal, role: Role) -> Result<(), Problem> {
     if p.role >= role {
         Ok(())
     } else {
-        Err(Problem::new(Kind::PermissionDenied, format!("this needs the {} role", role.as_str())))
+        Err(Problem::new(
+            Kind::PermissionDenied,
+            format!("this needs the {} role", role.as_str()),
+        ))
     }
 }
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
-    b.map(|Json(v)| v).map_err(|e| Problem::new(Kind::InvalidArgument, e.body_text()))
+    b.map(|Json(v)| v)
+        .map_err(|e| Problem::new(Kind::InvalidArgument, e.body_text()))
 }
 
 fn planner_error(e: CallError) -> Problem {
     match e {
         CallError::Remote(r) => r.into(),
-        CallError::NoResponders(_) | CallError::Timeout(_) => Problem::new(Kind::Unavailable, "the planner is not available"),
+        CallError::NoResponders(_) | CallError::Timeout(_) => {
+            Problem::new(Kind::Unavailable, "the planner is not available")
+        }
         other => Problem::internal(other),
     }
 }
@@ -118,9 +144,16 @@ pub struct ScopeBody {
 
 fn parse_mode(b: &StartBody) -> Result<Mode, Problem> {
     let only = |allowed: &[&str]| -> Result<(), Problem> {
-        for (name, set) in [("target_kw", b.target_kw.is_some()), ("percent", b.percent.is_some()), ("watts", b.watts.is_some())] {
+        for (name, set) in [
+            ("target_kw", b.target_kw.is_some()),
+            ("percent", b.percent.is_some()),
+            ("watts", b.watts.is_some()),
+        ] {
             if set && !allowed.contains(&name) {
-                return Err(Problem::field(name, format!("is not used by mode {}", b.mode)));
+                return Err(Problem::field(
+                    name,
+                    format!("is not used by mode {}", b.mode),
+                ));
             }
         }
         Ok(())
@@ -128,14 +161,23 @@ fn parse_mode(b: &StartBody) -> Result<Mode, Problem> {
     match b.mode.as_str() {
         "kw" => {
             only(&["target_kw"])?;
-            let v = b.target_kw.ok_or_else(|| Problem::field("target_kw", "is required for mode kw"))?;
-            Ok(Mode::Kw { target_kw: Kw::new(v).map_err(|e| Problem::field("target_kw", e.to_string()))? })
+            let v = b
+                .target_kw
+                .ok_or_else(|| Problem::field("target_kw", "is required for mode kw"))?;
+            Ok(Mode::Kw {
+                target_kw: Kw::new(v).map_err(|e| Problem::field("target_kw", e.to_string()))?,
+            })
         }
         "percent" => {
             only(&["percent"])?;
-            let v = b.percent.ok_or_else(|| Problem::field("percent", "is required for mode percent"))?;
+            let v = b
+                .percent
+                .ok_or_else(|| Problem::field("percent", "is required for mode percent"))?;
             if !(v.is_finite() && v > 0.0 && v <= 100.0) {
-                return Err(Problem::field("percent", "must be greater than 0 and at most 100"));
+                return Err(Problem::field(
+                    "percent",
+                    "must be greater than 0 and at most 100",
+                ));
             }
             Ok(Mode::Percent { percent: v })
         }
@@ -145,14 +187,25 @@ fn parse_mode(b: &StartBody) -> Result<Mode, Problem> {
         }
         "power_target" => {
             only(&["watts"])?;
-            let v = b.watts.ok_or_else(|| Problem::field("watts", "is required for mode power_target"))?;
+            let v = b
+                .watts
+                .ok_or_else(|| Problem::field("watts", "is required for mode power_target"))?;
             let w = Watts::new(v).map_err(|e| Problem::field("watts", e.to_string()))?;
-            if !(ebb_domain::CommandKind::SetPowerTarget { watts: v }).validate().is_ok() {
-                return Err(Problem::field("watts", "is outside the range a miner accepts"));
+            if !(ebb_domain::CommandKind::SetPowerTarget { watts: v })
+                .validate()
+                .is_ok()
+            {
+                return Err(Problem::field(
+                    "watts",
+                    "is outside the range a miner accepts",
+                ));
             }
             Ok(Mode::PowerTarget { watts: w })
         }
-        other => Err(Problem::field("mode", format!("must be one of kw, percent, full, power_target (got {other:?})"))),
+        other => Err(Problem::field(
+            "mode",
+            format!("must be one of kw, percent, full, power_target (got {other:?})"),
+        )),
     }
 }
 
@@ -170,27 +223,44 @@ async fn start_request(
                 .ok()
                 .map(str::trim)
                 .filter(|k| !k.is_empty() && k.len() <= 256)
-                .ok_or_else(|| Problem::field("Idempotency-Key", "must be 1-256 visible characters"))?
+                .ok_or_else(|| {
+                    Problem::field("Idempotency-Key", "must be 1-256 visible characters")
+                })?
                 .to_owned(),
         ),
     };
     let mut sites = Vec::new();
     for (i, code) in b.scope.unwrap_or_default().sites.iter().enumerate() {
-        sites.push(SiteCode::parse(code).map_err(|e| Problem::field(&format!("scope.sites[{i}]"), e.to_string()))?);
+        sites.push(
+            SiteCode::parse(code)
+                .map_err(|e| Problem::field(&format!("scope.sites[{i}]"), e.to_string()))?,
+        );
     }
     // A key limited to some sites sees and touches only those.
     if let Some(allowed) = &p.site_ids {
-        let org_sites = ebb_store::fleet::sites(&s.pool, p.org).await.map_err(Problem::internal)?;
-        let reach: Vec<SiteCode> = org_sites.into_iter().filter(|x| allowed.contains(&x.id.0)).map(|x| x.code).collect();
+        let org_sites = ebb_store::fleet::sites(&s.pool, p.org)
+            .await
+            .map_err(Problem::internal)?;
+        let reach: Vec<SiteCode> = org_sites
+            .into_iter()
+            .filter(|x| allowed.contains(&x.id.0))
+            .map(|x| x.code)
+            .collect();
         if sites.is_empty() {
             sites = reach;
         } else if let Some(out) = sites.iter().find(|c| !reach.contains(c)) {
-            return Err(Problem::new(Kind::PermissionDenied, format!("this key cannot reach site {out}")));
+            return Err(Problem::new(
+                Kind::PermissionDenied,
+                format!("this key cannot reach site {out}"),
+            ));
         }
     }
     Ok(StartRequest {
         org: p.org,
-        actor: Actor::ApiKey { key_id: p.key_id, role: p.role },
+        actor: Actor::ApiKey {
+            key_id: p.key_id,
+            role: p.role,
+        },
         mode,
         scope: Scope { sites },
         reason: b.reason,
@@ -215,7 +285,15 @@ async fn preview(
 ) -> Result<Json<PlanView>, Problem> {
     require(&p, Role::Viewer)?;
     let req = start_request(&s, &p, body(b)?, &headers).await?;
-    let view: PlanView = call(&s.nats, subjects::planner::PREVIEW, Some(p.org), req, s.planner_timeout).await.map_err(planner_error)?;
+    let view: PlanView = call(
+        &s.nats,
+        subjects::planner::PREVIEW,
+        Some(p.org),
+        req,
+        s.planner_timeout,
+    )
+    .await
+    .map_err(planner_error)?;
     Ok(Json(view))
 }
 
@@ -227,9 +305,21 @@ async fn start(
 ) -> Result<(StatusCode, Json<EventView>), Problem> {
     require(&p, Role::Operator)?;
     let req = start_request(&s, &p, body(b)?, &headers).await?;
-    let reply: StartReply = call(&s.nats, subjects::planner::START, Some(p.org), req, s.planner_timeout).await.map_err(planner_error)?;
+    let reply: StartReply = call(
+        &s.nats,
+        subjects::planner::START,
+        Some(p.org),
+        req,
+        s.planner_timeout,
+    )
+    .await
+    .map_err(planner_error)?;
     let view = load_view(&s, &p, reply.event_id).await?;
-    let status = if reply.replayed { StatusCode::OK } else { StatusCode::CREATED };
+    let status = if reply.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(view)))
 }
 
@@ -249,24 +339,100 @@ async fn stop(
     require(&p, Role::Operator)?;
     let event_id = parse_id(&id)?;
     let reason = b.and_then(|Json(b)| b.reason);
-    let req = StopRequest { org: p.org, actor: Actor::ApiKey { key_id: p.key_id, role: p.role }, event_id, reason };
-    let _: StopReply = call(&s.nats, subjects::planner::STOP, Some(p.org), req, s.planner_timeout).await.map_err(planner_error)?;
+    let req = StopRequest {
+        org: p.org,
+        actor: Actor::ApiKey {
+            key_id: p.key_id,
+            role: p.role,
+        },
+        event_id,
+        reason,
+    };
+    let _: StopReply = call(
+        &s.nats,
+        subjects::planner::STOP,
+        Some(p.org),
+        req,
+        s.planner_timeout,
+    )
+    .await
+    .map_err(planner_error)?;
+    Ok(Json(load_view(&s, &p, event_id).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TerminateBody {
+    target_state: String,
+    reason: String,
+}
+
+async fn terminate(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    b: Result<Json<TerminateBody>, JsonRejection>,
+) -> Result<Json<EventView>, Problem> {
+    require(&p, Role::Admin)?;
+    let event_id = parse_id(&id)?;
+    let b = body(b)?;
+    let target_state = match b.target_state.as_str() {
+        "cancelled" => EventState::Cancelled,
+        "failed" => EventState::Failed,
+        _ => {
+            return Err(Problem::field(
+                "target_state",
+                "must be cancelled or failed",
+            ));
+        }
+    };
+    let req = ebb_bus::TerminateRequest {
+        org: p.org,
+        actor: Actor::ApiKey {
+            key_id: p.key_id,
+            role: p.role,
+        },
+        event_id,
+        target_state,
+        reason: b.reason,
+    };
+    let _: StopReply = call(
+        &s.nats,
+        subjects::planner::TERMINATE,
+        Some(p.org),
+        req,
+        s.planner_timeout,
+    )
+    .await
+    .map_err(planner_error)?;
     Ok(Json(load_view(&s, &p, event_id).await?))
 }
 
 fn parse_id(id: &str) -> Result<EventId, Problem> {
-    Uuid::parse_str(id).map(EventId).map_err(|_| Problem::field("id", "must be a UUID"))
+    Uuid::parse_str(id)
+        .map(EventId)
+        .map_err(|_| Problem::field("id", "must be a UUID"))
 }
 
-async fn get_one(State(s): State<AppState>, p: Principal, Path(id): Path<String>) -> Result<Json<EventView>, Problem> {
+async fn get_one(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<EventView>, Problem> {
     require(&p, Role::Viewer)?;
     Ok(Json(load_view(&s, &p, parse_id(&id)?).await?))
 }
 
 async fn load_view(s: &AppState, p: &Principal, id: EventId) -> Result<EventView, Problem> {
-    let ev = events::get_event(&s.pool, p.org, id).await.map_err(Problem::internal)?
+    let ev = events::get_event(&s.pool, p.org, id)
+        .await
+        .map_err(Problem::internal)?
         .ok_or_else(|| Problem::new(Kind::NotFound, "curtailment not found"))?;
-    let counts = events::target_counts(&s.pool, &[id]).await.map_err(Problem::internal)?.remove(&id).unwrap_or_default();
+    let counts = events::target_counts(&s.pool, &[id])
+        .await
+        .map_err(Problem::internal)?
+        .remove(&id)
+        .unwrap_or_default();
     Ok(EventView::new(ev, counts))
 }
 
@@ -360,16 +526,28 @@ async fn list(
 ) -> Result<Json<EventPage>, Problem> {
     require(&p, Role::Viewer)?;
     let Query(q) = q.map_err(|e| Problem::new(Kind::InvalidArgument, e.body_text()))?;
-    let state = q.state.as_deref().map(|st| st.parse::<EventState>().map_err(|_| Problem::field("state", "is not an event state"))).transpose()?;
+    let state = q
+        .state
+        .as_deref()
+        .map(|st| {
+            st.parse::<EventState>()
+                .map_err(|_| Problem::field("state", "is not an event state"))
+        })
+        .transpose()?;
     let size = q.page_size.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&size) {
-        return Err(Problem::field("page_size", format!("must be between 1 and {MAX_PAGE}")));
+        return Err(Problem::field(
+            "page_size",
+            format!("must be between 1 and {MAX_PAGE}"),
+        ));
     }
     let before = match q.cursor {
         None => None,
         Some(c) => {
             let bad = || Problem::field("cursor", "is not a cursor issued for this listing");
-            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(c.as_bytes()).map_err(|_| bad())?;
+            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c.as_bytes())
+                .map_err(|_| bad())?;
             let cur: Cursor = serde_json::from_slice(&raw).map_err(|_| bad())?;
             if cur.org != p.org.0 || cur.state != q.state {
                 return Err(bad());
@@ -377,19 +555,34 @@ async fn list(
             Some(EventId(cur.before))
         }
     };
-    let mut rows = events::list_events(&s.pool, p.org, state, before, i64::from(size) + 1).await.map_err(Problem::internal)?;
+    let mut rows = events::list_events(&s.pool, p.org, state, before, i64::from(size) + 1)
+        .await
+        .map_err(Problem::internal)?;
     let more = rows.len() > size as usize;
     rows.truncate(size as usize);
     let next_cursor = if more {
         rows.last().map(|last| {
-            let c = Cursor { org: p.org.0, state: q.state.clone(), before: last.id.0 };
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(&c).unwrap_or_default())
+            let c = Cursor {
+                org: p.org.0,
+                state: q.state.clone(),
+                before: last.id.0,
+            };
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(serde_json::to_vec(&c).unwrap_or_default())
         })
     } else {
         None
     };
     let ids: Vec<EventId> = rows.iter().map(|r| r.id).collect();
-    let mut counts = events::target_counts(&s.pool, &ids).await.map_err(Problem::internal)?;
-    let items = rows.into_iter().map(|r| { let c = counts.remove(&r.id).unwrap_or_default(); EventView::new(r, c) }).collect();
+    let mut counts = events::target_counts(&s.pool, &ids)
+        .await
+        .map_err(Problem::internal)?;
+    let items = rows
+        .into_iter()
+        .map(|r| {
+            let c = counts.remove(&r.id).unwrap_or_default();
+            EventView::new(r, c)
+        })
+        .collect();
     Ok(Json(EventPage { items, next_cursor }))
 }

@@ -11,7 +11,7 @@ use anyhow::Context;
 use ebb_bus::{
     Actor, Inventory, InventoryRequest, PlanView, RegisterDevicesReply, RegisterDevicesRequest,
     Role, RpcError, RpcErrorKind, SiteShare, StartReply, StartRequest, StopReply, StopRequest,
-    subjects,
+    TerminateRequest, subjects,
 };
 use ebb_domain::selection::{Plan, SelectionError, SelectionParams, select};
 use ebb_domain::{EventId, EventState, OrgId, SiteId};
@@ -55,7 +55,14 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("starting planner service: {e}"))?;
     let group = service.group(subjects::PLANNER_GROUP);
     let mut streams = Vec::new();
-    for verb in ["preview", "start", "stop", "inventory", "register"] {
+    for verb in [
+        "preview",
+        "start",
+        "stop",
+        "terminate",
+        "inventory",
+        "register",
+    ] {
         let ep = group
             .endpoint(verb)
             .await
@@ -110,6 +117,9 @@ impl Planner {
             "preview" => ebb_bus::rpc::reply(async { self.preview(&decode(payload)?).await }.await),
             "start" => ebb_bus::rpc::reply(async { self.start(&decode(payload)?).await }.await),
             "stop" => ebb_bus::rpc::reply(async { self.stop(&decode(payload)?).await }.await),
+            "terminate" => {
+                ebb_bus::rpc::reply(async { self.terminate(&decode(payload)?).await }.await)
+            }
             "inventory" => {
                 ebb_bus::rpc::reply(async { self.inventory(&decode(payload)?).await }.await)
             }
@@ -432,6 +442,100 @@ impl Planner {
         })
     }
 
+    /// An admin ends an event for good. Refused while any miner may still be curtailed or has a
+    /// command in flight (Stop first): the event row is locked `FOR UPDATE`, and the reconciler's
+    /// dispatch stamp takes it `FOR SHARE`, so the two cannot interleave (DESIGN §5.1).
+    pub async fn terminate(&self, req: &TerminateRequest) -> Result<StopReply, RpcError> {
+        if req.actor.role() < Role::Admin {
+            return Err(RpcError::new(
+                RpcErrorKind::PermissionDenied,
+                "terminating a curtailment needs the admin role",
+            ));
+        }
+        if !matches!(req.target_state, EventState::Cancelled | EventState::Failed) {
+            return Err(RpcError::invalid(
+                "target_state",
+                "must be cancelled or failed",
+            ));
+        }
+        let reason = req.reason.trim().to_owned();
+        if reason.is_empty() || reason.chars().count() > validate::MAX_TEXT {
+            return Err(RpcError::invalid(
+                "reason",
+                format!("must be 1-{} characters", validate::MAX_TEXT),
+            ));
+        }
+        let key_id = match &req.actor {
+            Actor::ApiKey { key_id, .. } => Some(*key_id),
+            _ => None,
+        };
+        let (org, id, to, kind) = (req.org, req.event_id, req.target_state, req.actor.kind());
+        let outcome = with_tx(&self.pool, ebb_store::tx::DEFAULT_ATTEMPTS, move |conn| {
+            let reason = reason.clone();
+            Box::pin(async move {
+                let Some(event) = events::lock_event(conn, org, id).await? else {
+                    return Err(StoreError::NotFound);
+                };
+                if event.state == to {
+                    return Ok(Terminate::Unchanged);
+                }
+                if event.state.is_terminal() {
+                    return Ok(Terminate::AlreadyEnded(event.state));
+                }
+                let blocking = events::targets_blocking_terminate(conn, id).await?;
+                if blocking > 0 {
+                    return Ok(Terminate::InFlight(blocking));
+                }
+                let Some(moved) =
+                    events::transition_event(conn, &event, event.state, to, kind, Some(&reason))
+                        .await?
+                else {
+                    return Err(StoreError::RaceLost(format!(
+                        "event {id} moved while locked"
+                    )));
+                };
+                events::sweep_targets_for_terminate(conn, id, kind).await?;
+                events::audit(
+                    &mut *conn,
+                    org,
+                    kind,
+                    key_id,
+                    "curtailment_admin_terminated",
+                    Some(id.0),
+                    serde_json::json!({"reason": reason, "target_state": to.as_str()}),
+                )
+                .await?;
+                events::announce(conn, &moved, Some(event.state), Some(&reason)).await?;
+                Ok(Terminate::Done)
+            })
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => RpcError::new(RpcErrorKind::NotFound, "curtailment not found"),
+            other => internal(other),
+        })?;
+        match outcome {
+            Terminate::Done => Ok(StopReply {
+                event_id: id,
+                changed: true,
+            }),
+            Terminate::Unchanged => Ok(StopReply {
+                event_id: id,
+                changed: false,
+            }),
+            Terminate::AlreadyEnded(s) => Err(RpcError::new(
+                RpcErrorKind::FailedPrecondition,
+                format!("the curtailment already ended as {s}"),
+            )),
+            Terminate::InFlight(n) => Err(RpcError::new(
+                RpcErrorKind::FailedPrecondition,
+                format!(
+                    "{n} miners may still be curtailed or have a command in flight; stop the curtailment first"
+                ),
+            )),
+        }
+    }
+
     /// The devices of one site, for its agent.
     pub async fn inventory(&self, req: &InventoryRequest) -> Result<Inventory, RpcError> {
         let site = fleet::site_by_code(&self.pool, &req.site)
@@ -536,6 +640,13 @@ fn selection_error(e: SelectionError) -> RpcError {
 fn internal(e: StoreError) -> RpcError {
     tracing::error!(error = ?e, "planner store error");
     RpcError::new(RpcErrorKind::Internal, "internal error")
+}
+
+enum Terminate {
+    Done,
+    Unchanged,
+    AlreadyEnded(EventState),
+    InFlight(i64),
 }
 
 /// How long callers wait for the planner.

@@ -354,3 +354,111 @@ async fn served_over_nats() {
     stop.cancel();
     server.await.unwrap().unwrap();
 }
+
+/// DESIGN §5.1: terminate refuses while any miner may be curtailed or has a command in flight,
+/// refuses a different terminal state, and echoes the same one.
+#[tokio::test]
+async fn terminate_refuses_while_anything_is_in_flight() {
+    use ebb_bus::TerminateRequest;
+    use ebb_domain::{BatchId, EventState, TargetState};
+    use ebb_store::events::{self, Retry};
+    let f = fixture(2).await;
+    let id = f
+        .planner
+        .start(&req(&f, Role::Operator, 4.0))
+        .await
+        .unwrap()
+        .event_id;
+    let admin = Actor::ApiKey {
+        key_id: uuid::Uuid::nil(),
+        role: Role::Admin,
+    };
+    let term = TerminateRequest {
+        org: f.org,
+        actor: admin.clone(),
+        event_id: id,
+        target_state: EventState::Cancelled,
+        reason: "wrong site".into(),
+    };
+    let op = TerminateRequest {
+        actor: Actor::ApiKey {
+            key_id: uuid::Uuid::nil(),
+            role: Role::Operator,
+        },
+        ..term.clone()
+    };
+    assert_eq!(
+        f.planner.terminate(&op).await.unwrap_err().kind,
+        RpcErrorKind::PermissionDenied
+    );
+
+    // One target stamped dispatching: a command may be in flight.
+    let mut conn = f.db.pool().acquire().await.unwrap();
+    events::stamp_dispatching(
+        &mut conn,
+        id,
+        &f.devices[..1],
+        TargetState::Pending,
+        TargetState::Dispatching,
+        BatchId::new(),
+        Retry::Keep,
+        "t",
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let err = f.planner.terminate(&term).await.unwrap_err();
+    assert_eq!(err.kind, RpcErrorKind::FailedPrecondition, "{err:?}");
+    assert!(err.message.contains("stop"), "{}", err.message);
+
+    // Back in the queue after an attempt: it may have been touched, still refused.
+    ebb_store::events::transition_targets(
+        f.db.pool(),
+        id,
+        &f.devices[..1],
+        TargetState::Dispatching,
+        TargetState::Pending,
+        &Default::default(),
+        "t",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        f.planner.terminate(&term).await.unwrap_err().kind,
+        RpcErrorKind::FailedPrecondition
+    );
+
+    // A fresh event with nothing sent can be cancelled; its targets end restored.
+    let f2 = fixture(2).await;
+    let id2 = f2
+        .planner
+        .start(&req(&f2, Role::Operator, 4.0))
+        .await
+        .unwrap()
+        .event_id;
+    let t2 = TerminateRequest {
+        org: f2.org,
+        event_id: id2,
+        ..term.clone()
+    };
+    assert!(f2.planner.terminate(&t2).await.unwrap().changed);
+    assert!(
+        !f2.planner.terminate(&t2).await.unwrap().changed,
+        "same state again echoes"
+    );
+    let other = TerminateRequest {
+        target_state: EventState::Failed,
+        ..t2
+    };
+    assert_eq!(
+        f2.planner.terminate(&other).await.unwrap_err().kind,
+        RpcErrorKind::FailedPrecondition
+    );
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM curtailment_target WHERE event_id = $1")
+            .bind(id2.0)
+            .fetch_all(f2.db.pool())
+            .await
+            .unwrap();
+    assert!(states.iter().all(|s| s == "restored"), "{states:?}");
+}
