@@ -571,6 +571,7 @@ pub async fn transition_targets(
 /// Stamps `dispatching` on targets of a live event before their batch is published
 /// (DESIGN §5.1). The event row is held `FOR SHARE` for the transaction, so an admin terminate
 /// (which takes it `FOR UPDATE`) cannot interleave; a terminal event stamps nothing.
+#[allow(clippy::too_many_arguments)] // reason: one compare-and-set, every argument is part of it
 pub async fn stamp_dispatching(
     conn: &mut PgConnection,
     event: EventId,

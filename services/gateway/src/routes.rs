@@ -191,9 +191,9 @@ fn parse_mode(b: &StartBody) -> Result<Mode, Problem> {
                 .watts
                 .ok_or_else(|| Problem::field("watts", "is required for mode power_target"))?;
             let w = Watts::new(v).map_err(|e| Problem::field("watts", e.to_string()))?;
-            if !(ebb_domain::CommandKind::SetPowerTarget { watts: v })
+            if (ebb_domain::CommandKind::SetPowerTarget { watts: v })
                 .validate()
-                .is_ok()
+                .is_err()
             {
                 return Err(Problem::field(
                     "watts",

@@ -118,9 +118,6 @@ impl Reconciler {
             None => events::event_of_batch(&self.pool, r.batch_id).await?,
         };
         let Some(event) = event else { return Ok(()) };
-        for d in &r.results {
-            metrics::counter!(names::AGENT_COMMANDS, "kind" => "reported", "outcome" => d.outcome.label()).increment(0);
-        }
         let limits: Vec<(DeviceId, f64)> = r
             .results
             .iter()

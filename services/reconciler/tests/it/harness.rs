@@ -12,7 +12,7 @@ use ebb_domain::{
 use ebb_obs::Secret;
 use ebb_planner::{Planner, PlannerConfig};
 use ebb_reconciler::{Hooks, ReconcilerConfig};
-use ebb_store::fleet::{self, Site};
+use ebb_store::fleet;
 use ebb_testkit::{NatsServer, TestDb};
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -67,9 +67,7 @@ impl ScriptedSite {
 pub struct Harness {
     pub db: TestDb,
     pub nats: NatsServer,
-    pub js: jetstream::Context,
     pub org: ebb_domain::OrgId,
-    pub site: Site,
     pub devices: Vec<DeviceId>,
     pub planner: Planner,
     pub site_agent: ScriptedSite,
@@ -128,9 +126,7 @@ pub async fn harness(n: usize) -> Harness {
     Harness {
         db,
         nats,
-        js,
         org,
-        site,
         devices,
         planner,
         site_agent,

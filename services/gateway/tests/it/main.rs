@@ -1,0 +1,408 @@
+//! The HTTP API through a real HTTP client, with the planner served over a real nats-server and a
+//! real PostgreSQL database.
+
+use chrono::{Duration, Utc};
+use ebb_bus::{DiscoveredDevice, TelemetrySample};
+use ebb_domain::{Capabilities, OrgId, SiteCode};
+use ebb_gateway::{Gateway, GatewayConfig, auth};
+use ebb_obs::Secret;
+use ebb_planner::{Planner, PlannerConfig};
+use ebb_store::fleet;
+use ebb_testkit::{NatsServer, TestDb};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+struct App {
+    db: TestDb,
+    _nats: NatsServer,
+    base: String,
+    http: reqwest::Client,
+    org: OrgId,
+    stop: CancellationToken,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl App {
+    async fn key(&self, role: &str, expires: Option<chrono::DateTime<Utc>>) -> String {
+        let k = auth::generate();
+        fleet::insert_api_key(
+            self.db.pool(),
+            self.org,
+            &k.prefix,
+            &k.secret_hash,
+            role,
+            "test",
+            expires,
+        )
+        .await
+        .unwrap();
+        k.token
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn post(&self, key: &str, path: &str, body: Value) -> (StatusCode, Value, String) {
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        (status, r.json().await.unwrap_or(Value::Null), ct)
+    }
+
+    async fn get(&self, key: &str, path: &str) -> (StatusCode, Value) {
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Gateway + planner over NATS, one site of 4 hashing miners at 3 kW.
+async fn spawn_app() -> App {
+    let db = TestDb::new().await.unwrap();
+    ebb_store::migrate(db.pool()).await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let org = fleet::create_org(db.pool(), "acme").await.unwrap();
+    let code = SiteCode::parse("site-a").unwrap();
+    fleet::create_site(db.pool(), org, &code, "A", None)
+        .await
+        .unwrap();
+    let site = fleet::site_by_code(db.pool(), &code)
+        .await
+        .unwrap()
+        .unwrap();
+    let devs: Vec<DiscoveredDevice> = (0..4)
+        .map(|i| DiscoveredDevice {
+            address: format!("127.0.6.{i}"),
+            make: "AntMiner".into(),
+            model: "S19".into(),
+            firmware: None,
+            capabilities: Capabilities {
+                curtail_full: true,
+                ..Default::default()
+            },
+            nominal_power_w: None,
+        })
+        .collect();
+    fleet::upsert_devices(db.pool(), &site, &devs)
+        .await
+        .unwrap();
+    let now = Utc::now().timestamp_millis();
+    let samples: Vec<TelemetrySample> = fleet::inventory(db.pool(), site.id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|d| TelemetrySample {
+            device_id: d.device_id,
+            reachable: true,
+            power_w: Some(3000.0),
+            hashrate_ths: Some(100.0),
+            sampled_at_ms: now,
+        })
+        .collect();
+    fleet::ingest_telemetry(db.pool(), site.id, &samples)
+        .await
+        .unwrap();
+
+    let stop = CancellationToken::new();
+    let planner = Planner::new(
+        db.pool().clone(),
+        PlannerConfig {
+            database_url: Secret(db.url().into()),
+            ..Default::default()
+        },
+    );
+    tokio::spawn(ebb_planner::serve(
+        Arc::new(planner),
+        nats.client().await.unwrap(),
+        stop.clone(),
+    ));
+    let cfg = GatewayConfig {
+        listen: "127.0.0.1:0".into(),
+        database_url: Secret(db.url().into()),
+        nats_url: nats.url().into(),
+        planner_timeout_s: 5,
+        db_connections: 4,
+    };
+    let gw = Gateway::build(&cfg).await.unwrap();
+    let base = format!("http://{}", gw.addr());
+    tokio::spawn(gw.serve(stop.clone()));
+    let app = App {
+        db,
+        _nats: nats,
+        base,
+        http: reqwest::Client::new(),
+        org,
+        stop,
+    };
+    // The planner's service may take a moment to subscribe.
+    let key = app.key("viewer", None).await;
+    for _ in 0..100 {
+        let (s, _, _) = app
+            .post(
+                &key,
+                "/v1/curtailments:preview",
+                json!({"mode":"kw","target_kw":1,"reason":"warm-up"}),
+            )
+            .await;
+        if s == StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    app
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let app = spawn_app().await;
+    let ok = |p: &str| app.http.get(app.url(p)).send();
+    assert_eq!(ok("/healthz").await.unwrap().status(), StatusCode::OK);
+    assert_eq!(ok("/readyz").await.unwrap().status(), StatusCode::OK);
+    let m = ok("/metrics").await.unwrap();
+    assert_eq!(m.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn keys_are_checked() {
+    let app = spawn_app().await;
+    let expired = app
+        .key("admin", Some(Utc::now() - Duration::seconds(1)))
+        .await;
+    let valid = app
+        .key("viewer", Some(Utc::now() + Duration::hours(1)))
+        .await;
+    let r = app
+        .http
+        .get(app.url("/v1/curtailments"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    for bad in ["nope", &expired, &format!("{}0", &valid[..valid.len() - 1])] {
+        assert_eq!(
+            app.get(bad, "/v1/curtailments").await.0,
+            StatusCode::UNAUTHORIZED,
+            "{bad}"
+        );
+    }
+    assert_eq!(app.get(&valid, "/v1/curtailments").await.0, StatusCode::OK);
+    // A viewer cannot start.
+    let (s, body, _) = app
+        .post(
+            &valid,
+            "/v1/curtailments",
+            json!({"mode":"kw","target_kw":1,"reason":"x"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+}
+
+#[tokio::test]
+async fn bad_input_names_the_field_and_changes_nothing() {
+    let app = spawn_app().await;
+    let key = app.key("operator", None).await;
+    let cases = [
+        (json!({"mode":"kw","reason":"x"}), "target_kw"),
+        (
+            json!({"mode":"kw","target_kw":-5,"reason":"x"}),
+            "target_kw",
+        ),
+        (json!({"mode":"watts","reason":"x"}), "mode"),
+        (json!({"mode":"kw","target_kw":1,"reason":"  "}), "reason"),
+        (
+            json!({"mode":"kw","target_kw":1,"reason":"x","scope":{"sites":["Bad Site"]}}),
+            "scope.sites[0]",
+        ),
+        (
+            json!({"mode":"kw","target_kw":1,"reason":"x","percent":5}),
+            "percent",
+        ),
+        (
+            json!({"mode":"kw","target_kw":1,"reason":"x","restore_batch_size":0}),
+            "restore_batch_size",
+        ),
+    ];
+    for (body, field) in cases {
+        let (s, p, ct) = app.post(&key, "/v1/curtailments", body.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body} → {p}");
+        assert_eq!(ct, "application/problem+json");
+        assert_eq!(p["type"], "https://ebb.dev/problems/invalid-argument");
+        assert_eq!(p["errors"][0]["field"], field, "{body} → {p}");
+    }
+    // Unknown fields and wrong types are refused too, with the field in the detail.
+    let (s, p, _) = app
+        .post(
+            &key,
+            "/v1/curtailments",
+            json!({"mode":"kw","target_kw":"lots","reason":"x"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(p["detail"].as_str().unwrap().contains("target_kw"), "{p}");
+    let (s, _, _) = app
+        .post(
+            &key,
+            "/v1/curtailments",
+            json!({"mode":"kw","target_kw":1,"reason":"x","bogus":1}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // Privilege on the effective request.
+    let (s, p, _) = app
+        .post(
+            &key,
+            "/v1/curtailments",
+            json!({"mode":"kw","target_kw":1,"reason":"x","allow_unbounded":true}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{p}");
+    assert_eq!(p["errors"][0]["field"], "allow_unbounded");
+    // Too much load: 422 with what was available, and nothing written.
+    let (s, p, _) = app
+        .post(
+            &key,
+            "/v1/curtailments",
+            json!({"mode":"kw","target_kw":100,"reason":"x"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert_eq!(p["available_kw"], 12.0);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM curtailment_event")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+    assert_eq!(
+        app.get(&key, "/v1/curtailments/not-a-uuid").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get(&key, &format!("/v1/curtailments/{}", uuid::Uuid::now_v7()))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn start_replay_list_get_stop() {
+    let app = spawn_app().await;
+    let key = app.key("operator", None).await;
+    let body = json!({"mode":"kw","target_kw":5,"reason":"grid event 1"});
+    let send = |k: &'static str| {
+        app.http
+            .post(app.url("/v1/curtailments"))
+            .bearer_auth(&key)
+            .header("Idempotency-Key", k)
+            .json(&body)
+            .send()
+    };
+    let first = send("evt-1").await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let ev: Value = first.json().await.unwrap();
+    assert_eq!(ev["state"], "pending");
+    assert_eq!(ev["targets"]["pending"], 2);
+    let replay = send("evt-1").await.unwrap();
+    assert_eq!(replay.status(), StatusCode::OK);
+    let again: Value = replay.json().await.unwrap();
+    assert_eq!(again["id"], ev["id"]);
+
+    let id = ev["id"].as_str().unwrap();
+    let (s, got) = app.get(&key, &format!("/v1/curtailments/{id}")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(got["selection"]["selected_count"], 2);
+
+    let (s, _, _) = app
+        .post(
+            &key,
+            &format!("/v1/curtailments/{id}/stop"),
+            json!({"reason":"over"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, got) = app.get(&key, &format!("/v1/curtailments/{id}")).await;
+    assert_eq!(got["state"], "restoring");
+    assert_eq!(got["stop_reason"], "over");
+
+    // Pagination: 3 events, pages of 2, cursor bound to the filter.
+    for i in 0..2 {
+        app.post(
+            &key,
+            "/v1/curtailments",
+            json!({"mode":"kw","target_kw":1,"reason":format!("e{i}")}),
+        )
+        .await;
+    }
+    let (_, page) = app.get(&key, "/v1/curtailments?page_size=2").await;
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let (_, page2) = app
+        .get(
+            &key,
+            &format!("/v1/curtailments?page_size=2&cursor={cursor}"),
+        )
+        .await;
+    assert_eq!(page2["items"].as_array().unwrap().len(), 1);
+    assert!(page2["next_cursor"].is_null());
+    assert_eq!(
+        app.get(
+            &key,
+            &format!("/v1/curtailments?state=active&cursor={cursor}")
+        )
+        .await
+        .0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        app.get(&key, "/v1/curtailments?page_size=201").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert!(
+        page["items"][0].get("devices").is_none(),
+        "no per-target rows in lists"
+    );
+
+    // Terminate is admin-only; this event never sent a command, so nothing is in flight.
+    let (s, _, _) = app
+        .post(
+            &key,
+            &format!("/v1/curtailments/{id}/terminate"),
+            json!({"target_state":"cancelled","reason":"x"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let admin = app.key("admin", None).await;
+    let (s, p, _) = app
+        .post(
+            &admin,
+            &format!("/v1/curtailments/{id}/terminate"),
+            json!({"target_state":"cancelled","reason":"x"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{p}");
+}
