@@ -62,8 +62,10 @@ pub async fn run_with_hooks(
         .await
         .map_err(|e| anyhow::anyhow!("creating streams: {e}"))?;
 
+    // A standby keeps one connection and retries the lock on it, instead of reconnecting each time.
+    let mut standby: Option<PgConnection> = None;
     while !shutdown.is_cancelled() {
-        let lock = match try_lock(config.database_url.expose()).await {
+        let lock = match try_lock(&mut standby, config.database_url.expose()).await {
             Ok(Some(conn)) => conn,
             Ok(None) => {
                 metrics::gauge!(ebb_obs::names::RECONCILER_IS_LEADER).set(0.0);
@@ -71,6 +73,7 @@ pub async fn run_with_hooks(
                 continue;
             }
             Err(e) => {
+                standby = None;
                 tracing::warn!(error = %e, "could not try the leader lock");
                 sleep_or_cancel(Duration::from_millis(config.standby_poll_ms), &shutdown).await;
                 continue;
@@ -104,14 +107,26 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
     }
 }
 
-/// Tries the leader lock on a dedicated connection; the lock lives exactly as long as it.
-async fn try_lock(url: &str) -> Result<Option<PgConnection>, sqlx::Error> {
-    let mut conn = PgConnection::connect(url).await?;
+/// Tries the leader lock on a dedicated connection; the lock lives exactly as long as it. On
+/// success the connection moves to the leader; otherwise it stays in `standby` for the next try.
+async fn try_lock(
+    standby: &mut Option<PgConnection>,
+    url: &str,
+) -> Result<Option<PgConnection>, sqlx::Error> {
+    let mut conn = match standby.take() {
+        Some(c) => c,
+        None => PgConnection::connect(url).await?,
+    };
     let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(LEADER_LOCK_KEY)
         .fetch_one(&mut conn)
         .await?;
-    if got { Ok(Some(conn)) } else { Ok(None) }
+    if got {
+        Ok(Some(conn))
+    } else {
+        *standby = Some(conn);
+        Ok(None)
+    }
 }
 
 /// One leadership term: intake tasks feed the pass loop until shutdown or the lock connection
