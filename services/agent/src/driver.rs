@@ -1,0 +1,533 @@
+//! The agent's edge to miners, over asic-rs: a bounded cache of miner handles, reads that tell
+//! an unreachable miner from one that answered nonsense, and the mapping of asic-rs errors onto
+//! Ebb's per-device outcomes.
+//!
+//! asic-rs's own getters (`get_wattage`, `get_data`, …) swallow every error into `None`, which
+//! would make a dead miner look like a miner without a power reading. Reads here therefore send
+//! the backend's own commands through `get_api_result`, keep the errors, and hand the replies to
+//! the backend's own parsers (`parse_wattage`, `parse_hashrate`, …): the miner-specific knowledge
+//! stays in asic-rs, only the error handling is ours.
+
+use crate::instruments::{self, Op};
+use asic_rs::MinerFactory;
+use asic_rs::core::data::collector::DataField;
+use asic_rs::core::data::command::MinerCommand;
+use asic_rs::core::data::hashrate::HashRateUnit;
+use asic_rs::core::data::miner::TuningTarget;
+use asic_rs::core::errors::RPCError;
+use asic_rs::core::traits::miner::Miner;
+use ebb_domain::Outcome;
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// A miner handle shared between the poller and the command executor.
+pub type MinerHandle = Arc<dyn Miner>;
+
+/// asic-rs gives its own sockets and HTTP clients a 5-second deadline and, in its web clients,
+/// turns the error into text. A failure that took about this long was a timeout.
+const ASIC_RS_IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a call to a miner did not succeed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MinerError {
+    #[error("miner unreachable: {0}")]
+    Unreachable(String),
+    #[error("miner did not answer in time")]
+    Timeout,
+    #[error("miner refused: {0}")]
+    Refused(String),
+    #[error("miner sent an invalid reply: {0}")]
+    InvalidReply(String),
+    #[error("not supported by this miner's firmware")]
+    Unsupported,
+}
+
+impl MinerError {
+    /// The per-device outcome this error is reported as.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            MinerError::Unreachable(_) => Outcome::Unreachable,
+            MinerError::Timeout => Outcome::Timeout,
+            MinerError::Refused(reason) => Outcome::Refused {
+                reason: reason.clone(),
+            },
+            MinerError::InvalidReply(reason) => Outcome::Refused {
+                reason: format!("invalid reply: {reason}"),
+            },
+            MinerError::Unsupported => Outcome::Unsupported,
+        }
+    }
+
+    /// Whether the miner could not be talked to at all (as opposed to answering badly).
+    pub fn is_transport(&self) -> bool {
+        matches!(self, MinerError::Unreachable(_) | MinerError::Timeout)
+    }
+
+    /// Orders errors by how much they say about the miner: a miner that is unreachable on one
+    /// command and slow on another is reported unreachable.
+    fn severity(&self) -> u8 {
+        match self {
+            MinerError::Unreachable(_) => 4,
+            MinerError::Timeout => 3,
+            MinerError::Refused(_) => 2,
+            MinerError::InvalidReply(_) => 1,
+            MinerError::Unsupported => 0,
+        }
+    }
+}
+
+/// Maps an asic-rs error to a [`MinerError`]. Typed errors (its RPC error enum, I/O errors,
+/// JSON errors) are matched exactly; web clients that flatten errors into text are matched on
+/// the text, and a failure that took as long as asic-rs's own I/O deadline is a timeout.
+pub fn classify(err: &anyhow::Error, took: Duration) -> MinerError {
+    for cause in err.chain() {
+        if let Some(rpc) = cause.downcast_ref::<RPCError>() {
+            return match rpc {
+                RPCError::ConnectionFailed | RPCError::ConnectionReset | RPCError::BrokenPipe => {
+                    MinerError::Unreachable(lowercase(&rpc.to_string()))
+                }
+                RPCError::ReadTimeout | RPCError::WriteTimeout => MinerError::Timeout,
+                RPCError::StatusCheckFailed(msg) => MinerError::Refused(msg.clone()),
+                RPCError::DeserializationFailed(e) => MinerError::InvalidReply(e.to_string()),
+            };
+        }
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+                    MinerError::Timeout
+                }
+                _ => MinerError::Unreachable(io.to_string()),
+            };
+        }
+        if cause
+            .downcast_ref::<tokio::time::error::Elapsed>()
+            .is_some()
+        {
+            return MinerError::Timeout;
+        }
+        if let Some(json) = cause.downcast_ref::<serde_json::Error>() {
+            return MinerError::InvalidReply(json.to_string());
+        }
+    }
+    let text = lowercase(&format!("{err:#}"));
+    if text.contains("timed out")
+        || text.contains("timeout")
+        || took >= ASIC_RS_IO_TIMEOUT.mul_f64(0.95)
+    {
+        MinerError::Timeout
+    } else if text.contains("not supported") {
+        MinerError::Unsupported
+    } else if text.contains("connection refused")
+        || text.contains("error sending request")
+        || text.contains("connection reset")
+        || text.contains("failed to connect")
+    {
+        MinerError::Unreachable(text)
+    } else if text.contains("expected value")
+        || text.contains("error decoding")
+        || text.contains("deserializ")
+    {
+        MinerError::InvalidReply(text)
+    } else {
+        MinerError::Refused(text)
+    }
+}
+
+fn lowercase(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// Runs one miner call under `deadline`, records its duration, and classifies its error.
+pub async fn call<T, F>(op: Op, deadline: Duration, fut: F) -> Result<T, MinerError>
+where
+    F: Future<Output = anyhow::Result<T>>,
+{
+    let started = Instant::now();
+    let result = tokio::time::timeout(deadline, fut).await;
+    let took = started.elapsed();
+    instruments::miner_call(op, took);
+    match result {
+        Err(_) => Err(MinerError::Timeout),
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(classify(&e, took)),
+    }
+}
+
+/// Runs a control call (pause, resume, set a power limit). asic-rs controls answer
+/// `Ok(false)` when the firmware did not accept the command (Whatsminer v3 does so for every
+/// failure); that is a refusal, since the read before the command showed the miner answering.
+pub async fn control<F>(op: Op, deadline: Duration, fut: F) -> Result<(), MinerError>
+where
+    F: Future<Output = anyhow::Result<bool>>,
+{
+    match call(op, deadline, fut).await? {
+        true => Ok(()),
+        false => Err(MinerError::Refused(format!(
+            "the miner did not accept {}",
+            op.label()
+        ))),
+    }
+}
+
+/// What one read of a miner said. Every field is as reported; nothing is validated here.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Reading {
+    pub power_w: Option<f64>,
+    pub hashrate_ths: Option<f64>,
+    /// Whether the firmware says it is mining, when the reply carried the field at all.
+    pub mining: Option<bool>,
+    /// The power limit in force, when the firmware reports one as watts.
+    pub power_limit_w: Option<f64>,
+}
+
+/// Below this a miner is not hashing (TH/s).
+pub const HASHING_EPSILON_THS: f64 = 0.01;
+
+impl Reading {
+    /// Positive evidence that the miner is asleep: the firmware says it is not mining, or it
+    /// reports no hashrate.
+    pub fn asleep(&self) -> bool {
+        self.mining == Some(false) || self.hashrate_ths.is_some_and(|h| h <= HASHING_EPSILON_THS)
+    }
+
+    /// Positive evidence that the miner is awake. `trusts_mining_flag` says whether this
+    /// firmware's mining flag reflects a sleep command (LuxOS's does not: it reports mining
+    /// while curtailed, so a LuxOS miner still ramping down would look awake).
+    pub fn awake(&self, trusts_mining_flag: bool) -> bool {
+        trusts_mining_flag
+            && self.mining == Some(true)
+            && self.hashrate_ths.is_some_and(|h| h > HASHING_EPSILON_THS)
+    }
+}
+
+/// The fields a telemetry sample needs.
+pub const TELEMETRY_FIELDS: &[DataField] = &[DataField::Wattage, DataField::Hashrate];
+/// The fields read before a command, to tell whether it is already in effect.
+pub const STATE_FIELDS: &[DataField] =
+    &[DataField::Wattage, DataField::Hashrate, DataField::IsMining];
+
+/// Reads `fields` from a miner. Fails only when no command got an answer; a reply that parsed
+/// but lacked a value leaves that value `None`.
+pub async fn read(
+    miner: &dyn Miner,
+    fields: &[DataField],
+    deadline: Duration,
+) -> Result<Reading, MinerError> {
+    let mut commands: Vec<MinerCommand> = Vec::new();
+    for field in fields {
+        for (command, _) in miner.get_locations(*field) {
+            if !commands.contains(&command) {
+                commands.push(command);
+            }
+        }
+    }
+    if commands.is_empty() {
+        return Ok(Reading::default());
+    }
+    let replies = futures::future::join_all(
+        commands
+            .iter()
+            .map(|c| call(Op::Read, deadline, miner.get_api_result(c))),
+    )
+    .await;
+    let mut answered: HashMap<MinerCommand, Value> = HashMap::new();
+    let mut worst: Option<MinerError> = None;
+    for (command, reply) in commands.into_iter().zip(replies) {
+        match reply {
+            Ok(v) => {
+                answered.insert(command, v);
+            }
+            Err(e) => {
+                if worst.as_ref().is_none_or(|w| e.severity() > w.severity()) {
+                    worst = Some(e);
+                }
+            }
+        }
+    }
+    if answered.is_empty() {
+        return Err(worst.unwrap_or(MinerError::Timeout));
+    }
+    let data = extract(miner, fields, &answered);
+    Ok(Reading {
+        power_w: miner.parse_wattage(&data).map(|p| p.as_watts()),
+        hashrate_ths: miner
+            .parse_hashrate(&data)
+            .map(|h| h.as_unit(HashRateUnit::TeraHash).value),
+        mining: data
+            .contains_key(&DataField::IsMining)
+            .then(|| miner.parse_is_mining(&data)),
+        power_limit_w: data
+            .contains_key(&DataField::TuningTarget)
+            .then(|| miner.parse_tuning_target(&data))
+            .flatten()
+            .and_then(|t| match t {
+                TuningTarget::Power(p) if p.as_watts().is_finite() && p.as_watts() > 0.0 => {
+                    Some(p.as_watts())
+                }
+                _ => None,
+            }),
+    })
+}
+
+/// Pulls each field out of the replies the way asic-rs's own collector does: every location of
+/// a field that answered contributes, tagged values are wrapped under their tag, and the parts
+/// are merged.
+fn extract(
+    miner: &dyn Miner,
+    fields: &[DataField],
+    answered: &HashMap<MinerCommand, Value>,
+) -> HashMap<DataField, Value> {
+    let mut data = HashMap::new();
+    for &field in fields {
+        let mut merged: Option<Value> = None;
+        for (command, extractor) in miner.get_locations(field) {
+            let Some(reply) = answered.get(&command) else {
+                continue;
+            };
+            let Some(value) = (extractor.func)(reply, extractor.key) else {
+                continue;
+            };
+            let part = match extractor.tag {
+                Some(tag) => json!({ tag: value.clone() }),
+                None => value.clone(),
+            };
+            merge(merged.get_or_insert_with(|| json!({})), part);
+        }
+        if let Some(v) = merged {
+            data.insert(field, v);
+        }
+    }
+    data
+}
+
+fn merge(a: &mut Value, b: Value) {
+    match (a, b) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k).or_insert(Value::Null), v);
+            }
+        }
+        (Value::Array(a), Value::Array(b)) => a.extend(b),
+        (slot, b) => *slot = b,
+    }
+}
+
+/// Whether this firmware's "is mining" flag changes when the miner is told to sleep. Stock
+/// Antminer (work mode) and Whatsminer (`working`) firmware report it; LuxOS and others report
+/// mining regardless (asic-rs issue #303).
+pub fn trusts_mining_flag(miner: &dyn Miner) -> bool {
+    miner
+        .get_device_info()
+        .firmware
+        .to_ascii_lowercase()
+        .contains("stock")
+}
+
+/// One address's slot: at most one identification runs per address at a time.
+type Slot = Arc<tokio::sync::Mutex<Option<MinerHandle>>>;
+
+/// A bounded cache of miner handles by address. A handle is built once, with
+/// `MinerFactory::get_miner`, and dropped when a call finds the miner unreachable, so the next
+/// call identifies it afresh (its firmware may have changed across the outage).
+pub struct MinerPool {
+    /// Identifies miners; its identification timeout is the agent's call timeout.
+    factory: MinerFactory,
+    /// Handles by address; never more than `max` entries.
+    slots: Mutex<HashMap<IpAddr, Slot>>,
+    /// The bound on `slots`; beyond it handles are built for one use.
+    max: usize,
+    /// Deadline of an identification.
+    deadline: Duration,
+}
+
+impl std::fmt::Debug for MinerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MinerPool")
+            .field("cached", &self.len())
+            .field("max", &self.max)
+            .finish()
+    }
+}
+
+impl MinerPool {
+    pub fn new(max: usize, deadline: Duration) -> Self {
+        Self {
+            factory: MinerFactory::new().with_identification_timeout(deadline),
+            slots: Mutex::new(HashMap::new()),
+            max: max.max(1),
+            deadline,
+        }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Slot>> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How many handles are cached.
+    fn len(&self) -> usize {
+        self.slots().len()
+    }
+
+    /// The handle for `ip`, identifying the miner if it has none yet.
+    pub async fn get(&self, ip: IpAddr) -> Result<MinerHandle, MinerError> {
+        let slot = {
+            let mut slots = self.slots();
+            match slots.get(&ip) {
+                Some(slot) => Some(slot.clone()),
+                None if slots.len() < self.max => {
+                    let slot: Slot = Arc::default();
+                    slots.insert(ip, slot.clone());
+                    Some(slot)
+                }
+                None => None,
+            }
+        };
+        let Some(slot) = slot else {
+            return self.identify(ip).await;
+        };
+        let mut guard = slot.lock().await;
+        if let Some(handle) = guard.as_ref() {
+            return Ok(handle.clone());
+        }
+        let handle = self.identify(ip).await?;
+        *guard = Some(handle.clone());
+        Ok(handle)
+    }
+
+    async fn identify(&self, ip: IpAddr) -> Result<MinerHandle, MinerError> {
+        let started = Instant::now();
+        // get_miner bounds itself by the identification timeout; the outer deadline only guards
+        // against a backend that ignores it.
+        let found = call(
+            Op::Identify,
+            self.deadline + Duration::from_secs(1),
+            self.factory.get_miner(ip),
+        )
+        .await?;
+        match found {
+            Some(miner) => Ok(Arc::from(miner)),
+            None if started.elapsed() >= self.deadline.mul_f64(0.95) => Err(MinerError::Timeout),
+            None => Err(MinerError::Unreachable(
+                "no supported miner answered at this address".to_owned(),
+            )),
+        }
+    }
+
+    /// Drops the handle for `ip`, so the next call identifies the miner again.
+    pub fn forget(&self, ip: IpAddr) {
+        self.slots().remove(&ip);
+    }
+
+    /// Keeps only the handles of `addresses` (after an inventory refresh).
+    pub fn retain(&self, addresses: &HashSet<IpAddr>) {
+        self.slots().retain(|ip, _| addresses.contains(ip));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_errors_map_exactly() {
+        let check =
+            |e: anyhow::Error, want: MinerError| assert_eq!(classify(&e, Duration::ZERO), want);
+        check(
+            RPCError::ConnectionFailed.into(),
+            MinerError::Unreachable("failed to connect to RPC API".into()),
+        );
+        check(RPCError::ReadTimeout.into(), MinerError::Timeout);
+        check(
+            RPCError::StatusCheckFailed("busy".into()).into(),
+            MinerError::Refused("busy".into()),
+        );
+        let json = serde_json::from_str::<Value>("{\"Watts\":nan}").unwrap_err();
+        assert!(matches!(
+            classify(&RPCError::from(json).into(), Duration::ZERO),
+            MinerError::InvalidReply(_)
+        ));
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert!(matches!(
+            classify(
+                &anyhow::Error::from(refused).context("sending"),
+                Duration::ZERO
+            ),
+            MinerError::Unreachable(_)
+        ));
+    }
+
+    #[test]
+    fn text_errors_fall_back_on_words_and_time() {
+        let check = |text: &str, took: Duration, want: fn(&MinerError) -> bool| {
+            let got = classify(&anyhow::anyhow!(text.to_owned()), took);
+            assert!(want(&got), "{text}: {got:?}");
+        };
+        check(
+            "error sending request for url (http://127.0.0.1/cgi-bin/x)",
+            Duration::ZERO,
+            |e| matches!(e, MinerError::Unreachable(_)),
+        );
+        check(
+            "error sending request for url (http://127.0.0.1/cgi-bin/x)",
+            Duration::from_secs(5),
+            |e| *e == MinerError::Timeout,
+        );
+        check(
+            "HTTP request failed with status code 500",
+            Duration::ZERO,
+            |e| matches!(e, MinerError::Refused(_)),
+        );
+        check(
+            "Pausing is not supported on this platform",
+            Duration::ZERO,
+            |e| *e == MinerError::Unsupported,
+        );
+    }
+
+    #[test]
+    fn outcomes() {
+        assert_eq!(MinerError::Timeout.outcome(), Outcome::Timeout);
+        assert_eq!(
+            MinerError::Unreachable("x".into()).outcome(),
+            Outcome::Unreachable
+        );
+        assert_eq!(
+            MinerError::Refused("no".into()).outcome(),
+            Outcome::Refused {
+                reason: "no".into()
+            }
+        );
+        assert_eq!(MinerError::Unsupported.outcome(), Outcome::Unsupported);
+    }
+
+    #[test]
+    fn sleep_and_wake_evidence() {
+        let r = |mining: Option<bool>, ths: Option<f64>| Reading {
+            mining,
+            hashrate_ths: ths,
+            ..Reading::default()
+        };
+        assert!(r(Some(false), Some(100.0)).asleep());
+        assert!(r(Some(true), Some(0.0)).asleep());
+        assert!(!r(None, None).asleep());
+        assert!(r(Some(true), Some(100.0)).awake(true));
+        // LuxOS says mining while curtailed: no evidence either way.
+        assert!(!r(Some(true), Some(100.0)).awake(false));
+        assert!(!r(None, Some(100.0)).awake(true));
+    }
+
+    #[test]
+    fn merges_tagged_parts_like_asic_rs() {
+        let mut a = json!({"mode": "1"});
+        merge(&mut a, json!({"limit": 3000.0}));
+        assert_eq!(a, json!({"mode": "1", "limit": 3000.0}));
+    }
+}

@@ -1,0 +1,67 @@
+//! The agent's metric names and the helpers that record them. The recorder is installed by the
+//! binary; without one every call here is a no-op. Labels are low-cardinality by construction:
+//! a command kind, an outcome, an operation name — never a device id or an address.
+
+use ebb_domain::{CommandKind, Outcome};
+use std::time::Duration;
+
+/// Per-device outcomes of executed commands, labelled `kind` and `outcome`.
+pub const COMMANDS_TOTAL: &str = "ebb_agent_commands_total";
+/// Duration of each call to a miner, labelled `op` (identify, read, pause, resume, set_power_limit).
+pub const MINER_CALL_SECONDS: &str = "ebb_agent_miner_call_seconds";
+/// Duration of a complete telemetry poll cycle (cycles cut short by shutdown record nothing).
+pub const POLL_CYCLE_SECONDS: &str = "ebb_agent_poll_cycle_seconds";
+/// Miners that did not answer in the last poll cycle.
+pub const MINERS_UNREACHABLE: &str = "ebb_agent_miners_unreachable";
+/// Telemetry samples dropped because a value was NaN, infinite, negative or missing.
+pub const INVALID_SAMPLES_TOTAL: &str = "ebb_agent_invalid_samples_total";
+/// Command batches terminated as poison (undecodable or out of range).
+pub const POISON_BATCHES_TOTAL: &str = "ebb_agent_poison_batches_total";
+
+/// The operations timed by [`MINER_CALL_SECONDS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Identify,
+    Read,
+    Pause,
+    Resume,
+    SetPowerLimit,
+}
+
+impl Op {
+    pub fn label(self) -> &'static str {
+        match self {
+            Op::Identify => "identify",
+            Op::Read => "read",
+            Op::Pause => "pause",
+            Op::Resume => "resume",
+            Op::SetPowerLimit => "set_power_limit",
+        }
+    }
+}
+
+pub fn command_outcome(kind: Option<&CommandKind>, outcome: &Outcome) {
+    let kind = kind.map_or("undecodable", CommandKind::label);
+    metrics::counter!(COMMANDS_TOTAL, "kind" => kind, "outcome" => outcome.label()).increment(1);
+}
+
+/// Records a call that completed (successfully or with an answer); calls cut short by
+/// cancellation are never recorded because the future is dropped before this runs.
+pub fn miner_call(op: Op, took: Duration) {
+    metrics::histogram!(MINER_CALL_SECONDS, "op" => op.label()).record(took.as_secs_f64());
+}
+
+pub fn poll_cycle(took: Duration, unreachable: usize) {
+    metrics::histogram!(POLL_CYCLE_SECONDS).record(took.as_secs_f64());
+    metrics::gauge!(MINERS_UNREACHABLE).set(unreachable as f64);
+}
+
+pub fn invalid_samples(n: u32) {
+    if n > 0 {
+        metrics::counter!(INVALID_SAMPLES_TOTAL).increment(u64::from(n));
+    }
+}
+
+pub fn poison_batch() {
+    metrics::counter!(POISON_BATCHES_TOTAL).increment(1);
+}
