@@ -97,6 +97,8 @@ pub fn reconciler_results() -> consumer::pull::Config {
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(60),
         max_ack_pending: 1_000,
+        // A result the database keeps refusing is retried for a while, not forever.
+        max_deliver: 100,
         ..Default::default()
     }
 }
@@ -111,6 +113,8 @@ pub fn reconciler_telemetry() -> consumer::pull::Config {
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(60),
         max_ack_pending: 1_000,
+        // Telemetry is latest-wins: a batch that cannot be written is soon superseded.
+        max_deliver: 5,
         ..Default::default()
     }
 }

@@ -93,7 +93,7 @@ impl ConfirmPolicy {
             CommandKind::Curtail {
                 level: CurtailLevel::Efficiency,
             } => s.power_w < baseline_w * 0.95,
-            CommandKind::Uncurtail => return self.restore_evidence(sample, since),
+            CommandKind::Uncurtail => return self.restore_evidence(kind, sample, since),
         };
         if holds {
             Evidence::Holds
@@ -102,12 +102,29 @@ impl ConfirmPolicy {
         }
     }
 
-    /// Whether the miner is hashing again after an uncurtail sent at `since`.
-    pub fn restore_evidence(&self, sample: Option<&Sample>, since: DateTime<Utc>) -> Evidence {
-        match sample.filter(|s| s.sampled_at > since && s.is_valid()) {
-            None => Evidence::None,
-            Some(s) if s.hashrate_ths >= self.restored_min_hashrate_ths => Evidence::Holds,
-            Some(_) => Evidence::Contradicts,
+    /// Whether the miner is back to normal after an uncurtail sent at `since`, for an event whose
+    /// command was `curtailed_with`: hashing again, and for a power-limited miner also drawing
+    /// more than its curtailed limit (a miner that hashed throughout proves nothing by hashing).
+    pub fn restore_evidence(
+        &self,
+        curtailed_with: &CommandKind,
+        sample: Option<&Sample>,
+        since: DateTime<Utc>,
+    ) -> Evidence {
+        let Some(s) = sample.filter(|s| s.sampled_at > since && s.is_valid()) else {
+            return Evidence::None;
+        };
+        let hashing = s.hashrate_ths >= self.restored_min_hashrate_ths;
+        let unlimited = match *curtailed_with {
+            CommandKind::SetPowerTarget { watts } => {
+                s.power_w > watts * self.power_target_tolerance
+            }
+            _ => true,
+        };
+        if hashing && unlimited {
+            Evidence::Holds
+        } else {
+            Evidence::Contradicts
         }
     }
 }
@@ -174,22 +191,21 @@ mod tests {
     #[test]
     fn restore_needs_hashrate_after_the_command() {
         let p = ConfirmPolicy::default();
-        assert_eq!(
-            p.restore_evidence(Some(&sample(500.0, 20.0, 1)), at(0)),
-            Evidence::Holds
-        );
-        assert_eq!(
-            p.restore_evidence(Some(&sample(90.0, 0.0, 1)), at(0)),
-            Evidence::Contradicts
-        );
-        assert_eq!(
-            p.restore_evidence(Some(&sample(3000.0, 100.0, 0)), at(0)),
-            Evidence::None
-        );
-        assert_eq!(
-            p.restore_evidence(None, at(0) + Duration::seconds(1)),
-            Evidence::None
-        );
+        let check = |k: &CommandKind, s: Option<Sample>, since: i64, want: Evidence| {
+            assert_eq!(
+                p.restore_evidence(k, s.as_ref(), at(since)),
+                want,
+                "{k:?} {s:?}"
+            );
+        };
+        check(&FULL, Some(sample(500.0, 20.0, 1)), 0, Evidence::Holds);
+        check(&FULL, Some(sample(90.0, 0.0, 1)), 0, Evidence::Contradicts);
+        check(&FULL, Some(sample(3000.0, 100.0, 0)), 0, Evidence::None);
+        check(&FULL, None, 1, Evidence::None);
+        // A power-limited miner hashes throughout: it is restored only once above its limit.
+        let pt = CommandKind::SetPowerTarget { watts: 2000.0 };
+        check(&pt, Some(sample(2000.0, 80.0, 1)), 0, Evidence::Contradicts);
+        check(&pt, Some(sample(3000.0, 100.0, 1)), 0, Evidence::Holds);
     }
 
     #[test]

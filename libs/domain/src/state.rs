@@ -153,6 +153,8 @@ impl TargetState {
             // stale orphan), and `failed` ends it when its attempts are spent.
             (Dispatching | Dispatched | Drifted, Pending) => true,
             (Pending | Dispatching | Dispatched | Drifted, Failed) => true,
+            // A queued target whose device vanished spends an attempt where it is.
+            (Pending, Pending) | (RestorePending, RestorePending) => true,
             (Dispatched, Confirmed) => true,
             (Confirmed, Drifted) | (Drifted, Confirmed) => true,
             // Stop: anything that may have been touched is restored; a never-sent target has
@@ -171,11 +173,20 @@ impl TargetState {
     }
 }
 
+/// Why an event is restoring, which decides how it ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestoreCause {
+    /// Stopped by an operator, a schedule or `max_duration_s`.
+    Stopped,
+    /// Every target failed: the event restores what it touched and ends `failed`.
+    AllFailed,
+}
+
 /// The event state a set of settled targets implies once restore has finished, or `None` while
 /// any target is still moving.
 pub fn restore_outcome(
     targets: impl IntoIterator<Item = TargetState>,
-    any_confirmed: bool,
+    cause: RestoreCause,
 ) -> Option<EventState> {
     let mut failures = false;
     for t in targets {
@@ -187,7 +198,7 @@ pub fn restore_outcome(
             _ => return None,
         }
     }
-    Some(if !any_confirmed {
+    Some(if cause == RestoreCause::AllFailed {
         EventState::Failed
     } else if failures {
         EventState::CompletedWithFailures
@@ -223,6 +234,7 @@ mod tests {
 
     #[test]
     fn terminal_targets_never_change_except_failed_restore() {
+        // (A failed target that received a command is still restored on Stop.)
         for from in TargetState::ALL.iter().filter(|s| s.is_terminal()) {
             for to in TargetState::ALL {
                 let allowed = *from == TargetState::Failed && *to == TargetState::RestorePending;
@@ -255,27 +267,25 @@ mod tests {
 
     #[test]
     fn restore_outcomes() {
+        use RestoreCause::*;
         use TargetState::*;
-        let check = |ts: &[TargetState], confirmed: bool, want: Option<EventState>| {
-            assert_eq!(
-                restore_outcome(ts.iter().copied(), confirmed),
-                want,
-                "{ts:?}"
-            );
+        let check = |ts: &[TargetState], cause: RestoreCause, want: Option<EventState>| {
+            assert_eq!(restore_outcome(ts.iter().copied(), cause), want, "{ts:?}");
         };
-        check(&[Restored, Restored], true, Some(EventState::Completed));
+        check(&[Restored, Restored], Stopped, Some(EventState::Completed));
         check(
             &[Restored, RestoreFailed],
-            true,
+            Stopped,
             Some(EventState::CompletedWithFailures),
         );
         check(
             &[Restored, Failed],
-            true,
+            Stopped,
             Some(EventState::CompletedWithFailures),
         );
-        check(&[Restored, RestoreDispatched], true, None);
-        check(&[Failed, Restored], false, Some(EventState::Failed));
-        check(&[], false, Some(EventState::Failed));
+        check(&[Restored, RestoreDispatched], Stopped, None);
+        check(&[Failed, Restored], AllFailed, Some(EventState::Failed));
+        // Stopped before anything confirmed and everything restored cleanly: not a failure.
+        check(&[Restored, Restored], Stopped, Some(EventState::Completed));
     }
 }

@@ -421,6 +421,8 @@ pub struct TargetRow {
     pub prior_power_limit_w: Option<f64>,
     pub dispatched_at: Option<DateTime<Utc>>,
     pub confirmed_at: Option<DateTime<Utc>>,
+    /// When the agent reported success for the latest batch.
+    pub result_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
     pub sample: Option<Sample>,
     /// The device row is gone or moved out of the event's org.
@@ -432,17 +434,35 @@ pub async fn targets(
     db: impl PgExecutor<'_>,
     event: EventId,
 ) -> Result<Vec<TargetRow>, StoreError> {
+    targets_where(db, event, None).await
+}
+
+/// The targets of one event whose latest batch is `batch` (the result handler's view).
+pub async fn targets_of_batch(
+    db: impl PgExecutor<'_>,
+    event: EventId,
+    batch: BatchId,
+) -> Result<Vec<TargetRow>, StoreError> {
+    targets_where(db, event, Some(batch)).await
+}
+
+async fn targets_where(
+    db: impl PgExecutor<'_>,
+    event: EventId,
+    batch: Option<BatchId>,
+) -> Result<Vec<TargetRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT t.device_id, t.site_id, d.address, t.state, t.baseline_power_w, t.retry_count, t.last_batch_id,
-                t.prior_power_limit_w, t.dispatched_at, t.confirmed_at, t.updated_at,
+                t.prior_power_limit_w, t.dispatched_at, t.confirmed_at, t.result_at, t.updated_at,
                 s.reachable, s.power_w, s.hashrate_ths, s.sampled_at, d.id IS NULL AS missing
          FROM curtailment_target t
          LEFT JOIN device d ON d.id = t.device_id AND d.org_id = t.org_id
          LEFT JOIN device_state s ON s.device_id = t.device_id
-         WHERE t.event_id = $1
+         WHERE t.event_id = $1 AND ($2::uuid IS NULL OR t.last_batch_id = $2)
          ORDER BY t.site_id, t.baseline_power_w DESC, t.device_id",
     )
     .bind(event.0)
+    .bind(batch.map(|b| b.0))
     .fetch_all(db)
     .await?;
     rows.iter()
@@ -476,6 +496,7 @@ pub async fn targets(
                 prior_power_limit_w: r.get("prior_power_limit_w"),
                 dispatched_at: r.get("dispatched_at"),
                 confirmed_at: r.get("confirmed_at"),
+                result_at: r.get("result_at"),
                 updated_at: r.get("updated_at"),
                 sample,
                 device_missing: r.get("missing"),
@@ -534,6 +555,7 @@ pub async fn transition_targets(
         "WITH moved AS (
             UPDATE curtailment_target SET state = $4, updated_at = now(),
                 last_batch_id = COALESCE($5, last_batch_id),
+                result_at = CASE WHEN $5::uuid IS NULL THEN result_at ELSE NULL END,
                 dispatched_at = CASE WHEN $6 THEN now() ELSE dispatched_at END,
                 confirmed_at = CASE WHEN $7 THEN now() ELSE confirmed_at END,
                 retry_count = CASE $8 WHEN 'spend' THEN retry_count + 1 WHEN 'reset' THEN 0 ELSE retry_count END,
@@ -625,6 +647,49 @@ pub async fn record_prior_power_limits(
     Ok(())
 }
 
+/// Records that the agent executed `batch` successfully on these devices: the confirmation
+/// deadline starts now. Only targets still waiting on that batch are touched.
+pub async fn record_results(
+    db: impl PgExecutor<'_>,
+    event: EventId,
+    batch: BatchId,
+    devices: &[DeviceId],
+) -> Result<(), StoreError> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = devices.iter().map(|d| d.0).collect();
+    sqlx::query(
+        "UPDATE curtailment_target SET result_at = now()
+         WHERE event_id = $1 AND last_batch_id = $2 AND device_id = ANY($3)
+           AND state IN ('dispatched', 'restore_dispatched') AND result_at IS NULL",
+    )
+    .bind(event.0)
+    .bind(batch.0)
+    .bind(&ids)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Whether the backend `pid` still holds the advisory lock `key`: the reconciler's fence, checked
+/// inside each dispatch stamp so a deposed leader cannot stamp (and so publish) anything.
+pub async fn holds_advisory_lock(
+    db: impl PgExecutor<'_>,
+    pid: i32,
+    key: i64,
+) -> Result<bool, StoreError> {
+    let held: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = $1
+                          AND classid::bigint = ($2 >> 32) AND objid::bigint = ($2 & 4294967295) AND objsubid = 1)",
+    )
+    .bind(pid)
+    .bind(key)
+    .fetch_one(db)
+    .await?;
+    Ok(held)
+}
+
 /// Marks the time of the latest restore batch (the pacing gate reads it).
 pub async fn mark_restore_batch(
     db: impl PgExecutor<'_>,
@@ -683,7 +748,10 @@ pub async fn targets_blocking_terminate(
         "SELECT count(*) FROM curtailment_target WHERE event_id = $1 AND (
             state IN ('dispatching', 'dispatched', 'confirmed', 'drifted',
                       'restore_pending', 'restore_dispatching', 'restore_dispatched')
-            OR (state = 'pending' AND last_batch_id IS NOT NULL))",
+            OR (state IN ('pending', 'failed') AND last_batch_id IS NOT NULL
+                AND NOT EXISTS (SELECT 1 FROM curtailment_target o WHERE o.device_id = curtailment_target.device_id
+                                AND o.event_id <> curtailment_target.event_id
+                                AND o.state NOT IN ('failed', 'restored', 'restore_failed'))))",
     )
     .bind(event.0)
     .fetch_one(&mut *conn)

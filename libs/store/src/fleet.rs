@@ -190,7 +190,8 @@ pub async fn inventory(
 }
 
 /// Writes one telemetry batch into `device_state` in one statement. A sample older than the stored
-/// one is ignored, so a late or replayed batch never moves a device back in time. Samples for
+/// one is ignored, so a late or replayed batch never moves a device back in time; a device listed
+/// twice keeps its newest sample; a timestamp ahead of the database clock is clamped. Samples for
 /// devices that are not in `site` are ignored: an agent reports only its own site.
 pub async fn ingest_telemetry(
     db: impl PgExecutor<'_>,
@@ -209,10 +210,13 @@ pub async fn ingest_telemetry(
         .collect();
     let r = sqlx::query(
         "INSERT INTO device_state (device_id, org_id, reachable, power_w, hashrate_ths, sampled_at)
-         SELECT d.id, d.org_id, u.reachable, u.power, u.hash, u.at
+         SELECT DISTINCT ON (d.id) d.id, d.org_id, u.reachable, u.power, u.hash,
+                -- An agent clock running ahead must not freeze the row in the future.
+                LEAST(u.at, now() + interval '5 seconds')
          FROM unnest($2::uuid[], $3::bool[], $4::float8[], $5::float8[], $6::timestamptz[])
               AS u(id, reachable, power, hash, at)
          JOIN device d ON d.id = u.id AND d.site_id = $1
+         ORDER BY d.id, u.at DESC
          ON CONFLICT (device_id) DO UPDATE SET
              reachable = excluded.reachable, power_w = excluded.power_w,
              hashrate_ths = excluded.hashrate_ths, sampled_at = excluded.sampled_at, updated_at = now()

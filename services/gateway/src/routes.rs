@@ -237,15 +237,13 @@ async fn start_request(
         );
     }
     // A key limited to some sites sees and touches only those.
-    if let Some(allowed) = &p.site_ids {
-        let org_sites = ebb_store::fleet::sites(&s.pool, p.org)
-            .await
-            .map_err(Problem::internal)?;
-        let reach: Vec<SiteCode> = org_sites
-            .into_iter()
-            .filter(|x| allowed.contains(&x.id.0))
-            .map(|x| x.code)
-            .collect();
+    if let Some(reach) = reach(s, p).await? {
+        if reach.is_empty() {
+            return Err(Problem::new(
+                Kind::PermissionDenied,
+                "this key reaches no site",
+            ));
+        }
         if sites.is_empty() {
             sites = reach;
         } else if let Some(out) = sites.iter().find(|c| !reach.contains(c)) {
@@ -338,6 +336,7 @@ async fn stop(
 ) -> Result<Json<EventView>, Problem> {
     require(&p, Role::Operator)?;
     let event_id = parse_id(&id)?;
+    load_view(&s, &p, event_id).await?; // 404 unless the key reaches the event
     let reason = b.and_then(|Json(b)| b.reason);
     let req = StopRequest {
         org: p.org,
@@ -376,6 +375,7 @@ async fn terminate(
     require(&p, Role::Admin)?;
     let event_id = parse_id(&id)?;
     let b = body(b)?;
+    load_view(&s, &p, event_id).await?; // 404 unless the key reaches the event
     let target_state = match b.target_state.as_str() {
         "cancelled" => EventState::Cancelled,
         "failed" => EventState::Failed,
@@ -423,11 +423,40 @@ async fn get_one(
     Ok(Json(load_view(&s, &p, parse_id(&id)?).await?))
 }
 
+/// The sites a key may see and touch: `None` for every site of its org.
+async fn reach(s: &AppState, p: &Principal) -> Result<Option<Vec<SiteCode>>, Problem> {
+    let Some(allowed) = &p.site_ids else {
+        return Ok(None);
+    };
+    let org_sites = ebb_store::fleet::sites(&s.pool, p.org)
+        .await
+        .map_err(Problem::internal)?;
+    Ok(Some(
+        org_sites
+            .into_iter()
+            .filter(|x| allowed.contains(&x.id.0))
+            .map(|x| x.code)
+            .collect(),
+    ))
+}
+
+/// Whether an event lies wholly within a key's reach. An event scoped to the whole org is visible
+/// only to keys that reach the whole org.
+fn visible(reach: &Option<Vec<SiteCode>>, ev: &EventRow) -> bool {
+    let Some(reach) = reach else { return true };
+    let scope: Scope = serde_json::from_value(ev.scope.clone()).unwrap_or_default();
+    !scope.sites.is_empty() && scope.sites.iter().all(|c| reach.contains(c))
+}
+
 async fn load_view(s: &AppState, p: &Principal, id: EventId) -> Result<EventView, Problem> {
+    let not_found = || Problem::new(Kind::NotFound, "curtailment not found");
     let ev = events::get_event(&s.pool, p.org, id)
         .await
         .map_err(Problem::internal)?
-        .ok_or_else(|| Problem::new(Kind::NotFound, "curtailment not found"))?;
+        .ok_or_else(not_found)?;
+    if !visible(&reach(s, p).await?, &ev) {
+        return Err(not_found());
+    }
     let counts = events::target_counts(&s.pool, &[id])
         .await
         .map_err(Problem::internal)?
@@ -573,6 +602,9 @@ async fn list(
     } else {
         None
     };
+    // The cursor follows the unfiltered page, so a key limited to some sites may get short pages.
+    let reach = reach(&s, &p).await?;
+    rows.retain(|r| visible(&reach, r));
     let ids: Vec<EventId> = rows.iter().map(|r| r.id).collect();
     let mut counts = events::target_counts(&s.pool, &ids)
         .await

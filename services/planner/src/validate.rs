@@ -79,10 +79,11 @@ pub fn start(
     let restore_batch_interval_s = req
         .restore_batch_interval_s
         .unwrap_or(cfg.restore_batch_interval_s);
-    if restore_batch_interval_s > MAX_RESTORE_INTERVAL_S {
+    // Zero would let a restore outrun every pacing rule and spin the reconciler.
+    if !(1..=MAX_RESTORE_INTERVAL_S).contains(&restore_batch_interval_s) {
         return Err(RpcError::invalid(
             "restore_batch_interval_s",
-            format!("must be at most {MAX_RESTORE_INTERVAL_S}"),
+            format!("must be between 1 and {MAX_RESTORE_INTERVAL_S}"),
         ));
     }
     if restore_batch_interval_s > cfg.non_admin_max_interval_s {
@@ -270,6 +271,14 @@ mod tests {
                 ..req(Role::Operator)
             },
             Some("max_duration_s"),
+            Some(InvalidArgument),
+        );
+        check(
+            StartRequest {
+                restore_batch_interval_s: Some(0),
+                ..req(Role::Operator)
+            },
+            Some("restore_batch_interval_s"),
             Some(InvalidArgument),
         );
         check(

@@ -22,6 +22,10 @@ pub struct ReconcilerConfig {
     /// A dispatched target not confirmed within this many seconds costs an attempt.
     #[arg(long, env = "EBB_RECONCILER_CONFIRM_DEADLINE_S", default_value_t = 90)]
     pub confirm_deadline_s: u32,
+    /// A published batch without a result from the agent for this many seconds costs an attempt
+    /// (the agent redelivers unacked batches after 300 s).
+    #[arg(long, env = "EBB_RECONCILER_RESULT_DEADLINE_S", default_value_t = 600)]
+    pub result_deadline_s: u32,
     /// Attempts per target per episode before it fails.
     #[arg(long, env = "EBB_RECONCILER_MAX_RETRIES", default_value_t = 3)]
     pub max_retries: u32,
@@ -43,6 +47,7 @@ impl Default for ReconcilerConfig {
             nats_url: "nats://127.0.0.1:4222".into(),
             tick_ms: 10_000,
             confirm_deadline_s: 90,
+            result_deadline_s: 600,
             max_retries: 3,
             standby_poll_ms: 2_000,
             holder: String::new(),
@@ -66,6 +71,9 @@ impl ReconcilerConfig {
         }
         if self.confirm_deadline_s == 0 {
             bad.push("confirm_deadline_s must be at least 1".to_owned());
+        }
+        if self.result_deadline_s == 0 {
+            bad.push("result_deadline_s must be at least 1".to_owned());
         }
         if !(1..=100).contains(&self.max_retries) {
             bad.push("max_retries must be between 1 and 100".to_owned());

@@ -21,62 +21,80 @@ pub struct Incoming {
     pub message: jetstream::Message,
 }
 
+/// Pulls messages from a durable consumer for as long as `stop` is not cancelled, re-creating
+/// the consumer and resubscribing after any failure, so an intake never dies silently.
+async fn pull_forever<F, Fut>(
+    js: &jetstream::Context,
+    stream: &'static str,
+    cfg: impl Fn() -> async_nats::jetstream::consumer::pull::Config,
+    stop: &CancellationToken,
+    mut handle: F,
+) where
+    F: FnMut(jetstream::Message) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    while !stop.is_cancelled() {
+        let subscribed = async {
+            let consumer = streams::ensure_consumer(js, stream, cfg()).await?;
+            Ok::<_, async_nats::Error>(consumer.messages().await?)
+        }
+        .await;
+        match subscribed {
+            Ok(mut messages) => loop {
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = messages.next() => m,
+                };
+                match next {
+                    Some(Ok(m)) => {
+                        if !handle(m).await {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => tracing::warn!(stream, error = %e, "intake stream error"),
+                    None => {
+                        tracing::warn!(stream, "intake stream ended; resubscribing");
+                        break;
+                    }
+                }
+            },
+            Err(e) => tracing::warn!(stream, error = %e, "subscribing to intake"),
+        }
+        tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+    }
+}
+
 pub async fn results(
     js: jetstream::Context,
     tx: mpsc::Sender<Incoming>,
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let consumer = loop {
-        match streams::ensure_consumer(&js, streams::RESULT, streams::reconciler_results()).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(error = %e, "creating the results consumer");
-                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
-            }
-        }
-    };
-    let mut messages = match consumer.messages().await {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(error = %e, "subscribing to results");
-            return;
-        }
-    };
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => return,
-            m = messages.next() => m,
-        };
-        let Some(next) = next else { return };
-        let message = match next {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "results stream error");
-                continue;
-            }
-        };
-        match ebb_bus::decode::<BatchResult>(&message.payload) {
-            Ok(env) => {
-                if tx
-                    .send(Incoming {
-                        result: env.body,
-                        message,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
+    let stop2 = stop.clone();
+    pull_forever(&js, streams::RESULT, streams::reconciler_results, &stop, |message| {
+        let (tx, wake, stop) = (tx.clone(), wake.clone(), stop2.clone());
+        async move {
+            match ebb_bus::decode::<BatchResult>(&message.payload) {
+                Ok(env) => {
+                    let sent = tokio::select! {
+                        _ = stop.cancelled() => return false,
+                        r = tx.send(Incoming { result: env.body, message }) => r,
+                    };
+                    if sent.is_err() {
+                        return false;
+                    }
+                    wake.notify_one();
                 }
-                wake.notify_one();
+                Err(e) => {
+                    // A result nobody can read will never become readable: drop it, loudly.
+                    tracing::error!(error = %e, subject = %message.subject, "undecodable result, terminating it");
+                    message.ack_with(AckKind::Term).await.ok();
+                }
             }
-            Err(e) => {
-                // A result nobody can read will never become readable: drop it, loudly.
-                tracing::error!(error = %e, subject = %message.subject, "undecodable result, terminating it");
-                message.ack_with(AckKind::Term).await.ok();
-            }
+            true
         }
-    }
+    })
+    .await;
 }
 
 pub async fn telemetry(
@@ -85,86 +103,81 @@ pub async fn telemetry(
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
-    let consumer = loop {
-        match streams::ensure_consumer(&js, streams::TELEMETRY, streams::reconciler_telemetry())
-            .await
-        {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(error = %e, "creating the telemetry consumer");
-                tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+    let sites: Arc<tokio::sync::Mutex<HashMap<SiteCode, SiteId>>> = Arc::default();
+    pull_forever(
+        &js,
+        streams::TELEMETRY,
+        streams::reconciler_telemetry,
+        &stop,
+        |message| {
+            let (pool, wake, sites) = (pool.clone(), wake.clone(), sites.clone());
+            async move {
+                ingest(message, &pool, &sites).await;
+                wake.notify_one();
+                true
             }
-        }
-    };
-    let mut messages = match consumer.messages().await {
-        Ok(m) => m,
+        },
+    )
+    .await;
+}
+
+async fn ingest(
+    message: jetstream::Message,
+    pool: &PgPool,
+    sites: &tokio::sync::Mutex<HashMap<SiteCode, SiteId>>,
+) {
+    let batch = match ebb_bus::decode::<TelemetryBatch>(&message.payload) {
+        Ok(env) => env.body,
         Err(e) => {
-            tracing::warn!(error = %e, "subscribing to telemetry");
+            tracing::error!(error = %e, subject = %message.subject, "undecodable telemetry, terminating it");
+            message.ack_with(AckKind::Term).await.ok();
             return;
         }
     };
-    let mut sites: HashMap<SiteCode, SiteId> = HashMap::new();
-    loop {
-        let next = tokio::select! {
-            _ = stop.cancelled() => return,
-            m = messages.next() => m,
-        };
-        let Some(next) = next else { return };
-        let Ok(message) = next else { continue };
-        let batch = match ebb_bus::decode::<TelemetryBatch>(&message.payload) {
-            Ok(env) => env.body,
-            Err(e) => {
-                tracing::error!(error = %e, subject = %message.subject, "undecodable telemetry, terminating it");
-                message.ack_with(AckKind::Term).await.ok();
-                continue;
+    // The subject names the site the agent may publish for (NATS permissions enforce it); a
+    // body that claims another site is not trusted.
+    let subject_site =
+        ebb_bus::subjects::site_of(ebb_bus::subjects::TELEMETRY_PREFIX, &message.subject);
+    if subject_site != Some(batch.site.as_str()) {
+        tracing::warn!(subject = %message.subject, site = %batch.site, "telemetry site does not match its subject");
+        message.ack_with(AckKind::Term).await.ok();
+        return;
+    }
+    let cached = sites.lock().await.get(&batch.site).copied();
+    let site_id = match cached {
+        Some(id) => id,
+        None => match fleet::site_by_code(pool, &batch.site).await {
+            Ok(Some(s)) => {
+                sites.lock().await.insert(batch.site.clone(), s.id);
+                s.id
             }
-        };
-        // The subject names the site the agent may publish for (NATS permissions enforce it);
-        // a body that claims another site is not trusted.
-        let subject_site =
-            ebb_bus::subjects::site_of(ebb_bus::subjects::TELEMETRY_PREFIX, &message.subject);
-        if subject_site != Some(batch.site.as_str()) {
-            tracing::warn!(subject = %message.subject, site = %batch.site, "telemetry site does not match its subject");
-            message.ack_with(AckKind::Term).await.ok();
-            continue;
-        }
-        let site_id = match sites.get(&batch.site) {
-            Some(id) => Some(*id),
-            None => match fleet::site_by_code(&pool, &batch.site).await {
-                Ok(Some(s)) => {
-                    sites.insert(batch.site.clone(), s.id);
-                    Some(s.id)
-                }
-                Ok(None) => None,
-                Err(e) => {
-                    tracing::warn!(error = ?e, "looking up a telemetry site");
-                    message
-                        .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
-                        .await
-                        .ok();
-                    continue;
-                }
-            },
-        };
-        let Some(site_id) = site_id else {
-            tracing::debug!(site = %batch.site, "telemetry for an unknown site");
-            message.ack().await.ok();
-            continue;
-        };
-        match fleet::ingest_telemetry(&pool, site_id, &batch.samples).await {
-            Ok(_) => {
-                metrics::counter!(ebb_obs::names::RECONCILER_TELEMETRY_SAMPLES)
-                    .increment(batch.samples.len() as u64);
+            Ok(None) => {
+                tracing::debug!(site = %batch.site, "telemetry for an unknown site");
                 message.ack().await.ok();
-                wake.notify_one();
+                return;
             }
             Err(e) => {
-                tracing::warn!(error = ?e, "writing telemetry");
+                tracing::warn!(error = ?e, "looking up a telemetry site");
                 message
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                     .await
                     .ok();
+                return;
             }
+        },
+    };
+    match fleet::ingest_telemetry(pool, site_id, &batch.samples).await {
+        Ok(_) => {
+            metrics::counter!(ebb_obs::names::RECONCILER_TELEMETRY_SAMPLES)
+                .increment(batch.samples.len() as u64);
+            message.ack().await.ok();
+        }
+        Err(e) => {
+            tracing::warn!(error = ?e, "writing telemetry");
+            message
+                .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
+                .await
+                .ok();
         }
     }
 }

@@ -160,7 +160,10 @@ async fn lead(
     ));
     tasks.close();
 
-    let mut reconciler = pass::Reconciler::new(config, hooks.clone(), pool.clone(), js);
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut lock)
+        .await?;
+    let mut reconciler = pass::Reconciler::new(config, hooks.clone(), pool.clone(), js, Some(pid));
     let tick = Duration::from_millis(config.tick_ms);
     let outcome = loop {
         // The lock connection is the fence: if it is gone, so is the lock.
@@ -184,6 +187,8 @@ async fn lead(
         }
     };
     term.cancel();
+    // Unblocks an intake task waiting for room in the queue.
+    drop(results_rx);
     tasks.wait().await;
     drop(lock);
     outcome

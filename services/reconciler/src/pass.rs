@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use ebb_bus::{BatchResult, CommandBatch, DeviceRef, Envelope, split, subjects};
 use ebb_domain::confirm::{ConfirmPolicy, Evidence};
 use ebb_domain::pacing::{RestorePacing, next_restore_batch};
-use ebb_domain::state::restore_outcome;
+use ebb_domain::state::{RestoreCause, restore_outcome};
 use ebb_domain::{BatchId, CommandKind, DeviceId, EventState, SiteCode, SiteId, TargetState};
 use ebb_obs::names;
 use ebb_obs::trace::TraceParent;
@@ -22,6 +22,8 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 const ACTOR: &str = "reconciler";
+/// The stop reason the reconciler records when every target failed; such an event ends `failed`.
+const ALL_FAILED: &str = "every target failed";
 
 pub struct Reconciler {
     pool: PgPool,
@@ -29,7 +31,11 @@ pub struct Reconciler {
     hooks: Hooks,
     policy: ConfirmPolicy,
     confirm_deadline: chrono::Duration,
+    /// How long a published batch may wait for the agent's result before it costs an attempt.
+    result_deadline: chrono::Duration,
     max_retries: u32,
+    /// The leader's lock backend pid: every dispatch stamp checks it still holds the lock.
+    fence: Option<i32>,
     /// Site id → (subject token, ramp limit), refreshed every pass.
     sites: HashMap<SiteId, (SiteCode, Option<f64>)>,
 }
@@ -41,14 +47,22 @@ struct Spend<'a> {
 }
 
 impl Reconciler {
-    pub fn new(cfg: &ReconcilerConfig, hooks: Hooks, pool: PgPool, js: jetstream::Context) -> Self {
+    pub fn new(
+        cfg: &ReconcilerConfig,
+        hooks: Hooks,
+        pool: PgPool,
+        js: jetstream::Context,
+        fence: Option<i32>,
+    ) -> Self {
         Self {
             pool,
             js,
             hooks,
             policy: ConfirmPolicy::default(),
             confirm_deadline: chrono::Duration::seconds(i64::from(cfg.confirm_deadline_s)),
+            result_deadline: chrono::Duration::seconds(i64::from(cfg.result_deadline_s)),
             max_retries: cfg.max_retries,
+            fence,
             sites: HashMap::new(),
         }
     }
@@ -118,6 +132,12 @@ impl Reconciler {
             None => events::event_of_batch(&self.pool, r.batch_id).await?,
         };
         let Some(event) = event else { return Ok(()) };
+        let commanded = match r.command {
+            Some(CommandKind::SetPowerTarget { watts }) => Some(watts),
+            _ => None,
+        };
+        // A prior limit equal to what this event commanded was set by this event (a retried
+        // command that had taken effect): restoring it would keep the miner curtailed.
         let limits: Vec<(DeviceId, f64)> = r
             .results
             .iter()
@@ -127,8 +147,16 @@ impl Reconciler {
                     .filter(|w| w.is_finite() && *w > 0.0)
                     .map(|w| (d.device_id, w))
             })
+            .filter(|(_, w)| commanded.is_none_or(|c| (c - w).abs() > 1.0))
             .collect();
         events::record_prior_power_limits(&self.pool, event, &limits).await?;
+        let ok: Vec<DeviceId> = r
+            .results
+            .iter()
+            .filter(|d| d.outcome.is_success())
+            .map(|d| d.device_id)
+            .collect();
+        events::record_results(&self.pool, event, r.batch_id, &ok).await?;
 
         let failed: HashMap<DeviceId, String> = r
             .results
@@ -139,22 +167,21 @@ impl Reconciler {
         if failed.is_empty() {
             return Ok(());
         }
-        let targets = events::targets(&self.pool, event).await?;
-        let mut spends = Vec::new();
-        for t in &targets {
-            if failed.contains_key(&t.device_id)
-                && t.last_batch_id == Some(r.batch_id)
-                && matches!(
+        let targets = events::targets_of_batch(&self.pool, event, r.batch_id).await?;
+        let spends: Vec<Spend<'_>> = targets
+            .iter()
+            .filter(|t| failed.contains_key(&t.device_id))
+            .filter(|t| {
+                matches!(
                     t.state,
                     TargetState::Dispatched | TargetState::RestoreDispatched
                 )
-            {
-                spends.push(Spend {
-                    target: t,
-                    reason: "command outcome was not success",
-                });
-            }
-        }
+            })
+            .map(|t| Spend {
+                target: t,
+                reason: "command outcome was not success",
+            })
+            .collect();
         for (device, outcome) in &failed {
             tracing::info!(event_id = %event, device_id = %device, outcome, "command failed on device");
         }
@@ -203,13 +230,14 @@ impl Reconciler {
                     reason: "device vanished",
                 }),
                 TargetState::Pending => dispatch.push(t),
+                // An orphan of a leader that died between stamp and publish: republished under
+                // its own batch id, so the stream drops it if the first publish landed. It never
+                // reached the miner as far as we know, so it costs no attempt.
                 TargetState::Dispatching => match t.last_batch_id {
-                    Some(b) if now - t.updated_at <= self.confirm_deadline => {
-                        orphans.entry(b).or_default().push(t)
-                    }
-                    _ => spends.push(Spend {
+                    Some(b) => orphans.entry(b).or_default().push(t),
+                    None => spends.push(Spend {
                         target: t,
-                        reason: "stuck dispatching",
+                        reason: "stamped without a batch",
                     }),
                 },
                 TargetState::Dispatched => {
@@ -224,11 +252,10 @@ impl Reconciler {
                             .entry(TargetState::Dispatched)
                             .or_default()
                             .push(t.device_id),
-                        _ if now - since > self.confirm_deadline => spends.push(Spend {
-                            target: t,
-                            reason: "not confirmed before the deadline",
-                        }),
-                        _ => next = min_opt(next, Some(until(since + self.confirm_deadline, now))),
+                        _ => match self.overdue(t, now) {
+                            Ok(wait) => next = min_opt(next, Some(wait)),
+                            Err(reason) => spends.push(Spend { target: t, reason }),
+                        },
                     }
                 }
                 TargetState::Confirmed => {
@@ -318,7 +345,11 @@ impl Reconciler {
         }
         // Drifted targets spend from `drifted` even when they were `confirmed` a moment ago.
         let requeued = self.spend_from_drift_aware(ev, &spends).await?;
-        dispatch.extend(targets.iter().filter(|t| requeued.contains(&t.device_id)));
+        dispatch.extend(
+            targets
+                .iter()
+                .filter(|t| !t.device_missing && requeued.contains(&t.device_id)),
+        );
 
         for (batch, ts) in orphans {
             // A fresh orphan from a leader that died mid-dispatch: republish under the same id, so
@@ -356,7 +387,7 @@ impl Reconciler {
         if moving == 0 {
             if n(TargetState::Confirmed) == 0 {
                 tracing::warn!(event_id = %ev.id, "every target failed; restoring what was touched");
-                self.stop_event(ev, "every target failed").await?;
+                self.stop_event(ev, ALL_FAILED).await?;
                 return Ok(Some(Duration::ZERO));
             }
             if ev.state == EventState::Pending {
@@ -391,24 +422,27 @@ impl Reconciler {
                     reason: "device vanished",
                 }),
                 TargetState::RestorePending => pending.push(t),
+                // An orphan of a leader that died between stamp and publish: republished under
+                // its own batch id, so the stream drops it if the first publish landed. It never
+                // reached the miner as far as we know, so it costs no attempt.
                 TargetState::RestoreDispatching => match t.last_batch_id {
-                    Some(b) if now - t.updated_at <= self.confirm_deadline => {
-                        orphans.entry(b).or_default().push(t)
-                    }
-                    _ => spends.push(Spend {
+                    Some(b) => orphans.entry(b).or_default().push(t),
+                    None => spends.push(Spend {
                         target: t,
-                        reason: "stuck dispatching",
+                        reason: "stamped without a batch",
                     }),
                 },
                 TargetState::RestoreDispatched => {
                     let since = t.dispatched_at.unwrap_or(t.updated_at);
-                    match self.policy.restore_evidence(t.sample.as_ref(), since) {
+                    match self
+                        .policy
+                        .restore_evidence(&ev.command, t.sample.as_ref(), since)
+                    {
                         Evidence::Holds => restored.push(t.device_id),
-                        _ if now - since > self.confirm_deadline => spends.push(Spend {
-                            target: t,
-                            reason: "not restored before the deadline",
-                        }),
-                        _ => next = min_opt(next, Some(until(since + self.confirm_deadline, now))),
+                        _ => match self.overdue(t, now) {
+                            Ok(wait) => next = min_opt(next, Some(wait)),
+                            Err(reason) => spends.push(Spend { target: t, reason }),
+                        },
                     }
                 }
                 _ => {}
@@ -437,7 +471,11 @@ impl Reconciler {
             );
         }
         let requeued = self.spend(ev.id, &spends, None).await?;
-        pending.extend(targets.iter().filter(|t| requeued.contains(&t.device_id)));
+        pending.extend(
+            targets
+                .iter()
+                .filter(|t| !t.device_missing && requeued.contains(&t.device_id)),
+        );
 
         let uncurtail = CommandKind::Uncurtail;
         for (batch, ts) in orphans {
@@ -483,14 +521,40 @@ impl Reconciler {
         }
 
         // Completion: every target settled.
-        let states = events::targets(&self.pool, ev.id).await?;
-        let any_confirmed = states.iter().any(|t| t.confirmed_at.is_some());
-        if let Some(end) = restore_outcome(states.iter().map(|t| t.state), any_confirmed) {
+        let counts = events::target_counts(&self.pool, &[ev.id])
+            .await?
+            .remove(&ev.id)
+            .unwrap_or_default();
+        let states = counts.keys().filter_map(|s| s.parse::<TargetState>().ok());
+        let cause = if ev.stop_reason.as_deref() == Some(ALL_FAILED) {
+            RestoreCause::AllFailed
+        } else {
+            RestoreCause::Stopped
+        };
+        if let Some(end) = restore_outcome(states, cause) {
             self.move_event(ev, EventState::Restoring, end, None)
                 .await?;
             tracing::info!(event_id = %ev.id, state = %end, "curtailment ended");
         }
         Ok(next)
+    }
+
+    /// How long a dispatched target may still wait, or why it is out of time. The confirmation
+    /// deadline counts from the agent's success result; until a result arrives, the longer result
+    /// deadline counts from the publish (a batch may queue behind others at a large site).
+    fn overdue(&self, t: &TargetRow, now: DateTime<Utc>) -> Result<Duration, &'static str> {
+        match t.result_at {
+            Some(r) if now - r > self.confirm_deadline => Err("not confirmed before the deadline"),
+            Some(r) => Ok(until(r + self.confirm_deadline, now)),
+            None => {
+                let since = t.dispatched_at.unwrap_or(t.updated_at);
+                if now - since > self.result_deadline {
+                    Err("no result from the agent before the deadline")
+                } else {
+                    Ok(until(since + self.result_deadline, now))
+                }
+            }
+        }
     }
 
     /// Spends an attempt for each target; drifted targets are moved out of `drifted` (their state
@@ -590,9 +654,19 @@ impl Reconciler {
                 let batch = BatchId::new();
                 let ids: Vec<DeviceId> = chunk.iter().map(|t| t.device_id).collect();
                 let evid = ev.id;
+                let fence = self.fence;
                 let stamped_ids = with_tx(&self.pool, ebb_store::tx::DEFAULT_ATTEMPTS, |conn| {
                     let ids = ids.clone();
                     Box::pin(async move {
+                        // A deposed leader stamps nothing, so it can publish nothing.
+                        if let Some(pid) = fence
+                            && !events::holds_advisory_lock(&mut *conn, pid, crate::LEADER_LOCK_KEY)
+                                .await?
+                        {
+                            return Err(StoreError::RaceLost(
+                                "this reconciler no longer holds the leader lock".into(),
+                            ));
+                        }
                         events::stamp_dispatching(
                             conn,
                             evid,

@@ -426,3 +426,45 @@ async fn telemetry_ingest_keeps_the_newest_valid_sample() {
         "NaN power never reaches device_state as a value"
     );
 }
+
+#[tokio::test]
+async fn the_fence_sees_who_holds_the_leader_lock() {
+    let f = fleet(0).await;
+    let key = 0x6562_625f_7265_6331_i64;
+    let mut leader = f.db.pool().acquire().await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *leader)
+        .await
+        .unwrap();
+    assert!(
+        !events::holds_advisory_lock(f.db.pool(), pid, key)
+            .await
+            .unwrap()
+    );
+    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(key)
+        .fetch_one(&mut *leader)
+        .await
+        .unwrap();
+    assert!(got);
+    assert!(
+        events::holds_advisory_lock(f.db.pool(), pid, key)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !events::holds_advisory_lock(f.db.pool(), pid, key + 1)
+            .await
+            .unwrap()
+    );
+    sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut *leader)
+        .await
+        .unwrap();
+    assert!(
+        !events::holds_advisory_lock(f.db.pool(), pid, key)
+            .await
+            .unwrap()
+    );
+}

@@ -406,3 +406,87 @@ async fn start_replay_list_get_stop() {
         .await;
     assert_eq!(s, StatusCode::OK, "{p}");
 }
+
+#[tokio::test]
+async fn site_limited_keys_see_and_touch_only_their_sites() {
+    let app = spawn_app().await;
+    let org_key = app.key("operator", None).await;
+    let limited = app.key("operator", None).await;
+    let nowhere = app.key("operator", None).await;
+    let site: uuid::Uuid = sqlx::query_scalar("SELECT id FROM site")
+        .fetch_one(app.db.pool())
+        .await
+        .unwrap();
+    let prefix = |t: &str| t.split('_').nth(1).unwrap().to_owned();
+    sqlx::query("UPDATE api_key SET site_ids = $2 WHERE prefix = $1")
+        .bind(prefix(&limited))
+        .bind(vec![site])
+        .execute(app.db.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE api_key SET site_ids = '{}' WHERE prefix = $1")
+        .bind(prefix(&nowhere))
+        .execute(app.db.pool())
+        .await
+        .unwrap();
+
+    // A key that reaches no site cannot curtail the whole org.
+    let (s, _, _) = app
+        .post(
+            &nowhere,
+            "/v1/curtailments",
+            json!({"mode":"full","reason":"x"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, _) = app
+        .post(
+            &limited,
+            "/v1/curtailments",
+            json!({"mode":"kw","target_kw":1,"reason":"x","scope":{"sites":["site-b"]}}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // An org-wide event is invisible to the limited key; its own (scoped to its site) is visible.
+    let (s, org_ev, _) = app
+        .post(
+            &org_key,
+            "/v1/curtailments",
+            json!({"mode":"kw","target_kw":1,"reason":"org"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let org_id = org_ev["id"].as_str().unwrap();
+    assert_eq!(
+        app.get(&limited, &format!("/v1/curtailments/{org_id}"))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    let (s, _, _) = app
+        .post(
+            &limited,
+            &format!("/v1/curtailments/{org_id}/stop"),
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, own, _) = app
+        .post(
+            &limited,
+            "/v1/curtailments",
+            json!({"mode":"kw","target_kw":1,"reason":"mine"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{own}");
+    assert_eq!(own["scope"]["sites"], json!(["site-a"]));
+    let (_, page) = app.get(&limited, "/v1/curtailments").await;
+    let ids: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![own["id"].as_str().unwrap()]);
+}

@@ -147,6 +147,7 @@ impl Harness {
             nats_url: self.nats.url().into(),
             tick_ms: 200,
             confirm_deadline_s: 2,
+            result_deadline_s: 10,
             max_retries: 2,
             standby_poll_ms: 100,
             holder: holder.into(),
@@ -195,7 +196,7 @@ impl Harness {
             max_duration_s: None,
             allow_unbounded: false,
             restore_batch_size: None,
-            restore_batch_interval_s: Some(0),
+            restore_batch_interval_s: Some(1),
             force_include_maintenance: false,
             min_power_w_override: None,
         }
