@@ -14,16 +14,26 @@ pub mod subjects;
 pub use codec::{CodecError, Envelope, decode, encode};
 pub use messages::*;
 
-/// Connects to NATS with the settings every Ebb service uses: a name, bounded reconnects backoff,
-/// and a request timeout.
+/// Connects to NATS with the settings every Ebb service uses: a name, reconnects from the first
+/// attempt, and a request timeout. Credentials in the URL (`nats://user:password@host:port`) are
+/// passed as user and password, which async-nats does not take from the URL by itself.
 pub async fn connect(
     url: &str,
     name: &str,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new()
         .name(name)
         .request_timeout(Some(std::time::Duration::from_secs(10)))
-        .retry_on_initial_connect()
-        .connect(url)
-        .await
+        .retry_on_initial_connect();
+    let mut addrs = Vec::new();
+    for part in url.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let addr: async_nats::ServerAddr = part.parse().map_err(|e: std::io::Error| {
+            async_nats::ConnectError::with_source(async_nats::ConnectErrorKind::ServerParse, e)
+        })?;
+        if let (Some(user), Some(pass)) = (addr.username(), addr.password()) {
+            options = options.user_and_password(user.to_owned(), pass.to_owned());
+        }
+        addrs.push(addr);
+    }
+    options.connect(addrs).await
 }

@@ -132,7 +132,6 @@ impl ConfirmPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Duration;
 
     const FULL: CommandKind = CommandKind::Curtail {
         level: CurtailLevel::Full,

@@ -4,7 +4,7 @@
 
 pub mod names;
 mod secret;
-pub use secret::Secret;
+pub use secret::{CredUrl, Secret};
 pub mod trace;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -35,12 +35,18 @@ pub fn init_tracing(format: LogFormat) {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let result = match format {
+        // Logs go to stderr: stdout belongs to commands that print results (`ebb agent scan`,
+        // `ebb sim serve`).
         LogFormat::Json => fmt()
             .with_env_filter(filter)
+            .with_writer(std::io::stderr)
             .json()
             .with_current_span(true)
             .try_init(),
-        LogFormat::Pretty => fmt().with_env_filter(filter).try_init(),
+        LogFormat::Pretty => fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init(),
     };
     // Already installed (tests, or `ebb dev` composing services): keep the first.
     drop(result);

@@ -18,7 +18,7 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {
     /// NATS server the agent consumes commands from and publishes results and telemetry to.
-    #[arg(long, env = "EBB_NATS_URL", default_value = DEFAULT_NATS_URL)]
+    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
     #[serde(default = "default_nats_url")]
     pub nats_url: String,
 

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+pub mod bench;
 pub mod config;
 mod consumer;
 mod driver;

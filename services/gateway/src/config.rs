@@ -1,6 +1,6 @@
 //! Gateway settings: defaults, `EBB_*` environment, flags, then [`GatewayConfig::validate`].
 
-use ebb_obs::Secret;
+use ebb_obs::{CredUrl, Secret};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -19,7 +19,7 @@ pub struct GatewayConfig {
         env = "NATS_URL",
         default_value = "nats://127.0.0.1:4222"
     )]
-    pub nats_url: String,
+    pub nats_url: CredUrl,
     /// How long a request waits for the planner, in seconds.
     #[arg(long, env = "EBB_GATEWAY_PLANNER_TIMEOUT_S", default_value_t = 30)]
     pub planner_timeout_s: u64,
@@ -53,7 +53,7 @@ impl GatewayConfig {
         if self.database_url.expose().is_empty() {
             bad.push("database_url (DATABASE_URL) must be set".to_owned());
         }
-        if self.nats_url.is_empty() {
+        if self.nats_url.as_str().is_empty() {
             bad.push("nats_url (NATS_URL) must be set".to_owned());
         }
         if !(1..=300).contains(&self.planner_timeout_s) {

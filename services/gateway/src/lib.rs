@@ -43,7 +43,7 @@ impl Gateway {
         let pool = ebb_store::connect(config.database_url.expose(), config.db_connections)
             .await
             .context("connecting to postgresql")?;
-        let nats = ebb_bus::connect(&config.nats_url, "ebb-gateway")
+        let nats = ebb_bus::connect(config.nats_url.as_str(), "ebb-gateway")
             .await
             .context("connecting to nats")?;
         let listener = tokio::net::TcpListener::bind(&config.listen)

@@ -1,7 +1,7 @@
 //! Planner settings: defaults, then `EBB_*` environment, then flags (clap), then [`validate`],
 //! which reports every problem at once.
 
-use ebb_obs::Secret;
+use ebb_obs::{CredUrl, Secret};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, clap::Args, Serialize, Deserialize)]
@@ -16,7 +16,7 @@ pub struct PlannerConfig {
         env = "NATS_URL",
         default_value = "nats://127.0.0.1:4222"
     )]
-    pub nats_url: String,
+    pub nats_url: CredUrl,
     /// Telemetry older than this excludes a device as stale.
     #[arg(long, env = "EBB_PLANNER_STALE_AFTER_S", default_value_t = 60)]
     pub stale_after_s: u32,
@@ -67,7 +67,7 @@ impl PlannerConfig {
         if self.database_url.expose().is_empty() {
             bad.push("database_url (DATABASE_URL) must be set".to_owned());
         }
-        if self.nats_url.is_empty() {
+        if self.nats_url.as_str().is_empty() {
             bad.push("nats_url (NATS_URL) must be set".to_owned());
         }
         if self.stale_after_s == 0 {

@@ -32,7 +32,7 @@ pub async fn run(config: PlannerConfig, shutdown: CancellationToken) -> anyhow::
     let pool = ebb_store::connect(config.database_url.expose(), config.db_connections)
         .await
         .context("connecting to postgresql")?;
-    let client = ebb_bus::connect(&config.nats_url, "ebb-planner")
+    let client = ebb_bus::connect(config.nats_url.as_str(), "ebb-planner")
         .await
         .context("connecting to nats")?;
     let planner = Arc::new(Planner::new(pool, config));

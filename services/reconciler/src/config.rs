@@ -1,6 +1,6 @@
 //! Reconciler settings: defaults, `EBB_*` environment, flags, then [`ReconcilerConfig::validate`].
 
-use ebb_obs::Secret;
+use ebb_obs::{CredUrl, Secret};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, clap::Args, Serialize, Deserialize)]
@@ -15,7 +15,7 @@ pub struct ReconcilerConfig {
         env = "NATS_URL",
         default_value = "nats://127.0.0.1:4222"
     )]
-    pub nats_url: String,
+    pub nats_url: CredUrl,
     /// The slow safety tick, in milliseconds; results and telemetry wake the reconciler sooner.
     #[arg(long, env = "EBB_RECONCILER_TICK_MS", default_value_t = 10_000)]
     pub tick_ms: u64,
@@ -63,7 +63,7 @@ impl ReconcilerConfig {
         if self.database_url.expose().is_empty() {
             bad.push("database_url (DATABASE_URL) must be set".to_owned());
         }
-        if self.nats_url.is_empty() {
+        if self.nats_url.as_str().is_empty() {
             bad.push("nats_url (NATS_URL) must be set".to_owned());
         }
         if !(10..=600_000).contains(&self.tick_ms) {

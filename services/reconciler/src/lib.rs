@@ -54,7 +54,7 @@ pub async fn run_with_hooks(
     let pool = ebb_store::connect(config.database_url.expose(), config.db_connections)
         .await
         .context("connecting to postgresql")?;
-    let client = ebb_bus::connect(&config.nats_url, "ebb-reconciler")
+    let client = ebb_bus::connect(config.nats_url.as_str(), "ebb-reconciler")
         .await
         .context("connecting to nats")?;
     let js = jetstream::new(client);

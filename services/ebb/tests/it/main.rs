@@ -1,0 +1,14 @@
+//! Integration tests of the deployment files the `ebb` binary is run with: `compose.yaml` names
+//! only real `ebb` commands and real files, and the `nats/` configs parse and enforce their
+//! subject permissions on a real nats-server.
+
+mod compose;
+mod nats_conf;
+
+use std::path::PathBuf;
+
+/// The repository root (two levels above this crate).
+pub fn repo_root() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().expect("the repository root exists")
+}

@@ -1,0 +1,381 @@
+//! The system test (issue 3): every service in-process against testkit's nats-server and
+//! PostgreSQL, a 2-site simulated fleet of mixed makes over the real miner protocols, and a real
+//! HTTP client. A preview writes nothing; a kW curtailment reaches ACTIVE with every selected
+//! miner's true simulated power down; stop restores it in paced batches to COMPLETED with every
+//! miner hashing again; the list shows the event, terminal, with no per-target rows.
+
+use ebb_agent::{AgentConfig, InventorySource};
+use ebb_domain::SiteCode;
+use ebb_gateway::{Gateway, GatewayConfig};
+use ebb_minersim::{FleetSpec, GroupSpec, Model, SimOptions, SiteSpec};
+use ebb_obs::Secret;
+use ebb_planner::PlannerConfig;
+use ebb_reconciler::ReconcilerConfig;
+use ebb_testkit::{NatsServer, TestDb};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const SITES: [&str; 2] = ["site-a", "site-b"];
+const PER_SITE: u32 = 12;
+
+fn fleet() -> FleetSpec {
+    let group = |model, count| GroupSpec {
+        model,
+        count,
+        nominal_power_w: None,
+        efficiency_j_per_th: None,
+        spread_pct: 2.0,
+    };
+    FleetSpec {
+        seed: 42,
+        base_address: None,
+        sites: SITES
+            .iter()
+            .map(|name| SiteSpec {
+                name: (*name).into(),
+                ambient_c: 25.0,
+                groups: vec![
+                    group(Model::M60s, 4),
+                    group(Model::S19Pro, 4),
+                    group(Model::S19kProLuxos, PER_SITE - 8),
+                ],
+            })
+            .collect(),
+    }
+}
+
+async fn wait_for<F, Fut>(what: &str, within: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("timed out after {within:?} waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
+    ebb_testkit::init_tracing();
+    let db = TestDb::new().await.unwrap();
+    ebb_store::migrate(db.pool()).await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let stop = CancellationToken::new();
+    let _guard = stop.clone().drop_guard();
+
+    // The fleet, with power ramping over two seconds as real miners do over tens.
+    let physics = ebb_minersim::Physics {
+        ramp_down_s: 2.0,
+        ramp_up_s: 2.0,
+        ..Default::default()
+    };
+    let sim = ebb_minersim::start(
+        fleet(),
+        SimOptions {
+            physics,
+            ..SimOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+
+    // Tenancy and sites.
+    let org = ebb_store::fleet::create_org(db.pool(), "acme")
+        .await
+        .unwrap();
+    let key = ebb_gateway::auth::generate();
+    ebb_store::fleet::insert_api_key(
+        db.pool(),
+        org,
+        &key.prefix,
+        &key.secret_hash,
+        "admin",
+        "system test",
+        None,
+    )
+    .await
+    .unwrap();
+    for code in SITES {
+        let code = SiteCode::parse(code).unwrap();
+        ebb_store::fleet::create_site(db.pool(), org, &code, code.as_str(), Some(1_000.0))
+            .await
+            .unwrap();
+    }
+
+    // Services.
+    let url = Secret(db.url().to_owned());
+    let planner = PlannerConfig {
+        database_url: url.clone(),
+        nats_url: nats.url().into(),
+        stale_after_s: 30,
+        ..Default::default()
+    };
+    tokio::spawn(ebb_planner::run(planner, stop.clone()));
+    let reconciler = ReconcilerConfig {
+        database_url: url.clone(),
+        nats_url: nats.url().into(),
+        tick_ms: 500,
+        confirm_deadline_s: 30,
+        ..Default::default()
+    };
+    tokio::spawn(ebb_reconciler::run(reconciler, stop.clone()));
+    let worker = ebb_worker::WorkerConfig {
+        database_url: url.clone(),
+        nats_url: nats.url().into(),
+        ..Default::default()
+    };
+    tokio::spawn(ebb_worker::run(worker, stop.clone()));
+    let gw = Gateway::build(&GatewayConfig {
+        listen: "127.0.0.1:0".into(),
+        database_url: url.clone(),
+        nats_url: nats.url().into(),
+        planner_timeout_s: 10,
+        db_connections: 4,
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{}", gw.addr());
+    tokio::spawn(gw.serve(stop.clone()));
+
+    // Discovery over the real protocols registers each site's miners through the planner.
+    let client = nats.client().await.unwrap();
+    let miners = sim.miners();
+    for code in SITES {
+        let addrs: Vec<Ipv4Addr> = miners
+            .iter()
+            .filter(|m| m.site == code)
+            .map(|m| m.address)
+            .collect();
+        let (first, last) = (
+            addrs.iter().min().unwrap().octets(),
+            addrs.iter().max().unwrap().octets(),
+        );
+        assert_eq!(first[..3], last[..3], "a site's miners share a /24");
+        let range = format!(
+            "{}.{}.{}.{}-{}",
+            first[0], first[1], first[2], first[3], last[3]
+        );
+        let found = ebb_agent::scan(&range, &ebb_agent::ScanOptions::default(), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            found.devices.len(),
+            addrs.len(),
+            "every simulated miner is identified"
+        );
+        let site = SiteCode::parse(code).unwrap();
+        let mut registered = 0;
+        for _ in 0..50 {
+            match ebb_agent::register(&client, &site, &found.devices, Duration::from_secs(5)).await
+            {
+                Ok(n) => {
+                    registered = n;
+                    break;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+        assert_eq!(registered as usize, addrs.len());
+        let mut agent = AgentConfig::new(nats.url().to_owned(), site);
+        agent.poll_interval = Duration::from_secs(1);
+        agent.inventory_refresh = Duration::from_secs(2);
+        tokio::spawn(ebb_agent::run_with(
+            agent,
+            InventorySource::Planner,
+            stop.clone(),
+        ));
+    }
+
+    let http = reqwest::Client::new();
+    let auth = format!("Bearer {}", key.token);
+    let total = SITES.len() * PER_SITE as usize;
+    wait_for(
+        "telemetry from every miner",
+        Duration::from_secs(60),
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM device_state WHERE reachable AND hashrate_ths > 0",
+            )
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+            n as usize == total
+        },
+    )
+    .await;
+
+    // Preview: a plan, and nothing written.
+    let body = json!({"mode": "kw", "target_kw": 25, "reason": "system test",
+                      "restore_batch_size": 3, "restore_batch_interval_s": 2});
+    let r = http
+        .post(format!("{base}/v1/curtailments:preview"))
+        .header("authorization", &auth)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let plan: Value = r.json().await.unwrap();
+    assert!(plan["expected_shed_kw"].as_f64().unwrap() >= 25.0, "{plan}");
+    let written: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM curtailment_event) + (SELECT count(*) FROM audit_log) + (SELECT count(*) FROM outbox)")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(written, 0, "a preview writes nothing");
+
+    // Start: ACTIVE, with every selected miner's true power down.
+    let r = http
+        .post(format!("{base}/v1/curtailments"))
+        .header("authorization", &auth)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let ev: Value = r.json().await.unwrap();
+    let id = ev["id"].as_str().unwrap().to_owned();
+    let get = |id: String| {
+        let (http, base, auth) = (http.clone(), base.clone(), auth.clone());
+        async move {
+            http.get(format!("{base}/v1/curtailments/{id}"))
+                .header("authorization", auth)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    wait_for("ACTIVE", Duration::from_secs(90), || async {
+        get(id.clone()).await["state"] == "active"
+    })
+    .await;
+
+    let selected: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT d.address, t.baseline_power_w FROM curtailment_target t JOIN device d ON d.id = t.device_id WHERE t.event_id = $1::uuid",
+    )
+    .bind(&id)
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert!(!selected.is_empty());
+    let shed: f64 = selected.iter().map(|(_, w)| w).sum();
+    assert!(shed >= 25_000.0, "selected {shed} W");
+    for (addr, baseline) in &selected {
+        let truth = sim.truth(addr.parse().unwrap()).unwrap();
+        assert!(
+            truth.power_w < baseline * 0.15 && truth.hashrate_ths == 0.0,
+            "{addr} is not curtailed: {truth:?}"
+        );
+    }
+    // The rest of the fleet is untouched.
+    let chosen: Vec<&str> = selected.iter().map(|(a, _)| a.as_str()).collect();
+    for m in &miners {
+        if !chosen.contains(&m.address.to_string().as_str()) {
+            assert!(
+                sim.truth(m.address).unwrap().hashrate_ths > 0.0,
+                "{} was not selected but is not hashing",
+                m.address
+            );
+        }
+    }
+
+    // Stop: paced restore to COMPLETED, every miner hashing again.
+    let r = http
+        .post(format!("{base}/v1/curtailments/{id}/stop"))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_for("COMPLETED", Duration::from_secs(120), || async {
+        get(id.clone()).await["state"] == "completed"
+    })
+    .await;
+    for m in &miners {
+        assert!(
+            sim.truth(m.address).unwrap().hashrate_ths > 0.0,
+            "{} is not hashing after restore",
+            m.address
+        );
+    }
+    // Restore went out at most 3 miners per batch, batches at least 2 s apart.
+    let stamps: Vec<(i64,)> = sqlx::query_as(
+        "SELECT (extract(epoch FROM at) * 1000)::bigint FROM event_transition
+         WHERE event_id = $1::uuid AND to_state = 'restore_dispatching' ORDER BY at",
+    )
+    .bind(&id)
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    let mut batches: BTreeMap<i64, usize> = BTreeMap::new();
+    for (at,) in &stamps {
+        *batches.entry(at / 500).or_default() += 1;
+    }
+    assert_eq!(
+        stamps.len(),
+        selected.len(),
+        "each selected miner restored once"
+    );
+    let times: Vec<i64> = batches.keys().copied().collect();
+    assert!(batches.values().all(|n| *n <= 3), "{batches:?}");
+    for w in times.windows(2) {
+        assert!(
+            (w[1] - w[0]) * 500 >= 1_500,
+            "restore batches too close: {batches:?}"
+        );
+    }
+
+    // The list shows the event, terminal, with no per-target rows.
+    let list: Value = http
+        .get(format!("{base}/v1/curtailments"))
+        .header("authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let items = list["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["id"], id.as_str());
+    assert_eq!(items[0]["state"], "completed");
+    let counts: HashMap<String, i64> = serde_json::from_value(items[0]["targets"].clone()).unwrap();
+    assert_eq!(counts.get("restored").copied(), Some(selected.len() as i64));
+    assert!(items[0].get("devices").is_none() && items[0].get("target_rows").is_none());
+
+    // Integrations heard about it: the worker relayed the outbox onto the EVENT stream.
+    wait_for("the outbox drained", Duration::from_secs(10), || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        n == 0
+    })
+    .await;
+    let js = async_nats::jetstream::new(client);
+    let info = js
+        .get_stream(ebb_bus::streams::EVENT)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .clone();
+    assert!(
+        info.state.messages >= 4,
+        "created, active, restoring, completed: {}",
+        info.state.messages
+    );
+    stop.cancel();
+    sim.shutdown().await;
+}
