@@ -17,7 +17,7 @@
 //! validation, `max_in_flight` miners at a time. Only NATS is left out. `execute::execute` and
 //! `telemetry::poll_inventory` take an `Agent`, which can only be built by `run_with` with a
 //! NATS connection, so the per-miner steps they run for a curtail and a poll are restated here
-//! ([`curtail_one`], [`poll_one`]); keep them in step with `execute::drive` and
+//! (`curtail_one`, `poll_one`); keep them in step with `execute::drive` and
 //! `telemetry::poll_address`.
 //!
 //! Identification (the first contact with each miner, which the agent does once and caches) is
@@ -212,7 +212,7 @@ pub struct FirmwareFigures {
 }
 
 /// Sends `curtail{full}` to every miner of a fresh simulated fleet of `miners`.
-#[tracing::instrument(skip_all, fields(miners), err)]
+#[tracing::instrument(skip_all, fields(miners = miners), err)]
 pub async fn bench_command(miners: usize, options: BenchOptions) -> anyhow::Result<CommandReport> {
     options.validate(miners)?;
     let started = Instant::now();
@@ -278,7 +278,7 @@ pub async fn bench_command(miners: usize, options: BenchOptions) -> anyhow::Resu
 }
 
 /// Polls every miner of a fresh simulated fleet of `miners` once.
-#[tracing::instrument(skip_all, fields(miners), err)]
+#[tracing::instrument(skip_all, fields(miners = miners), err)]
 pub async fn bench_poll(miners: usize, options: BenchOptions) -> anyhow::Result<PollReport> {
     options.validate(miners)?;
     let rss_before = rss_bytes();

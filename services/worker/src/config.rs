@@ -93,7 +93,7 @@ mod tests {
         };
         let shown = format!("{creds:?}");
         assert!(
-            !shown.contains("hunter2") && shown.contains("nats://***@nats:4222"),
+            !shown.contains("hunter2") && shown.contains("nats://worker:***@nats:4222"),
             "{shown}"
         );
     }
