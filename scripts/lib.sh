@@ -66,6 +66,61 @@ ensure_nats_server() {
 	command -v nats-server >/dev/null || die "nats-server is still not on PATH after installing nats-server"
 }
 
+# The pyasic release services/minersim/tests/pyasic.rs is written against (PyPI).
+PYASIC_VERSION=0.79.0
+
+# ensure_pyasic: a Python with pyasic==$PYASIC_VERSION, exported as EBB_PYASIC_PYTHON for
+# services/minersim/tests/pyasic.rs. An EBB_PYASIC_PYTHON already set is used as is; otherwise
+# a virtualenv in ${XDG_CACHE_HOME:-$HOME/.cache}/ebb/pyasic-venv, created with pip (from PyPI)
+# when missing or holding another release. Works as any user; needs Python 3.11 or newer.
+ensure_pyasic() {
+	if [ -n "${EBB_PYASIC_PYTHON:-}" ]; then
+		[ -x "$EBB_PYASIC_PYTHON" ] ||
+			die "EBB_PYASIC_PYTHON=$EBB_PYASIC_PYTHON is not an executable file (unset it to use a virtualenv made by scripts/test)"
+		export EBB_PYASIC_PYTHON
+		return 0
+	fi
+	local cache=${XDG_CACHE_HOME:-$HOME/.cache}/ebb
+	local venv=$cache/pyasic-venv have base candidate pyasic_lock=''
+	mkdir -p "$cache" || die "cannot create $cache for the pyasic virtualenv"
+	if command -v flock >/dev/null; then
+		# Another scripts/test may be installing into the same virtualenv.
+		exec {pyasic_lock}>"$cache/pyasic-venv.lock"
+		flock "$pyasic_lock"
+	fi
+	have=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("pyasic"))' 2>/dev/null) || have=
+	if [ "$have" != "$PYASIC_VERSION" ]; then
+		if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+			base=
+			for candidate in python3.13 python3.12 python3.11 python3; do
+				if "$candidate" -c 'import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))' >/dev/null 2>&1; then
+					base=$candidate
+					break
+				fi
+			done
+			if [ -z "$base" ] && command -v python3 >/dev/null &&
+				python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+				# Debian's python3 makes virtualenvs only with python3-venv (ensurepip).
+				install_package python3-venv "python3 -m venv"
+				base=python3
+			fi
+			[ -n "$base" ] ||
+				die "pyasic $PYASIC_VERSION needs Python 3.11 or newer with the venv module; install it (Debian: apt-get install -y python3 python3-venv) or set EBB_PYASIC_PYTHON to a Python that has pyasic==$PYASIC_VERSION"
+			log "creating a virtualenv for pyasic in $venv with $base ($("$base" --version 2>&1))"
+			rm -rf "$venv"
+			"$base" -m venv "$venv" >&2 || die "$base -m venv $venv failed"
+		fi
+		log "installing pyasic==$PYASIC_VERSION into $venv${have:+ (it had $have)} with pip"
+		"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "pyasic==$PYASIC_VERSION" >&2 ||
+			die "pip install pyasic==$PYASIC_VERSION into $venv failed (is PyPI reachable?); or set EBB_PYASIC_PYTHON to a Python that has it"
+		have=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("pyasic"))' 2>/dev/null) || have=
+		[ "$have" = "$PYASIC_VERSION" ] ||
+			die "pip installed pyasic ${have:-nothing} into $venv instead of $PYASIC_VERSION"
+	fi
+	if [ -n "$pyasic_lock" ]; then exec {pyasic_lock}>&-; fi
+	export EBB_PYASIC_PYTHON=$venv/bin/python
+}
+
 # find_pg_bindir: prints the directory holding initdb, postgres and pg_ctl: EBB_PG_BINDIR, else
 # PATH, else the newest /usr/lib/postgresql/*/bin (where Debian puts them, off PATH).
 find_pg_bindir() {

@@ -149,7 +149,8 @@ pub struct ModelSpec {
     /// The model as the firmware spells it in its main identity field
     /// (`get.device.info` `miner.type` on Whatsminer, `Type` on Antminer and LuxOS).
     pub name: &'static str,
-    /// Whatsminer only: the spelling in RPC `devdetails` (`M60S.VK40`).
+    /// Whatsminer only: the spelling in RPC `devdetails` `Model` (`M60S_VK40`, as real units
+    /// answer, e.g. `M30S+_VE40`; clients drop the `_` to get the model).
     pub devdetails_name: &'static str,
     /// Default wall power at the normal work mode.
     pub default_power_w: f64,
@@ -180,7 +181,7 @@ const M30S: ModelSpec = ModelSpec {
     make: Make::Whatsminer,
     firmware: Firmware::WhatsminerV3,
     name: "M30S_VE10",
-    devdetails_name: "M30S.VE10",
+    devdetails_name: "M30S_VE10",
     default_power_w: 3400.0,
     default_efficiency_j_per_th: 38.0,
     chips_per_board: 105,
@@ -197,7 +198,7 @@ const M50: ModelSpec = ModelSpec {
     make: Make::Whatsminer,
     firmware: Firmware::WhatsminerV3,
     name: "M50_VH50",
-    devdetails_name: "M50.VH50",
+    devdetails_name: "M50_VH50",
     default_power_w: 3300.0,
     default_efficiency_j_per_th: 26.0,
     chips_per_board: 105,
@@ -214,7 +215,7 @@ const M60: ModelSpec = ModelSpec {
     make: Make::Whatsminer,
     firmware: Firmware::WhatsminerV3,
     name: "M60_VK10",
-    devdetails_name: "M60.VK10",
+    devdetails_name: "M60_VK10",
     default_power_w: 3420.0,
     default_efficiency_j_per_th: 19.9,
     chips_per_board: 164,
@@ -231,7 +232,7 @@ const M60S: ModelSpec = ModelSpec {
     make: Make::Whatsminer,
     firmware: Firmware::WhatsminerV3,
     name: "M60S_VK40",
-    devdetails_name: "M60S.VK40",
+    devdetails_name: "M60S_VK40",
     default_power_w: 3400.0,
     default_efficiency_j_per_th: 18.5,
     chips_per_board: 225,
