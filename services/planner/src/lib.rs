@@ -14,13 +14,12 @@ use ebb_bus::{
     TerminateRequest, subjects,
 };
 use ebb_domain::selection::{Plan, SelectionError, SelectionParams, select};
-use ebb_domain::{EventId, EventState, OrgId, SiteId};
+use ebb_domain::{EventId, EventState, SiteId};
 use ebb_store::events::{self, NewEvent};
 use ebb_store::{PgPool, StoreError, fleet, tx::with_tx};
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Starts the planner and serves until `shutdown`.
@@ -573,11 +572,6 @@ impl Planner {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-
-    /// The org a request acts for, for callers that only have an event.
-    pub fn org_of(req: &StartRequest) -> OrgId {
-        req.org
-    }
 }
 
 fn plan_view(req: &StartRequest, plan: &Plan, codes: &BTreeMap<SiteId, String>) -> PlanView {
@@ -648,6 +642,3 @@ enum Terminate {
     AlreadyEnded(EventState),
     InFlight(i64),
 }
-
-/// How long callers wait for the planner.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
