@@ -1,5 +1,9 @@
 //! Typed request/reply over the NATS service API: a request body in an envelope, a [`Reply`] back.
 //! Every call has a timeout; "nobody is listening" is its own error so callers can say so.
+//!
+//! A request type names its endpoint ([`Request`]): the subject it goes to and the reply it gets
+//! are part of its type, so no caller can send it to the wrong subject or decode the wrong reply,
+//! and a server decodes exactly the request type of the endpoint it answers ([`answer`]).
 
 use crate::codec::{CodecError, Envelope, decode, encode};
 use crate::messages::{Reply, RpcError};
@@ -26,12 +30,53 @@ pub enum CallError {
     Remote(RpcError),
 }
 
-/// Sends `body` to `subject` and decodes the typed reply.
-pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+/// The request of one request/reply endpoint.
+pub trait Request: Serialize + DeserializeOwned {
+    /// What the endpoint answers.
+    type Reply: Serialize + DeserializeOwned;
+    /// What the subject needs besides the request type: `()` for a service-wide endpoint, the
+    /// site for a per-site one.
+    type Route: ?Sized;
+    /// The endpoint's name in its service group (`start` in `ebb.svc.planner.start`).
+    const VERB: &'static str;
+    /// The subject the request is sent to.
+    fn subject(route: &Self::Route) -> String;
+}
+
+/// Sends `request` to its endpoint (at `route`) and decodes its reply.
+pub async fn call<R: Request>(
+    client: &Client,
+    route: &R::Route,
+    org: Option<OrgId>,
+    request: &R,
+    timeout: Duration,
+) -> Result<R::Reply, CallError> {
+    send(client, &R::subject(route), org, request, timeout).await
+}
+
+/// Answers one request of endpoint `R`: decodes the payload as `R` (an undecodable one gets an
+/// `invalid_argument` reply), runs `handle`, and encodes its result.
+pub async fn answer<R, F, Fut>(payload: &[u8], handle: F) -> Result<Bytes, CodecError>
+where
+    R: Request,
+    F: FnOnce(R) -> Fut,
+    Fut: std::future::Future<Output = Result<R::Reply, RpcError>>,
+{
+    let result = match decode::<R>(payload) {
+        Ok(env) => handle(env.body).await,
+        Err(e) => Err(RpcError::new(
+            crate::messages::RpcErrorKind::InvalidArgument,
+            format!("undecodable {} request: {e}", R::VERB),
+        )),
+    };
+    reply(result)
+}
+
+async fn send<Req: Serialize, Resp: DeserializeOwned>(
     client: &Client,
     subject: &str,
     org: Option<OrgId>,
-    body: Req,
+    body: &Req,
     timeout: Duration,
 ) -> Result<Resp, CallError> {
     let payload = encode(&Envelope::new(org, body))?;

@@ -717,24 +717,23 @@ pub async fn event_of_batch(db: &PgPool, batch: BatchId) -> Result<Option<EventI
     Ok(id.map(EventId))
 }
 
-/// Queues the `ebb.event.<org>.<event>` notice for a state change, in the caller's transaction.
+/// Queues the notice of a state change (published on the event feed by the worker), in the
+/// caller's transaction.
 pub async fn announce(
     conn: &mut PgConnection,
     event: &EventRow,
     from: Option<EventState>,
     reason: Option<&str>,
 ) -> Result<(), StoreError> {
-    let notice = ebb_bus::EventNotice {
+    let notice = crate::outbox::Notice::EventTransition {
         event_id: event.id,
+        org_id: event.org_id,
         state: event.state,
         from,
         reason: reason.map(str::to_owned),
-        targets: BTreeMap::new(),
+        at: event.updated_at,
     };
-    let payload = ebb_bus::encode(&ebb_bus::Envelope::new(Some(event.org_id), notice))
-        .map_err(|e| StoreError::Encode(e.to_string()))?;
-    let subject = ebb_bus::subjects::event(event.org_id, event.id);
-    crate::outbox::enqueue(conn, Some(event.org_id), &subject, &payload).await?;
+    crate::outbox::enqueue(conn, Some(event.org_id), &notice).await?;
     Ok(())
 }
 

@@ -2,7 +2,6 @@
 
 use crate::error::StoreError;
 use chrono::{DateTime, Utc};
-use ebb_bus::{DiscoveredDevice, InventoryDevice, TelemetrySample};
 use ebb_domain::confirm::Sample;
 use ebb_domain::selection::Candidate;
 use ebb_domain::{Capabilities, DeviceId, OrgId, SiteCode, SiteId};
@@ -17,6 +16,39 @@ pub async fn create_org(db: impl PgExecutor<'_>, name: &str) -> Result<OrgId, St
         .execute(db)
         .await?;
     Ok(id)
+}
+
+/// A device to add to a site, or to update there by address.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewDevice {
+    pub address: String,
+    pub make: String,
+    pub model: String,
+    pub firmware: Option<String>,
+    pub capabilities: Capabilities,
+    pub nominal_power_w: Option<f64>,
+}
+
+/// A device as its site's agent needs it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceRow {
+    pub device_id: DeviceId,
+    pub address: String,
+    pub make: String,
+    pub model: String,
+    pub firmware: Option<String>,
+    pub capabilities: Capabilities,
+}
+
+/// One telemetry sample to ingest: values as the agent reported them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TelemetryRow {
+    pub device_id: DeviceId,
+    pub reachable: bool,
+    pub power_w: Option<f64>,
+    pub hashrate_ths: Option<f64>,
+    /// Unix milliseconds.
+    pub sampled_at_ms: i64,
 }
 
 /// An org's settings the planner needs.
@@ -112,7 +144,7 @@ pub async fn site_by_code(
 pub async fn upsert_devices(
     db: impl PgExecutor<'_>,
     site: &Site,
-    devices: &[DiscoveredDevice],
+    devices: &[NewDevice],
 ) -> Result<u64, StoreError> {
     let ids: Vec<Uuid> = devices.iter().map(|_| Uuid::now_v7()).collect();
     let addr: Vec<&str> = devices.iter().map(|d| d.address.as_str()).collect();
@@ -165,9 +197,9 @@ pub async fn upsert_devices(
 pub async fn inventory(
     db: impl PgExecutor<'_>,
     site: SiteId,
-) -> Result<Vec<InventoryDevice>, StoreError> {
+) -> Result<Vec<DeviceRow>, StoreError> {
     let rows = sqlx::query(
-        "SELECT id, address, make, model, curtail_full, curtail_efficiency, power_target
+        "SELECT id, address, make, model, firmware, curtail_full, curtail_efficiency, power_target
          FROM device WHERE site_id = $1 ORDER BY address",
     )
     .bind(site.0)
@@ -175,11 +207,12 @@ pub async fn inventory(
     .await?;
     Ok(rows
         .iter()
-        .map(|r| InventoryDevice {
+        .map(|r| DeviceRow {
             device_id: DeviceId(r.get("id")),
             address: r.get("address"),
             make: r.get("make"),
             model: r.get("model"),
+            firmware: r.get("firmware"),
             capabilities: Capabilities {
                 curtail_full: r.get("curtail_full"),
                 curtail_efficiency: r.get("curtail_efficiency"),
@@ -196,7 +229,7 @@ pub async fn inventory(
 pub async fn ingest_telemetry(
     db: impl PgExecutor<'_>,
     site: SiteId,
-    samples: &[TelemetrySample],
+    samples: &[TelemetryRow],
 ) -> Result<u64, StoreError> {
     let ids: Vec<Uuid> = samples.iter().map(|s| s.device_id.0).collect();
     let reachable: Vec<bool> = samples.iter().map(|s| s.reachable).collect();

@@ -8,21 +8,19 @@ use crate::driver::MinerPool;
 use crate::execute::Priors;
 use crate::inventory::{self, Inventory, InventorySource};
 use crate::{consumer, scan, telemetry};
-use anyhow::Context;
 use async_nats::jetstream;
 use ebb_bus::streams;
 use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// What the agent's tasks share.
 #[derive(Debug)]
 pub struct Agent {
     /// Validated settings.
     pub config: AgentConfig,
+    /// The site it drives (its settings' `site`, required).
+    pub site: ebb_domain::SiteCode,
     /// Core NATS: request/reply with the planner and the scan service.
     pub client: async_nats::Client,
     /// JetStream: the command consumer and acked publishes of results and telemetry.
@@ -43,36 +41,44 @@ impl Agent {
     }
 }
 
-/// Runs the agent with its inventory from the planner until `shutdown` is cancelled.
-pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_with(config, InventorySource::Planner, shutdown).await
+/// The agent as a service of the runtime: inventory from the planner.
+#[derive(Debug)]
+pub struct AgentService;
+
+impl ebb_runtime::Service for AgentService {
+    type Settings = AgentConfig;
+    const NAME: &'static str = "agent";
+    const ABOUT: &'static str =
+        "One site's device driver; `ebb agent scan <range>` identifies miners";
+    const NEEDS: ebb_runtime::Needs = ebb_runtime::Needs::Nats;
+    const ENSURES_STREAMS: bool = true;
+
+    fn run(
+        config: AgentConfig,
+        ctx: ebb_runtime::Context,
+    ) -> impl Future<Output = anyhow::Result<()>> + Send + 'static {
+        run_with(config, InventorySource::Planner, ctx)
+    }
 }
 
-/// Runs the agent with the given inventory source until `shutdown` is cancelled.
+/// Runs the agent with the given inventory source until `ctx.shutdown` is cancelled.
 pub async fn run_with(
     config: AgentConfig,
     source: InventorySource,
-    shutdown: CancellationToken,
+    ctx: ebb_runtime::Context,
 ) -> anyhow::Result<()> {
     config.validate()?;
     tracing::info!(settings = %config.describe(), "starting agent");
-    let site = config.site.clone();
-    let client = ebb_bus::connect(&config.nats_url, &format!("ebb-agent-{site}"))
-        .await
-        .with_context(|| format!("connecting to nats at {}", config.nats_url))?;
-    let js = jetstream::new(client.clone());
+    let site = config.site()?.clone();
+    let client = ctx.nats().clone();
+    let js = ctx.jetstream().clone();
+    let shutdown = ctx.shutdown.clone();
 
-    let Some(()) = retry_until(&shutdown, "creating streams", || {
-        streams::ensure_streams(&js)
-    })
-    .await
-    else {
-        return Ok(());
-    };
-    let Some(consumer) = retry_until(&shutdown, "creating the command consumer", || {
-        streams::ensure_consumer(&js, streams::CMD, streams::agent_consumer(&site))
-    })
-    .await
+    let Some(consumer) =
+        ebb_runtime::retry_until(&shutdown, "creating the command consumer", || {
+            streams::ensure_consumer(&js, streams::CMD, streams::agent_consumer(&site))
+        })
+        .await
     else {
         return Ok(());
     };
@@ -87,92 +93,39 @@ pub async fn run_with(
         cycle: AtomicU64::new(0),
         client: client.clone(),
         js,
+        site: site.clone(),
         config,
     });
 
-    let stop = shutdown.child_token();
-    let failure: Arc<Mutex<Option<anyhow::Error>>> = Arc::default();
-    let tracker = TaskTracker::new();
-    let fail = |name: &'static str,
-                stop: CancellationToken,
-                failure: Arc<Mutex<Option<anyhow::Error>>>| {
-        move |r: anyhow::Result<()>| {
-            if let Err(e) = r {
-                tracing::error!(
-                    task = name,
-                    error = format!("{e:#}"),
-                    "agent task failed, stopping"
-                );
-                failure
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .get_or_insert(e.context(name));
-                stop.cancel();
-            }
-        }
-    };
+    let mut tasks = ctx.supervisor();
+    let stop = tasks.token();
     {
         let (a, s) = (agent.clone(), stop.clone());
-        tracker.spawn(async move { inventory::maintain(source, a, s).await });
+        tasks.spawn("inventory", async move {
+            inventory::maintain(source, a, s).await;
+            Ok(())
+        });
     }
     {
         let (a, s) = (agent.clone(), stop.clone());
-        tracker.spawn(async move { telemetry::poll_loop(a, s).await });
+        tasks.spawn("telemetry poller", async move {
+            telemetry::poll_loop(a, s).await;
+            Ok(())
+        });
     }
     {
         let (a, s) = (agent.clone(), stop.clone());
-        let done = fail("command consumer", stop.clone(), failure.clone());
-        tracker.spawn(async move { done(consumer::consume(a, consumer, s).await) });
+        tasks.spawn("command consumer", consumer::consume(a, consumer, s));
     }
     {
         let (a, s) = (agent.clone(), stop.clone());
-        let done = fail("scan service", stop.clone(), failure.clone());
-        tracker.spawn(async move { done(scan::serve(a, s).await) });
+        tasks.spawn("scan service", scan::serve(a, s));
     }
-    tracker.close();
     tracing::info!(%site, "agent running");
-
-    stop.cancelled().await;
-    tracker.wait().await;
+    let outcome = tasks.run().await;
     if let Err(error) = client.flush().await {
         tracing::debug!(%site, %error, "flushing nats on shutdown");
     }
     tracing::info!(%site, "agent stopped");
-    match failure
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-    {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-/// Retries a start-up step with backoff until it succeeds or `shutdown` is cancelled (then
-/// `None`): a site agent started before its NATS server must wait for it, not exit.
-async fn retry_until<T, E, F, Fut>(
-    shutdown: &CancellationToken,
-    what: &str,
-    mut step: F,
-) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-    E: std::fmt::Display,
-{
-    let mut delay = Duration::from_millis(100);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            r = step() => match r {
-                Ok(v) => return Some(v),
-                Err(error) => tracing::warn!(step = what, %error, retry_in_ms = delay.as_millis() as u64, "start-up step failed, retrying"),
-            },
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
+    outcome
 }

@@ -24,7 +24,7 @@
 //! timed as its own phase, before the phase a benchmark measures. Durations come from a
 //! monotonic clock; CPU time is the whole process's (agent and simulator together).
 
-use crate::config::{AgentConfig, DEFAULT_NATS_URL};
+use crate::config::AgentConfig;
 use crate::driver::{self, MinerError, MinerPool, Reading};
 use crate::instruments::Op;
 use crate::telemetry::{self, Polled};
@@ -104,7 +104,7 @@ impl BenchOptions {
 impl Default for BenchOptions {
     fn default() -> Self {
         let site = SiteCode::parse("bench").expect("\"bench\" is a valid site code");
-        Self::from_config(&AgentConfig::new(DEFAULT_NATS_URL, site))
+        Self::from_config(&AgentConfig::new(site))
     }
 }
 

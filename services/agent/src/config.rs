@@ -1,152 +1,107 @@
-//! The agent's typed configuration: one struct that is both a set of `clap` flags (with `EBB_*`
-//! environment fallbacks) and a serde table (`deny_unknown_fields`), checked by
-//! [`AgentConfig::validate`], which reports every problem at once.
+//! The agent's settings: one typed struct (the shared NATS settings live in ebb-runtime), its
+//! defaults written once in [`Default`], checked by [`Settings::problems`], which reports every
+//! problem at once.
 //!
 //! Durations are written the way operators write them: `500ms`, `10s`, `2m`, `1h`.
 
-use clap::Args;
 use ebb_domain::SiteCode;
+use ebb_runtime::{Key, Settings};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::time::Duration;
 
-/// Where the agent connects when nothing else is said.
-pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
-
 /// Settings of one site's agent.
-#[derive(Clone, PartialEq, Args, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
-    /// NATS server the agent consumes commands from and publishes results and telemetry to.
-    #[arg(long, env = "NATS_URL", default_value = DEFAULT_NATS_URL)]
-    #[serde(default = "default_nats_url")]
-    pub nats_url: String,
-
-    /// The site this agent drives; it consumes `ebb.cmd.<site>` only.
-    #[arg(long, env = "EBB_AGENT_SITE", value_parser = parse_site)]
-    pub site: SiteCode,
+    /// The site this agent drives; it consumes `ebb.cmd.<site>` only. Required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<SiteCode>,
 
     /// Most miner calls in flight at once, per batch and per poll cycle.
-    #[arg(long, env = "EBB_AGENT_MAX_IN_FLIGHT", default_value_t = defaults::MAX_IN_FLIGHT)]
-    #[serde(default = "defaults::max_in_flight")]
     pub max_in_flight: usize,
 
     /// Deadline of each call that reads from a miner (identify, telemetry, state before a command).
-    #[arg(long, env = "EBB_AGENT_CALL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    #[serde(default = "defaults::call_timeout", with = "duration_text")]
+    #[serde(with = "duration_text")]
     pub call_timeout: Duration,
 
     /// Deadline of each control call (pause, resume, set a power limit). One control is several
     /// requests, and stock Antminer firmware takes about 20 s to apply a sleep (asic-rs itself
     /// allows 120 s), so this is longer than `call_timeout`. A miner that does not answer at all
     /// is caught by the read before the command, within `call_timeout`.
-    #[arg(long, env = "EBB_AGENT_CONTROL_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
-    #[serde(default = "defaults::control_timeout", with = "duration_text")]
+    #[serde(with = "duration_text")]
     pub control_timeout: Duration,
 
     /// How often every miner of the inventory is polled for telemetry.
-    #[arg(long, env = "EBB_AGENT_POLL_INTERVAL", default_value = "5s", value_parser = parse_duration)]
-    #[serde(default = "defaults::poll_interval", with = "duration_text")]
+    #[serde(with = "duration_text")]
     pub poll_interval: Duration,
 
     /// How often the site's inventory is fetched again from the planner.
-    #[arg(long, env = "EBB_AGENT_INVENTORY_REFRESH", default_value = "30s", value_parser = parse_duration)]
-    #[serde(default = "defaults::inventory_refresh", with = "duration_text")]
+    #[serde(with = "duration_text")]
     pub inventory_refresh: Duration,
 
     /// The power limit a `curtail{efficiency}` sets, in percent of the miner's power limit before
     /// the curtail (or of its measured power when it has no readable limit).
-    #[arg(long, env = "EBB_AGENT_EFFICIENCY_LIMIT_PCT", default_value_t = defaults::EFFICIENCY_LIMIT_PCT)]
-    #[serde(default = "defaults::efficiency_limit_pct")]
     pub efficiency_limit_pct: f64,
 
     /// Most miner handles kept between calls; beyond it a handle is built for one use.
-    #[arg(long, env = "EBB_AGENT_MAX_CACHED_MINERS", default_value_t = defaults::MAX_CACHED_MINERS)]
-    #[serde(default = "defaults::max_cached_miners")]
     pub max_cached_miners: usize,
 
     /// Addresses probed at once by a discovery scan.
-    #[arg(long, env = "EBB_AGENT_SCAN_CONCURRENCY", default_value_t = defaults::SCAN_CONCURRENCY)]
-    #[serde(default = "defaults::scan_concurrency")]
     pub scan_concurrency: usize,
 }
 
-mod defaults {
-    use std::time::Duration;
-
-    pub const MAX_IN_FLIGHT: usize = 256;
-    pub const EFFICIENCY_LIMIT_PCT: f64 = 75.0;
-    pub const MAX_CACHED_MINERS: usize = 100_000;
-    pub const SCAN_CONCURRENCY: usize = 256;
-
-    pub fn max_in_flight() -> usize {
-        MAX_IN_FLIGHT
-    }
-    pub fn call_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn control_timeout() -> Duration {
-        Duration::from_secs(60)
-    }
-    pub fn poll_interval() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub fn inventory_refresh() -> Duration {
-        Duration::from_secs(30)
-    }
-    pub fn efficiency_limit_pct() -> f64 {
-        EFFICIENCY_LIMIT_PCT
-    }
-    pub fn max_cached_miners() -> usize {
-        MAX_CACHED_MINERS
-    }
-    pub fn scan_concurrency() -> usize {
-        SCAN_CONCURRENCY
-    }
-}
-
-fn default_nats_url() -> String {
-    DEFAULT_NATS_URL.to_owned()
-}
-
-/// Every problem found in a configuration, reported together.
-#[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[error("invalid agent configuration: {}", .problems.join("; "))]
-pub struct ConfigError {
-    pub problems: Vec<String>,
-}
-
-impl AgentConfig {
-    /// A configuration with every default, for `site` on `nats_url`.
-    pub fn new(nats_url: impl Into<String>, site: SiteCode) -> Self {
+impl Default for AgentConfig {
+    fn default() -> Self {
         Self {
-            nats_url: nats_url.into(),
-            site,
-            max_in_flight: defaults::MAX_IN_FLIGHT,
-            call_timeout: defaults::call_timeout(),
-            control_timeout: defaults::control_timeout(),
-            poll_interval: defaults::poll_interval(),
-            inventory_refresh: defaults::inventory_refresh(),
-            efficiency_limit_pct: defaults::EFFICIENCY_LIMIT_PCT,
-            max_cached_miners: defaults::MAX_CACHED_MINERS,
-            scan_concurrency: defaults::SCAN_CONCURRENCY,
+            site: None,
+            max_in_flight: 256,
+            call_timeout: Duration::from_secs(10),
+            control_timeout: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(5),
+            inventory_refresh: Duration::from_secs(30),
+            efficiency_limit_pct: 75.0,
+            max_cached_miners: 100_000,
+            scan_concurrency: 256,
         }
     }
+}
 
-    /// Checks every field and reports all problems at once.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+impl Settings for AgentConfig {
+    const KEYS: &'static [Key] = &[
+        Key::new("site", "the site this agent drives (required)"),
+        Key::new(
+            "max_in_flight",
+            "most miner calls in flight at once, per batch and per poll cycle",
+        ),
+        Key::new(
+            "call_timeout",
+            "deadline of each read from a miner, e.g. 10s",
+        ),
+        Key::new(
+            "control_timeout",
+            "deadline of each control call (pause, resume, power limit), e.g. 60s",
+        ),
+        Key::new("poll_interval", "how often every miner is polled, e.g. 5s"),
+        Key::new(
+            "inventory_refresh",
+            "how often the site's inventory is fetched again from the planner, e.g. 30s",
+        ),
+        Key::new(
+            "efficiency_limit_pct",
+            "the power limit curtail{efficiency} sets, in % of the limit before",
+        ),
+        Key::new("max_cached_miners", "most miner handles kept between calls"),
+        Key::new(
+            "scan_concurrency",
+            "addresses probed at once by a discovery scan",
+        ),
+    ];
+
+    fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        let url = self.nats_url.trim();
-        if url.is_empty() {
-            problems.push("nats_url must not be empty".to_owned());
-        } else if let Some((scheme, rest)) = url.split_once("://") {
-            if !matches!(scheme, "nats" | "tls" | "ws" | "wss") || rest.is_empty() {
-                problems.push(format!(
-                    "nats_url {url:?} must be nats://, tls://, ws:// or wss:// with a host"
-                ));
-            }
-        } else if url.contains(char::is_whitespace) {
-            problems.push(format!("nats_url {url:?} must not contain whitespace"));
+        if self.site.is_none() {
+            problems.push("site must be set (--site or EBB_AGENT_SITE)".to_owned());
         }
         if !(1..=10_000).contains(&self.max_in_flight) {
             problems.push(format!(
@@ -206,6 +161,36 @@ impl AgentConfig {
                 self.scan_concurrency
             ));
         }
+        problems
+    }
+}
+
+/// Every problem found in a configuration, reported together.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("invalid agent configuration: {}", .problems.join("; "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl AgentConfig {
+    /// A configuration with every default, for `site`.
+    pub fn new(site: SiteCode) -> Self {
+        Self {
+            site: Some(site),
+            ..Self::default()
+        }
+    }
+
+    /// The site, once the settings are valid.
+    pub fn site(&self) -> Result<&SiteCode, ConfigError> {
+        self.site.as_ref().ok_or_else(|| ConfigError {
+            problems: vec!["site must be set (--site or EBB_AGENT_SITE)".to_owned()],
+        })
+    }
+
+    /// Checks every field and reports all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = self.problems();
         if problems.is_empty() {
             Ok(())
         } else {
@@ -213,7 +198,7 @@ impl AgentConfig {
         }
     }
 
-    /// The effective settings on one line, for the start-up log and `--check-config`.
+    /// The effective settings on one line, for the start-up log.
     pub fn describe(&self) -> String {
         self.to_string()
     }
@@ -223,10 +208,9 @@ impl fmt::Display for AgentConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "site={} nats_url={} max_in_flight={} call_timeout={} control_timeout={} poll_interval={} \
+            "site={} max_in_flight={} call_timeout={} control_timeout={} poll_interval={} \
              inventory_refresh={} efficiency_limit_pct={} max_cached_miners={} scan_concurrency={}",
-            self.site,
-            redact_url(&self.nats_url),
+            self.site.as_ref().map_or("(unset)", SiteCode::as_str),
             self.max_in_flight,
             format_duration(self.call_timeout),
             format_duration(self.control_timeout),
@@ -239,37 +223,10 @@ impl fmt::Display for AgentConfig {
     }
 }
 
-/// Written by hand so that credentials in `nats_url` never reach a log.
 impl fmt::Debug for AgentConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AgentConfig")
-            .field("nats_url", &redact_url(&self.nats_url))
-            .field("site", &self.site)
-            .field("max_in_flight", &self.max_in_flight)
-            .field("call_timeout", &self.call_timeout)
-            .field("control_timeout", &self.control_timeout)
-            .field("poll_interval", &self.poll_interval)
-            .field("inventory_refresh", &self.inventory_refresh)
-            .field("efficiency_limit_pct", &self.efficiency_limit_pct)
-            .field("max_cached_miners", &self.max_cached_miners)
-            .field("scan_concurrency", &self.scan_concurrency)
-            .finish()
+        f.write_str(&self.describe())
     }
-}
-
-/// A URL with any `user:password@` part hidden, so it can be logged.
-fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
-fn parse_site(s: &str) -> Result<SiteCode, String> {
-    SiteCode::parse(s).map_err(|e| e.to_string())
 }
 
 /// Parses `500ms`, `10s`, `1.5s`, `2m` or `1h`.
@@ -327,7 +284,7 @@ mod duration_text {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
+    use ebb_runtime::{Needs, Sources, conformance, settings};
 
     fn site() -> SiteCode {
         SiteCode::parse("site-a").unwrap()
@@ -359,7 +316,7 @@ mod tests {
 
     #[test]
     fn defaults_are_valid_and_described() {
-        let c = AgentConfig::new(DEFAULT_NATS_URL, site());
+        let c = AgentConfig::new(site());
         c.validate().unwrap();
         let line = c.describe();
         assert!(
@@ -368,53 +325,75 @@ mod tests {
                 && line.contains("max_in_flight=256"),
             "{line}"
         );
+        assert!(
+            AgentConfig::default().validate().is_err(),
+            "site is required"
+        );
     }
 
     #[test]
     fn every_problem_is_reported_at_once() {
-        let mut c = AgentConfig::new("", site());
-        c.max_in_flight = 0;
-        c.call_timeout = Duration::ZERO;
-        c.poll_interval = Duration::from_secs(100_000);
-        c.efficiency_limit_pct = f64::NAN;
+        let c = AgentConfig {
+            max_in_flight: 0,
+            call_timeout: Duration::ZERO,
+            poll_interval: Duration::from_secs(100_000),
+            efficiency_limit_pct: f64::NAN,
+            ..AgentConfig::default()
+        };
         let err = c.validate().unwrap_err();
         assert_eq!(err.problems.len(), 5, "{err}");
-        let mut c = AgentConfig::new("http://x", site());
+        let mut c = AgentConfig::new(site());
         c.scan_concurrency = 0;
-        assert_eq!(c.validate().unwrap_err().problems.len(), 2);
+        assert_eq!(c.validate().unwrap_err().problems.len(), 1);
     }
 
     #[test]
-    fn serde_table_fills_defaults_and_refuses_unknown_fields() {
-        let c: AgentConfig =
-            serde_json::from_str(r#"{"site":"site-a","call_timeout":"2s"}"#).unwrap();
-        assert_eq!(c.call_timeout, Duration::from_secs(2));
-        assert_eq!(c.poll_interval, Duration::from_secs(5));
-        assert_eq!(c.nats_url, DEFAULT_NATS_URL);
-        assert!(serde_json::from_str::<AgentConfig>(r#"{"site":"site-a","bogus":1}"#).is_err());
-        assert!(serde_json::from_str::<AgentConfig>(r#"{"site":"Site A"}"#).is_err());
-        let back: AgentConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
-        assert_eq!(back, c);
+    fn layered_settings_fill_defaults_and_refuse_unknown_keys() {
+        let load = |flags: &[(&str, &str)]| {
+            settings::load::<AgentConfig>(
+                "agent",
+                Needs::Nats,
+                &Sources::flags(flags.iter().copied()),
+            )
+        };
+        let c = load(&[
+            ("site", "site-a"),
+            ("call_timeout", "2s"),
+            ("poll_interval", "250ms"),
+        ])
+        .unwrap();
+        assert_eq!(c.service.call_timeout, Duration::from_secs(2));
+        assert_eq!(c.service.poll_interval, Duration::from_millis(250));
+        assert_eq!(c.service.max_in_flight, 256);
+        assert_eq!(
+            c.common.nats_url.as_str(),
+            ebb_runtime::settings::DEFAULT_NATS_URL
+        );
+        assert!(load(&[("site", "Site A")]).is_err());
+        assert!(load(&[("site", "site-a"), ("database_url", "postgres://x/y")]).is_err());
     }
 
     #[test]
-    fn flags() {
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            agent: AgentConfig,
-        }
-        let cli =
-            Cli::try_parse_from(["ebb", "--site", "site-a", "--poll-interval", "250ms"]).unwrap();
-        assert_eq!(cli.agent.poll_interval, Duration::from_millis(250));
-        assert_eq!(cli.agent.max_in_flight, 256);
-        assert!(Cli::try_parse_from(["ebb", "--site", "A.B"]).is_err());
+    fn a_file_with_a_bad_value_and_an_unknown_key_fails_naming_both() {
+        conformance::names_bad_value_and_unknown_key::<AgentConfig>(
+            "agent",
+            Needs::Nats,
+            "site = \"site-a\"",
+            "call_timeout = \"ten seconds\"",
+        );
     }
 
     #[test]
-    fn credentials_are_not_logged() {
-        let c = AgentConfig::new("nats://agent:secret@hub:4222", site());
-        assert!(!c.describe().contains("secret"));
-        assert!(!format!("{c:?}").contains("secret"));
+    fn printed_settings_read_back_the_same() {
+        conformance::print_reads_back::<AgentConfig>(
+            "agent",
+            Needs::Nats,
+            &[
+                ("site", "site-a"),
+                ("poll_interval", "250ms"),
+                ("nats_url", "nats://hub:4222"),
+                ("max_in_flight", "64"),
+            ],
+        );
     }
 }

@@ -41,7 +41,7 @@ pub async fn consume(
     consumer: PullConsumer,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let site = agent.config.site.clone();
+    let site = agent.site.clone();
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let mut pulled = match consumer
@@ -83,7 +83,7 @@ async fn hand_back(site: &ebb_domain::SiteCode, message: &jetstream::Message) {
 
 /// Handles one delivered batch: run or reject it, publish its results, then ack.
 async fn handle(agent: &Agent, message: jetstream::Message, shutdown: &CancellationToken) {
-    let site = &agent.config.site;
+    let site = &agent.site;
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     let traceparent = message
         .headers
@@ -185,7 +185,7 @@ async fn reject(
     reason: &str,
     traceparent: Option<&str>,
 ) {
-    let site = &agent.config.site;
+    let site = &agent.site;
     instruments::poison_batch();
     tracing::warn!(%site, batch_id = ?decoded.map(|b| b.batch_id), %reason, "terminating poison command batch");
     if let Some(result) = execute::poison(&message.payload, decoded, site, reason)
@@ -205,7 +205,7 @@ async fn publish_result_with_retry(
     traceparent: Option<&str>,
     shutdown: &CancellationToken,
 ) -> bool {
-    let site = &agent.config.site;
+    let site = &agent.site;
     let messages = match encode_result(&result) {
         Ok(m) => m,
         Err(error) => {
@@ -273,7 +273,7 @@ async fn send_all(
     messages: &[(String, Vec<u8>)],
     traceparent: Option<&str>,
 ) -> Result<(), ResultError> {
-    let subject = subjects::result(&agent.config.site);
+    let subject = subjects::result(&agent.site);
     let mut acks = Vec::with_capacity(messages.len());
     for (id, payload) in messages {
         acks.push(

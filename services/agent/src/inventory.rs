@@ -8,7 +8,7 @@
 use crate::agent::Agent;
 use crate::driver::MinerPool;
 use ebb_bus::rpc::{self, CallError};
-use ebb_bus::{Inventory as InventoryReply, InventoryDevice, InventoryRequest, subjects};
+use ebb_bus::{Inventory as InventoryReply, InventoryDevice, InventoryRequest};
 use ebb_domain::{DeviceId, SiteCode};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -93,9 +93,9 @@ pub async fn fetch(
 ) -> Result<Vec<InventoryDevice>, CallError> {
     let reply: InventoryReply = rpc::call(
         client,
-        subjects::planner::INVENTORY,
+        &(),
         None,
-        InventoryRequest { site: site.clone() },
+        &InventoryRequest { site: site.clone() },
         timeout,
     )
     .await?;
@@ -105,11 +105,14 @@ pub async fn fetch(
 /// Keeps the agent's inventory current until `shutdown`. A static source is installed once.
 pub async fn maintain(source: InventorySource, agent: Arc<Agent>, shutdown: CancellationToken) {
     if let InventorySource::Static(devices) = source {
-        tracing::info!(site = %agent.config.site, devices = devices.len(), "static inventory installed");
+        tracing::info!(site = %agent.site, devices = devices.len(), "static inventory installed");
         install(&agent.inventory, &agent.pool, devices);
+        // Nothing to refresh, but the task lives as long as the agent: its supervisor takes an
+        // early end for a failure.
+        shutdown.cancelled().await;
         return;
     }
-    let site = &agent.config.site;
+    let site = &agent.site;
     let mut ticker = tokio::time::interval(agent.config.inventory_refresh);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

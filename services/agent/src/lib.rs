@@ -26,7 +26,7 @@ mod inventory;
 pub mod scan;
 mod telemetry;
 
-pub use agent::{run, run_with};
+pub use agent::{AgentService, run_with};
 pub use config::{AgentConfig, ConfigError};
 pub use inventory::InventorySource;
 pub use scan::{ScanError, ScanOptions, ScanProgress, register, scan};

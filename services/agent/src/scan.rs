@@ -227,8 +227,7 @@ pub async fn register(
             site: site.clone(),
             devices: chunk.to_vec(),
         };
-        let reply: RegisterDevicesReply =
-            rpc::call(client, subjects::planner::REGISTER, None, req, timeout).await?;
+        let reply: RegisterDevicesReply = rpc::call(client, &(), None, &req, timeout).await?;
         registered += reply.registered;
     }
     Ok(registered)
@@ -238,7 +237,7 @@ pub async fn register(
 /// arrives during a scan waits for it.
 pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> anyhow::Result<()> {
     use async_nats::service::ServiceExt;
-    let site = agent.config.site.clone();
+    let site = agent.site.clone();
     let service = agent
         .client
         .service_builder()
@@ -279,7 +278,7 @@ pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> any
 }
 
 async fn handle_scan(agent: &Agent, payload: &[u8]) -> Result<ScanResult, RpcError> {
-    let site = &agent.config.site;
+    let site = &agent.site;
     let request: Envelope<ScanRequest> = ebb_bus::decode(payload).map_err(|e| {
         RpcError::new(
             RpcErrorKind::InvalidArgument,

@@ -159,7 +159,7 @@ pub async fn publish(agent: &Agent, samples: Samples) -> Result<(), TelemetryErr
     if samples.is_empty() {
         return Ok(());
     }
-    let site = agent.config.site.clone();
+    let site = agent.site.clone();
     let cycle = agent.next_cycle();
     let dropped = samples.dropped_invalid;
     let items: Vec<(bool, TelemetrySample)> = samples
@@ -234,7 +234,7 @@ pub async fn poll_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
         instruments::poll_cycle(started.elapsed(), unreachable);
         instruments::invalid_samples(samples.dropped_invalid);
         tracing::debug!(
-            site = %agent.config.site,
+            site = %agent.site,
             samples = samples.samples.len(),
             unreachable,
             dropped_invalid = samples.dropped_invalid,
@@ -244,7 +244,7 @@ pub async fn poll_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
         tokio::select! {
             () = shutdown.cancelled() => return,
             r = publish(&agent, samples) => if let Err(error) = r {
-                tracing::warn!(site = %agent.config.site, error = %crate::error_chain(&error), "publishing telemetry failed");
+                tracing::warn!(site = %agent.site, error = %crate::error_chain(&error), "publishing telemetry failed");
             },
         }
     }

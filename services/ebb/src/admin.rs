@@ -92,7 +92,7 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "error: set DATABASE_URL (or --database-url) to the PostgreSQL database to administer"
         );
-        return Ok(ExitCode::from(crate::service::EXIT_INVALID_CONFIG));
+        return Ok(ExitCode::from(ebb_runtime::cli::EXIT_INVALID_CONFIG));
     }
     let pool = ebb_store::connect(args.database_url.expose(), 2)
         .await

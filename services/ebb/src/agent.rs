@@ -1,28 +1,15 @@
-//! `ebb agent [flags]` runs one site's agent; `ebb agent scan <range>` identifies the miners in
-//! an address range, shows progress on stderr, prints one JSON line per miner found on stdout and,
-//! with `--register --site`, registers them with the planner over NATS.
-//!
-//! The two forms share the command name, and the agent's `--site` is required only to run it, so
-//! [`AgentArgs`] is parsed by hand: the scan subcommand excludes the agent's own flags.
+//! `ebb agent scan <range>` identifies the miners in an address range, shows progress on stderr,
+//! prints one JSON line per miner found on stdout and, with `--register --site`, registers them
+//! with the planner over NATS. (`ebb agent [flags]` itself runs the agent: a line of the service
+//! table.) The scan subcommand excludes the agent's own settings.
 
-use crate::service::{self, CheckConfig, Standalone};
 use anyhow::Context;
-use clap::{ArgMatches, Args, FromArgMatches};
-use ebb_agent::{AgentConfig, ScanOptions, ScanProgress};
+use clap::Args;
+use ebb_agent::{ScanOptions, ScanProgress};
 use ebb_domain::SiteCode;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
-
-/// `ebb agent`: run the agent, or scan.
-#[derive(Debug)]
-pub enum AgentArgs {
-    Run {
-        config: AgentConfig,
-        standalone: Standalone,
-    },
-    Scan(ScanArgs),
-}
 
 /// Identify the miners in an address range, with progress.
 #[derive(Debug, Clone, Args)]
@@ -42,74 +29,30 @@ pub struct ScanArgs {
     #[arg(long, value_parser = parse_site)]
     pub site: Option<SiteCode>,
     /// NATS server of the planner (with --register).
-    #[arg(long, env = "NATS_URL", default_value = ebb_agent::config::DEFAULT_NATS_URL)]
+    #[arg(long, env = "NATS_URL", default_value = ebb_runtime::settings::DEFAULT_NATS_URL)]
     pub nats_url: String,
+    /// NATS credentials file (with --register).
+    #[arg(long, env = "EBB_NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
 }
 
 fn parse_site(s: &str) -> Result<SiteCode, String> {
     SiteCode::parse(s).map_err(|e| e.to_string())
 }
 
-impl Args for AgentArgs {
-    fn augment_args(cmd: clap::Command) -> clap::Command {
-        let cmd = Standalone::augment_args(AgentConfig::augment_args(cmd));
-        cmd.subcommand(ScanArgs::augment_args(
+/// Adds `scan` to the agent's subcommand: either the agent's settings or `scan`, not both.
+pub fn with_scan(agent: clap::Command) -> clap::Command {
+    agent
+        .subcommand(ScanArgs::augment_args(
             clap::Command::new("scan")
                 .about("Identify the miners in an address range, with progress"),
         ))
         .args_conflicts_with_subcommands(true)
         .subcommand_negates_reqs(true)
-    }
-
-    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
-        Self::augment_args(cmd)
-    }
 }
 
-impl FromArgMatches for AgentArgs {
-    fn from_arg_matches(m: &ArgMatches) -> Result<Self, clap::Error> {
-        match m.subcommand() {
-            Some(("scan", sub)) => Ok(AgentArgs::Scan(ScanArgs::from_arg_matches(sub)?)),
-            _ => Ok(AgentArgs::Run {
-                config: AgentConfig::from_arg_matches(m)?,
-                standalone: Standalone::from_arg_matches(m)?,
-            }),
-        }
-    }
-
-    fn update_from_arg_matches(&mut self, m: &ArgMatches) -> Result<(), clap::Error> {
-        *self = Self::from_arg_matches(m)?;
-        Ok(())
-    }
-}
-
-pub async fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
-    match args {
-        AgentArgs::Run {
-            config,
-            standalone:
-                Standalone {
-                    check: CheckConfig { check_config },
-                    metrics_listen,
-                },
-        } => {
-            let valid = config.validate().map_err(|e| e.problems);
-            if check_config {
-                return Ok(service::check_config("agent", &config, valid));
-            }
-            if let Err(problems) = valid {
-                return Ok(service::report_invalid("agent", &problems));
-            }
-            service::serve("agent", metrics_listen, |shutdown| {
-                ebb_agent::run(config, shutdown)
-            })
-            .await
-        }
-        AgentArgs::Scan(args) => scan(args).await,
-    }
-}
-
-async fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
+/// Runs `ebb agent scan`.
+pub async fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
     let options = ScanOptions {
         concurrency: args.concurrency.max(1),
         identification_timeout: args.timeout,
@@ -147,9 +90,15 @@ async fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
             eprintln!("nothing to register");
             return Ok(ExitCode::SUCCESS);
         }
-        let client = ebb_bus::connect(&args.nats_url, "ebb-agent-scan")
-            .await
-            .with_context(|| format!("connecting to nats at {}", args.nats_url))?;
+        let client =
+            ebb_bus::connect_with(&args.nats_url, "ebb-agent-scan", args.nats_creds.as_deref())
+                .await
+                .with_context(|| {
+                    format!(
+                        "connecting to nats at {}",
+                        ebb_obs::CredUrl::from(args.nats_url.as_str()).redacted()
+                    )
+                })?;
         let registered =
             ebb_agent::register(&client, &site, &result.devices, Duration::from_secs(30))
                 .await

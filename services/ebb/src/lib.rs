@@ -1,14 +1,16 @@
-//! `ebb`: one binary for every Ebb service (DESIGN §1).
+//! `ebb`: one binary for every Ebb service (DESIGN §1, ADR 0005).
 //!
-//! - `ebb gateway|planner|reconciler|worker|agent [flags]` runs one service until SIGINT or
-//!   SIGTERM; `--check-config` prints its effective settings (secrets hidden) and exits non-zero
-//!   naming every bad setting at once. This is how `compose.yaml` runs them, one per process.
+//! - `ebb <service> [flags]` for each line of [`services::SERVICES`] (gateway, planner,
+//!   reconciler, worker, agent) runs one service until SIGINT or SIGTERM, with its settings read
+//!   in layers (defaults → `--config FILE` → environment → flags); `--print-config` prints them
+//!   as TOML, `--check-config` also says whether they are valid. This is how `compose.yaml` runs
+//!   them, one per process.
 //! - `ebb agent scan <range>` identifies the miners in an address range.
 //! - `ebb sim serve` runs the miner simulator.
 //! - `ebb admin …` migrates the database and creates orgs, sites and API keys.
 //! - `ebb bench command|poll --miners N` runs the agent's benchmarks against a simulator.
-//! - `ebb dev` runs everything in one process against a throwaway PostgreSQL and nats-server
-//!   under `.ebb/`, with a simulated fleet (see [`dev`]).
+//! - `ebb dev` runs every service of the table in one process against a throwaway PostgreSQL and
+//!   nats-server under `.ebb/`, with a simulated fleet (see [`dev`]).
 //!
 //! [`cli`] is the clap definition; tests check `compose.yaml`'s commands against it.
 
@@ -16,13 +18,12 @@ pub mod admin;
 pub mod agent;
 pub mod bench;
 pub mod dev;
-pub mod service;
-pub mod signals;
+pub mod services;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
-/// Every `ebb` command.
+/// The commands that are not services of the table.
 #[derive(Debug, Parser)]
 #[command(
     name = "ebb",
@@ -36,16 +37,6 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// The operator HTTP API.
-    Gateway(service::GatewayArgs),
-    /// Selection, preview, start and stop of curtailments (NATS service).
-    Planner(service::PlannerArgs),
-    /// Drives curtailment events through their state machines (leader-elected).
-    Reconciler(service::ReconcilerArgs),
-    /// Background jobs: the outbox relay.
-    Worker(service::WorkerArgs),
-    /// One site's device driver; `ebb agent scan <range>` identifies miners.
-    Agent(agent::AgentArgs),
     /// The miner simulator.
     Sim {
         #[command(subcommand)]
@@ -68,24 +59,36 @@ pub enum SimCommand {
     Serve(ebb_minersim::SimConfig),
 }
 
-/// The clap definition of every command, for tests and completions.
+/// The clap definition of every command: the ones above and a subcommand per service of the
+/// table, with a flag per setting.
 pub fn cli() -> clap::Command {
-    Cli::command()
+    let mut cmd = Cli::command();
+    for entry in services::SERVICES {
+        let mut sub = ebb_runtime::cli::command(entry);
+        if entry.name == <ebb_agent::AgentService as ebb_runtime::Service>::NAME {
+            sub = agent::with_scan(sub);
+        }
+        cmd = cmd.subcommand(sub);
+    }
+    cmd
 }
 
 /// Runs a parsed command line. The tracing subscriber and the Prometheus recorder are installed
 /// by the caller, once per process.
-pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    match cli.command {
-        Command::Gateway(args) => service::gateway(args).await,
-        Command::Planner(args) => service::planner(args).await,
-        Command::Reconciler(args) => service::reconciler(args).await,
-        Command::Worker(args) => service::worker(args).await,
-        Command::Agent(args) => agent::run(args).await,
+pub async fn run(matches: ArgMatches) -> anyhow::Result<ExitCode> {
+    if let Some((name, sub)) = matches.subcommand()
+        && let Some(entry) = services::find(name)
+    {
+        if let Some(("scan", scan)) = sub.subcommand() {
+            return agent::scan(agent::ScanArgs::from_arg_matches(scan)?).await;
+        }
+        return ebb_runtime::cli::main(entry, sub).await;
+    }
+    match Cli::from_arg_matches(&matches)?.command {
         Command::Sim {
             command: SimCommand::Serve(config),
         } => {
-            let signals = signals::Signals::install()?;
+            let signals = ebb_runtime::Signals::install()?;
             ebb_minersim::run(config, signals.token()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -105,19 +108,30 @@ mod tests {
     }
 
     #[test]
+    fn every_service_of_the_table_is_a_subcommand() {
+        for entry in services::SERVICES {
+            let m = cli().try_get_matches_from(["ebb", entry.name, "--print-config"]);
+            assert!(m.is_ok(), "{}: {m:?}", entry.name);
+        }
+    }
+
+    #[test]
     fn agent_scan_and_agent_run_parse_apart() {
-        let m = cli().try_get_matches_from(["ebb", "agent", "scan", "127.0.0.1-5"]);
-        assert!(m.is_ok(), "{m:?}");
-        let parsed = Cli::try_parse_from(["ebb", "agent", "scan", "127.0.0.1-5"]).unwrap();
-        assert!(matches!(
-            parsed.command,
-            Command::Agent(agent::AgentArgs::Scan(_))
-        ));
-        let parsed =
-            Cli::try_parse_from(["ebb", "agent", "--site", "site-a", "--check-config"]).unwrap();
-        assert!(matches!(
-            parsed.command,
-            Command::Agent(agent::AgentArgs::Run { .. })
-        ));
+        let m = cli()
+            .try_get_matches_from(["ebb", "agent", "scan", "127.0.0.1-5"])
+            .unwrap();
+        let (name, sub) = m.subcommand().unwrap();
+        assert_eq!(name, "agent");
+        assert_eq!(sub.subcommand_name(), Some("scan"));
+        let m = cli()
+            .try_get_matches_from(["ebb", "agent", "--site", "site-a", "--check-config"])
+            .unwrap();
+        assert_eq!(m.subcommand().unwrap().1.subcommand_name(), None);
+        assert!(
+            cli()
+                .try_get_matches_from(["ebb", "agent", "--site", "a", "scan", "127.0.0.1-5"])
+                .is_err(),
+            "the agent's settings do not mix with scan"
+        );
     }
 }

@@ -1,16 +1,15 @@
 //! The `ebb` binary: parses the command line, installs the tracing subscriber and the Prometheus
 //! recorder once for the process, and hands over to [`ebb::run`].
 
-use clap::Parser;
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = ebb::Cli::parse();
+    let matches = ebb::cli().get_matches();
     ebb_obs::init_tracing(ebb_obs::LogFormat::from_env());
     // Installed before any service starts, so every metric lands in the one registry.
     let _ = ebb_obs::prometheus();
-    match ebb::run(cli).await {
+    match ebb::run(matches).await {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -4,13 +4,9 @@
 //! miner's true simulated power down; stop restores it in paced batches to COMPLETED with every
 //! miner hashing again; the list shows the event, terminal, with no per-target rows.
 
-use ebb_agent::{AgentConfig, InventorySource};
 use ebb_domain::SiteCode;
-use ebb_gateway::{Gateway, GatewayConfig};
 use ebb_minersim::{FleetSpec, GroupSpec, Model, SimOptions, SiteSpec};
-use ebb_obs::Secret;
-use ebb_planner::PlannerConfig;
-use ebb_reconciler::ReconcilerConfig;
+use ebb_runtime::{Common, Context, Entry, Instances, Needs, Supervisor};
 use ebb_testkit::{NatsServer, TestDb};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -110,40 +106,52 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
             .unwrap();
     }
 
-    // Services.
-    let url = Secret(db.url().to_owned());
-    let planner = PlannerConfig {
-        database_url: url.clone(),
+    // Services: every line of the one table, one process, as `ebb dev` runs them.
+    let common = Common {
+        database_url: db.url().into(),
         nats_url: nats.url().into(),
-        stale_after_s: 30,
-        ..Default::default()
+        db_connections: 16,
+        ..Common::default()
     };
-    tokio::spawn(ebb_planner::run(planner, stop.clone()));
-    let reconciler = ReconcilerConfig {
-        database_url: url.clone(),
-        nats_url: nats.url().into(),
-        tick_ms: 500,
-        confirm_deadline_s: 30,
-        ..Default::default()
+    let ctx = Context::connect(&common, Needs::DatabaseAndNats, "system-test", stop.clone())
+        .await
+        .unwrap();
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
     };
-    tokio::spawn(ebb_reconciler::run(reconciler, stop.clone()));
-    let worker = ebb_worker::WorkerConfig {
-        database_url: url.clone(),
-        nats_url: nats.url().into(),
-        ..Default::default()
+    let (db_url, nats_url) = (db.url().to_owned(), nats.url().to_owned());
+    let overrides = move |entry: &Entry, site: Option<&SiteCode>| {
+        let mut s: Vec<(String, String)> = vec![("nats_url".into(), nats_url.clone())];
+        if entry.needs == Needs::DatabaseAndNats {
+            s.push(("database_url".into(), db_url.clone()));
+        }
+        let mut set = |k: &str, v: &str| s.push((k.into(), v.into()));
+        match entry.name {
+            "gateway" => {
+                set("listen", &listen.to_string());
+                set("planner_timeout_s", "10");
+            }
+            "planner" => set("stale_after_s", "30"),
+            "reconciler" => {
+                set("tick_ms", "500");
+                set("confirm_deadline_s", "30");
+            }
+            "agent" => {
+                set("poll_interval", "1s");
+                set("inventory_refresh", "2s");
+            }
+            _ => {}
+        }
+        if let Some(site) = site {
+            set("site", site.as_str());
+        }
+        s
     };
-    tokio::spawn(ebb_worker::run(worker, stop.clone()));
-    let gw = Gateway::build(&GatewayConfig {
-        listen: "127.0.0.1:0".into(),
-        database_url: url.clone(),
-        nats_url: nats.url().into(),
-        planner_timeout_s: 10,
-        db_connections: 4,
-    })
-    .await
-    .unwrap();
-    let base = format!("http://{}", gw.addr());
-    tokio::spawn(gw.serve(stop.clone()));
+    let codes: Vec<SiteCode> = SITES.iter().map(|c| SiteCode::parse(c).unwrap()).collect();
+    let mut services = Supervisor::new(&stop);
+    ebb::services::spawn(&mut services, &ctx, Instances::One, &codes, &overrides).unwrap();
+    let base = format!("http://{listen}");
 
     // Discovery over the real protocols registers each site's miners through the planner.
     let client = nats.client().await.unwrap();
@@ -184,15 +192,9 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
             }
         }
         assert_eq!(registered as usize, addrs.len());
-        let mut agent = AgentConfig::new(nats.url().to_owned(), site);
-        agent.poll_interval = Duration::from_secs(1);
-        agent.inventory_refresh = Duration::from_secs(2);
-        tokio::spawn(ebb_agent::run_with(
-            agent,
-            InventorySource::Planner,
-            stop.clone(),
-        ));
     }
+    // The per-site services (the agents) start once their sites' miners are registered.
+    ebb::services::spawn(&mut services, &ctx, Instances::PerSite, &codes, &overrides).unwrap();
 
     let http = reqwest::Client::new();
     let auth = format!("Bearer {}", key.token);
@@ -377,5 +379,6 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
         info.state.messages
     );
     stop.cancel();
+    services.run().await.unwrap();
     sim.shutdown().await;
 }

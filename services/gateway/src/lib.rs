@@ -36,22 +36,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub async fn build(config: &GatewayConfig) -> anyhow::Result<Self> {
+    /// Binds the listener; the pool and NATS client come from the process's context.
+    pub async fn build(config: &GatewayConfig, ctx: &ebb_runtime::Context) -> anyhow::Result<Self> {
         if let Err(errs) = config.validate() {
             anyhow::bail!("invalid gateway config: {}", errs.join("; "));
         }
-        let pool = ebb_store::connect(config.database_url.expose(), config.db_connections)
-            .await
-            .context("connecting to postgresql")?;
-        let nats = ebb_bus::connect(config.nats_url.as_str(), "ebb-gateway")
-            .await
-            .context("connecting to nats")?;
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let state = AppState {
-            pool,
-            nats,
+            pool: ctx.pool()?.clone(),
+            nats: ctx.nats().clone(),
             planner_timeout: Duration::from_secs(config.planner_timeout_s),
         };
         Ok(Self {
@@ -76,8 +71,21 @@ impl Gateway {
     }
 }
 
-/// Starts the gateway and serves until `shutdown`.
-pub async fn run(config: GatewayConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    tracing::info!(config = ?config, "gateway starting");
-    Gateway::build(&config).await?.serve(shutdown).await
+/// The gateway as a service of the runtime: binds, then serves until shutdown.
+#[derive(Debug)]
+pub struct GatewayService;
+
+impl ebb_runtime::Service for GatewayService {
+    type Settings = GatewayConfig;
+    const NAME: &'static str = "gateway";
+    const ABOUT: &'static str = "The operator HTTP API";
+    const NEEDS: ebb_runtime::Needs = ebb_runtime::Needs::DatabaseAndNats;
+    const ENSURES_STREAMS: bool = false;
+
+    async fn run(config: GatewayConfig, ctx: ebb_runtime::Context) -> anyhow::Result<()> {
+        Gateway::build(&config, &ctx)
+            .await?
+            .serve(ctx.shutdown.clone())
+            .await
+    }
 }

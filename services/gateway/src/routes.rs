@@ -13,7 +13,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use ebb_bus::rpc::{CallError, call};
 use ebb_bus::{
-    Actor, PlanView, Role, Scope, StartReply, StartRequest, StopReply, StopRequest, subjects,
+    Actor, PlanView, PreviewRequest, Role, Scope, StartReply, StartRequest, StopReply, StopRequest,
 };
 use ebb_domain::selection::Mode;
 use ebb_domain::{EventId, EventState, Kw, SiteCode, Watts};
@@ -282,16 +282,10 @@ async fn preview(
     b: Result<Json<StartBody>, JsonRejection>,
 ) -> Result<Json<PlanView>, Problem> {
     require(&p, Role::Viewer)?;
-    let req = start_request(&s, &p, body(b)?, &headers).await?;
-    let view: PlanView = call(
-        &s.nats,
-        subjects::planner::PREVIEW,
-        Some(p.org),
-        req,
-        s.planner_timeout,
-    )
-    .await
-    .map_err(planner_error)?;
+    let req = PreviewRequest(start_request(&s, &p, body(b)?, &headers).await?);
+    let view: PlanView = call(&s.nats, &(), Some(p.org), &req, s.planner_timeout)
+        .await
+        .map_err(planner_error)?;
     Ok(Json(view))
 }
 
@@ -303,15 +297,9 @@ async fn start(
 ) -> Result<(StatusCode, Json<EventView>), Problem> {
     require(&p, Role::Operator)?;
     let req = start_request(&s, &p, body(b)?, &headers).await?;
-    let reply: StartReply = call(
-        &s.nats,
-        subjects::planner::START,
-        Some(p.org),
-        req,
-        s.planner_timeout,
-    )
-    .await
-    .map_err(planner_error)?;
+    let reply: StartReply = call(&s.nats, &(), Some(p.org), &req, s.planner_timeout)
+        .await
+        .map_err(planner_error)?;
     let view = load_view(&s, &p, reply.event_id).await?;
     let status = if reply.replayed {
         StatusCode::OK
@@ -347,15 +335,9 @@ async fn stop(
         event_id,
         reason,
     };
-    let _: StopReply = call(
-        &s.nats,
-        subjects::planner::STOP,
-        Some(p.org),
-        req,
-        s.planner_timeout,
-    )
-    .await
-    .map_err(planner_error)?;
+    let _: StopReply = call(&s.nats, &(), Some(p.org), &req, s.planner_timeout)
+        .await
+        .map_err(planner_error)?;
     Ok(Json(load_view(&s, &p, event_id).await?))
 }
 
@@ -396,15 +378,9 @@ async fn terminate(
         target_state,
         reason: b.reason,
     };
-    let _: StopReply = call(
-        &s.nats,
-        subjects::planner::TERMINATE,
-        Some(p.org),
-        req,
-        s.planner_timeout,
-    )
-    .await
-    .map_err(planner_error)?;
+    let _: StopReply = call(&s.nats, &(), Some(p.org), &req, s.planner_timeout)
+        .await
+        .map_err(planner_error)?;
     Ok(Json(load_view(&s, &p, event_id).await?))
 }
 

@@ -7,11 +7,10 @@ mod validate;
 
 pub use config::PlannerConfig;
 
-use anyhow::Context;
 use ebb_bus::{
-    Actor, Inventory, InventoryRequest, PlanView, RegisterDevicesReply, RegisterDevicesRequest,
-    Role, RpcError, RpcErrorKind, SiteShare, StartReply, StartRequest, StopReply, StopRequest,
-    TerminateRequest, subjects,
+    Actor, Inventory, InventoryDevice, InventoryRequest, PlanView, PreviewRequest,
+    RegisterDevicesReply, RegisterDevicesRequest, Request, Role, RpcError, RpcErrorKind, SiteShare,
+    StartReply, StartRequest, StopReply, StopRequest, TerminateRequest, subjects,
 };
 use ebb_domain::selection::{Plan, SelectionError, SelectionParams, select};
 use ebb_domain::{EventId, EventState, SiteId};
@@ -22,20 +21,21 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
-/// Starts the planner and serves until `shutdown`.
-pub async fn run(config: PlannerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if let Err(errs) = config.validate() {
-        anyhow::bail!("invalid planner config: {}", errs.join("; "));
+/// The planner as a service of the runtime: answers `ebb.svc.planner.*` until shutdown.
+#[derive(Debug)]
+pub struct PlannerService;
+
+impl ebb_runtime::Service for PlannerService {
+    type Settings = PlannerConfig;
+    const NAME: &'static str = "planner";
+    const ABOUT: &'static str = "Selection, preview, start and stop of curtailments (NATS service)";
+    const NEEDS: ebb_runtime::Needs = ebb_runtime::Needs::DatabaseAndNats;
+    const ENSURES_STREAMS: bool = false;
+
+    async fn run(config: PlannerConfig, ctx: ebb_runtime::Context) -> anyhow::Result<()> {
+        let planner = Arc::new(Planner::new(ctx.pool()?.clone(), config));
+        serve(planner, ctx.nats().clone(), ctx.shutdown.clone()).await
     }
-    tracing::info!(config = ?config, "planner starting");
-    let pool = ebb_store::connect(config.database_url.expose(), config.db_connections)
-        .await
-        .context("connecting to postgresql")?;
-    let client = ebb_bus::connect(config.nats_url.as_str(), "ebb-planner")
-        .await
-        .context("connecting to nats")?;
-    let planner = Arc::new(Planner::new(pool, config));
-    serve(planner, client, shutdown).await
 }
 
 /// Serves the planner's endpoints on `client` until `shutdown`. Requests are handled
@@ -54,14 +54,7 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("starting planner service: {e}"))?;
     let group = service.group(subjects::PLANNER_GROUP);
     let mut streams = Vec::new();
-    for verb in [
-        "preview",
-        "start",
-        "stop",
-        "terminate",
-        "inventory",
-        "register",
-    ] {
+    for verb in VERBS {
         let ep = group
             .endpoint(verb)
             .await
@@ -84,6 +77,16 @@ pub async fn serve(
     Ok(())
 }
 
+/// The planner's endpoints, by verb.
+pub const VERBS: [&str; 6] = [
+    PreviewRequest::VERB,
+    StartRequest::VERB,
+    StopRequest::VERB,
+    TerminateRequest::VERB,
+    InventoryRequest::VERB,
+    RegisterDevicesRequest::VERB,
+];
+
 /// Bound on requests in progress at once.
 pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 
@@ -104,26 +107,41 @@ impl Planner {
 
     /// Decodes a request for `verb`, runs it, and encodes the reply; never panics on bad input.
     pub async fn handle(&self, verb: &str, payload: &[u8]) -> bytes::Bytes {
-        fn decode<T: serde::de::DeserializeOwned>(p: &[u8]) -> Result<T, RpcError> {
-            ebb_bus::decode::<T>(p).map(|e| e.body).map_err(|e| {
-                RpcError::new(
-                    RpcErrorKind::InvalidArgument,
-                    format!("undecodable request: {e}"),
-                )
-            })
-        }
+        use ebb_bus::rpc::answer;
         let reply = match verb {
-            "preview" => ebb_bus::rpc::reply(async { self.preview(&decode(payload)?).await }.await),
-            "start" => ebb_bus::rpc::reply(async { self.start(&decode(payload)?).await }.await),
-            "stop" => ebb_bus::rpc::reply(async { self.stop(&decode(payload)?).await }.await),
-            "terminate" => {
-                ebb_bus::rpc::reply(async { self.terminate(&decode(payload)?).await }.await)
+            PreviewRequest::VERB => {
+                answer(payload, |r: PreviewRequest| async move {
+                    self.preview(&r.0).await
+                })
+                .await
             }
-            "inventory" => {
-                ebb_bus::rpc::reply(async { self.inventory(&decode(payload)?).await }.await)
+            StartRequest::VERB => {
+                answer(
+                    payload,
+                    |r: StartRequest| async move { self.start(&r).await },
+                )
+                .await
             }
-            "register" => {
-                ebb_bus::rpc::reply(async { self.register(&decode(payload)?).await }.await)
+            StopRequest::VERB => {
+                answer(payload, |r: StopRequest| async move { self.stop(&r).await }).await
+            }
+            TerminateRequest::VERB => {
+                answer(payload, |r: TerminateRequest| async move {
+                    self.terminate(&r).await
+                })
+                .await
+            }
+            InventoryRequest::VERB => {
+                answer(payload, |r: InventoryRequest| async move {
+                    self.inventory(&r).await
+                })
+                .await
+            }
+            RegisterDevicesRequest::VERB => {
+                answer(payload, |r: RegisterDevicesRequest| async move {
+                    self.register(&r).await
+                })
+                .await
             }
             other => ebb_bus::rpc::reply::<()>(Err(RpcError::new(
                 RpcErrorKind::NotFound,
@@ -543,10 +561,20 @@ impl Planner {
             .ok_or_else(|| {
                 RpcError::new(RpcErrorKind::NotFound, format!("unknown site {}", req.site))
             })?;
+        let rows = fleet::inventory(&self.pool, site.id)
+            .await
+            .map_err(internal)?;
         Ok(Inventory {
-            devices: fleet::inventory(&self.pool, site.id)
-                .await
-                .map_err(internal)?,
+            devices: rows
+                .into_iter()
+                .map(|d| InventoryDevice {
+                    device_id: d.device_id,
+                    address: d.address,
+                    make: d.make,
+                    model: d.model,
+                    capabilities: d.capabilities,
+                })
+                .collect(),
         })
     }
 
@@ -561,7 +589,19 @@ impl Planner {
             .ok_or_else(|| {
                 RpcError::new(RpcErrorKind::NotFound, format!("unknown site {}", req.site))
             })?;
-        let n = fleet::upsert_devices(&self.pool, &site, &req.devices)
+        let devices: Vec<fleet::NewDevice> = req
+            .devices
+            .iter()
+            .map(|d| fleet::NewDevice {
+                address: d.address.clone(),
+                make: d.make.clone(),
+                model: d.model.clone(),
+                firmware: d.firmware.clone(),
+                capabilities: d.capabilities,
+                nominal_power_w: d.nominal_power_w,
+            })
+            .collect();
+        let n = fleet::upsert_devices(&self.pool, &site, &devices)
             .await
             .map_err(internal)?;
         Ok(RegisterDevicesReply {

@@ -1,73 +1,75 @@
-//! Reconciler settings: defaults, `EBB_*` environment, flags, then [`ReconcilerConfig::validate`].
+//! Reconciler settings: its own keys (the shared connection settings live in ebb-runtime), one
+//! default each in [`Default`], checked by [`Settings::problems`].
 
-use ebb_obs::{CredUrl, Secret};
+use ebb_runtime::{Key, Settings};
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, clap::Args, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ReconcilerConfig {
-    /// PostgreSQL URL.
-    #[arg(long = "database-url", env = "DATABASE_URL", default_value = "")]
-    pub database_url: Secret,
-    /// NATS URL.
-    #[arg(
-        long = "nats-url",
-        env = "NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
-    pub nats_url: CredUrl,
     /// The slow safety tick, in milliseconds; results and telemetry wake the reconciler sooner.
-    #[arg(long, env = "EBB_RECONCILER_TICK_MS", default_value_t = 10_000)]
     pub tick_ms: u64,
     /// A dispatched target not confirmed within this many seconds costs an attempt.
-    #[arg(long, env = "EBB_RECONCILER_CONFIRM_DEADLINE_S", default_value_t = 90)]
     pub confirm_deadline_s: u32,
     /// A published batch without a result from the agent for this many seconds costs an attempt
     /// (the agent redelivers unacked batches after 300 s).
-    #[arg(long, env = "EBB_RECONCILER_RESULT_DEADLINE_S", default_value_t = 600)]
     pub result_deadline_s: u32,
     /// Attempts per target per episode before it fails.
-    #[arg(long, env = "EBB_RECONCILER_MAX_RETRIES", default_value_t = 3)]
     pub max_retries: u32,
     /// How often a standby retries the leader lock, in milliseconds.
-    #[arg(long, env = "EBB_RECONCILER_STANDBY_POLL_MS", default_value_t = 2_000)]
     pub standby_poll_ms: u64,
     /// The name of this process in the heartbeat row (default: host and pid).
-    #[arg(long, env = "EBB_RECONCILER_HOLDER", default_value = "")]
     pub holder: String,
-    /// Pool size.
-    #[arg(long, env = "EBB_RECONCILER_DB_CONNECTIONS", default_value_t = 8)]
-    pub db_connections: u32,
 }
 
 impl Default for ReconcilerConfig {
     fn default() -> Self {
         Self {
-            database_url: Secret::default(),
-            nats_url: "nats://127.0.0.1:4222".into(),
             tick_ms: 10_000,
             confirm_deadline_s: 90,
             result_deadline_s: 600,
             max_retries: 3,
             standby_poll_ms: 2_000,
             holder: String::new(),
-            db_connections: 8,
         }
     }
 }
 
-impl ReconcilerConfig {
-    /// Every invalid setting, named.
-    pub fn validate(&self) -> Result<(), Vec<String>> {
+impl Settings for ReconcilerConfig {
+    const KEYS: &'static [Key] = &[
+        Key::new(
+            "tick_ms",
+            "the slow safety tick (ms); results and telemetry wake the reconciler sooner",
+        ),
+        Key::new(
+            "confirm_deadline_s",
+            "a target not confirmed this long (s) after the agent's result costs an attempt",
+        ),
+        Key::new(
+            "result_deadline_s",
+            "a published batch without a result for this long (s) costs an attempt",
+        ),
+        Key::new(
+            "max_retries",
+            "attempts per target per episode before it fails",
+        ),
+        Key::new(
+            "standby_poll_ms",
+            "how often a standby retries the leader lock (ms)",
+        ),
+        Key::new(
+            "holder",
+            "this process's name in the heartbeat row (empty: host and pid)",
+        ),
+    ];
+
+    fn problems(&self) -> Vec<String> {
         let mut bad = Vec::new();
-        if self.database_url.expose().is_empty() {
-            bad.push("database_url (DATABASE_URL) must be set".to_owned());
-        }
-        if self.nats_url.as_str().is_empty() {
-            bad.push("nats_url (NATS_URL) must be set".to_owned());
-        }
         if !(10..=600_000).contains(&self.tick_ms) {
-            bad.push("tick_ms must be between 10 and 600000".to_owned());
+            bad.push(format!(
+                "tick_ms must be between 10 and 600000, got {}",
+                self.tick_ms
+            ));
         }
         if self.confirm_deadline_s == 0 {
             bad.push("confirm_deadline_s must be at least 1".to_owned());
@@ -76,14 +78,22 @@ impl ReconcilerConfig {
             bad.push("result_deadline_s must be at least 1".to_owned());
         }
         if !(1..=100).contains(&self.max_retries) {
-            bad.push("max_retries must be between 1 and 100".to_owned());
+            bad.push(format!(
+                "max_retries must be between 1 and 100, got {}",
+                self.max_retries
+            ));
         }
         if self.standby_poll_ms == 0 {
             bad.push("standby_poll_ms must be at least 1".to_owned());
         }
-        if self.db_connections < 2 {
-            bad.push("db_connections must be at least 2".to_owned());
-        }
+        bad
+    }
+}
+
+impl ReconcilerConfig {
+    /// Every invalid setting, named.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let bad = self.problems();
         if bad.is_empty() { Ok(()) } else { Err(bad) }
     }
 
@@ -94,5 +104,34 @@ impl ReconcilerConfig {
         } else {
             self.holder.clone()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ebb_runtime::{Needs, conformance};
+
+    #[test]
+    fn a_file_with_a_bad_value_and_an_unknown_key_fails_naming_both() {
+        conformance::names_bad_value_and_unknown_key::<ReconcilerConfig>(
+            "reconciler",
+            Needs::DatabaseAndNats,
+            "database_url = \"postgres://db/ebb\"",
+            "tick_ms = 5",
+        );
+    }
+
+    #[test]
+    fn printed_settings_read_back_the_same() {
+        conformance::print_reads_back::<ReconcilerConfig>(
+            "reconciler",
+            Needs::DatabaseAndNats,
+            &[
+                ("database_url", "postgres://db/ebb"),
+                ("holder", "rec-1"),
+                ("max_retries", "5"),
+            ],
+        );
     }
 }

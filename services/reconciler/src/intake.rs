@@ -166,7 +166,18 @@ async fn ingest(
             }
         },
     };
-    match fleet::ingest_telemetry(pool, site_id, &batch.samples).await {
+    let rows: Vec<fleet::TelemetryRow> = batch
+        .samples
+        .iter()
+        .map(|s| fleet::TelemetryRow {
+            device_id: s.device_id,
+            reachable: s.reachable,
+            power_w: s.power_w,
+            hashrate_ths: s.hashrate_ths,
+            sampled_at_ms: s.sampled_at_ms,
+        })
+        .collect();
+    match fleet::ingest_telemetry(pool, site_id, &rows).await {
         Ok(_) => {
             metrics::counter!(ebb_obs::names::RECONCILER_TELEMETRY_SAMPLES)
                 .increment(batch.samples.len() as u64);

@@ -10,7 +10,6 @@ mod pass;
 
 pub use config::ReconcilerConfig;
 
-use anyhow::Context;
 use async_nats::jetstream;
 use ebb_store::PgPool;
 use sqlx::{Connection, PgConnection};
@@ -34,38 +33,48 @@ pub struct Hooks {
     pub after_stamp: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
-/// Starts the reconciler and runs until `shutdown`: waits to become leader, leads until the lock
-/// is lost, then waits again.
-pub async fn run(config: ReconcilerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    run_with_hooks(config, Hooks::default(), shutdown).await
+/// The reconciler as a service of the runtime.
+#[derive(Debug)]
+pub struct ReconcilerService;
+
+impl ebb_runtime::Service for ReconcilerService {
+    type Settings = ReconcilerConfig;
+    const NAME: &'static str = "reconciler";
+    const ABOUT: &'static str =
+        "Drives curtailment events through their state machines (leader-elected)";
+    const NEEDS: ebb_runtime::Needs = ebb_runtime::Needs::DatabaseAndNats;
+    const ENSURES_STREAMS: bool = true;
+
+    fn run(
+        config: ReconcilerConfig,
+        ctx: ebb_runtime::Context,
+    ) -> impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static {
+        run_with_hooks(config, Hooks::default(), ctx)
+    }
 }
 
+/// Runs the reconciler until `ctx.shutdown`: waits to become leader, leads until the lock is
+/// lost, then waits again. `hooks` let a test stop the leader at a precise point.
 #[doc(hidden)]
 pub async fn run_with_hooks(
     config: ReconcilerConfig,
     hooks: Hooks,
-    shutdown: CancellationToken,
+    ctx: ebb_runtime::Context,
 ) -> anyhow::Result<()> {
     if let Err(errs) = config.validate() {
         anyhow::bail!("invalid reconciler config: {}", errs.join("; "));
     }
     let holder = config.holder_name();
-    tracing::info!(config = ?config, holder, "reconciler starting");
-    let pool = ebb_store::connect(config.database_url.expose(), config.db_connections)
-        .await
-        .context("connecting to postgresql")?;
-    let client = ebb_bus::connect(config.nats_url.as_str(), "ebb-reconciler")
-        .await
-        .context("connecting to nats")?;
-    let js = jetstream::new(client);
-    ebb_bus::streams::ensure_streams(&js)
-        .await
-        .map_err(|e| anyhow::anyhow!("creating streams: {e}"))?;
+    tracing::info!(holder, "reconciler starting");
+    let pool = ctx.pool()?.clone();
+    let js = ctx.jetstream().clone();
+    let shutdown = ctx.shutdown.clone();
+    let database_url = ctx.database_url().to_owned();
 
     // A standby keeps one connection and retries the lock on it, instead of reconnecting each time.
     let mut standby: Option<PgConnection> = None;
     while !shutdown.is_cancelled() {
-        let lock = match try_lock(&mut standby, config.database_url.expose()).await {
+        let lock = match try_lock(&mut standby, &database_url).await {
             Ok(Some(conn)) => conn,
             Ok(None) => {
                 metrics::gauge!(ebb_obs::names::RECONCILER_IS_LEADER).set(0.0);

@@ -1,55 +1,59 @@
 //! The worker: background jobs that announce and account for what the other services decided
-//! (DESIGN §7). Today it runs the outbox relay, which publishes every committed outbox row on its
-//! subject with `Nats-Msg-Id = outbox id` (so a crash between publish and marking only causes a
-//! deduplicated republish); the rater and webhook delivery join it here.
+//! (DESIGN §7). Each job is one module and one line in [`JOBS`]; `ebb worker` runs the jobs its
+//! settings name (all by default) under one supervisor, so a failing job stops the worker and
+//! its siblings drain.
 //!
-//! Entry point: [`run`] with a [`WorkerConfig`], until the shutdown token is cancelled. Several
-//! workers may run side by side: the relay claims rows with `FOR UPDATE SKIP LOCKED`.
+//! Jobs today: [`relay`] (the outbox → the event feed). The rater and webhook delivery join here.
+//! Several workers may run side by side: each job claims its rows with `FOR UPDATE SKIP LOCKED`.
 
 pub mod config;
+pub mod relay;
 
 pub use config::WorkerConfig;
 
-use anyhow::Context;
-use async_nats::jetstream;
-use std::time::Duration;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use futures::future::BoxFuture;
 
-/// Starts the worker and runs until `shutdown`: connects to PostgreSQL and NATS, makes sure the
-/// streams exist, then relays the outbox. On shutdown the relay finishes the round it is in (its
-/// publishes are acked or the round's transaction rolls back), so nothing is half-marked.
-pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    if let Err(errs) = config.validate() {
-        anyhow::bail!("invalid worker config: {}", errs.join("; "));
-    }
-    tracing::info!(config = ?config, "worker starting");
-    let pool = ebb_store::connect(config.database_url.expose(), config.db_connections)
-        .await
-        .context("connecting to postgresql")?;
-    let client = ebb_bus::connect(config.nats_url.as_str(), "ebb-worker")
-        .await
-        .context("connecting to nats")?;
-    let js = jetstream::new(client.clone());
-    ebb_bus::streams::ensure_streams(&js)
-        .await
-        .map_err(|e| anyhow::anyhow!("creating streams: {e}"))?;
+/// A background job of the worker.
+#[derive(Clone, Copy)]
+pub struct Job {
+    /// Its name in the `jobs` setting and in logs.
+    pub name: &'static str,
+    /// Runs the job until `ctx.shutdown`.
+    pub run: fn(&WorkerConfig, ebb_runtime::Context) -> BoxFuture<'static, anyhow::Result<()>>,
+}
 
-    let tasks = TaskTracker::new();
-    tasks.spawn(ebb_store::outbox::run_relay(
-        pool.clone(),
-        js,
-        Duration::from_millis(config.relay_idle_ms),
-        shutdown.clone(),
-    ));
-    tasks.close();
-    tracing::info!("worker running");
-    shutdown.cancelled().await;
-    tasks.wait().await;
-    if let Err(error) = client.flush().await {
-        tracing::debug!(%error, "flushing nats on shutdown");
+impl std::fmt::Debug for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
     }
-    pool.close().await;
-    tracing::info!("worker stopped");
-    Ok(())
+}
+
+/// Every job the worker knows.
+pub const JOBS: &[Job] = &[Job {
+    name: "relay",
+    run: relay::job,
+}];
+
+/// The worker as a service of the runtime.
+#[derive(Debug)]
+pub struct WorkerService;
+
+impl ebb_runtime::Service for WorkerService {
+    type Settings = WorkerConfig;
+    const NAME: &'static str = "worker";
+    const ABOUT: &'static str = "Background jobs: the outbox relay to the event feed";
+    const NEEDS: ebb_runtime::Needs = ebb_runtime::Needs::DatabaseAndNats;
+    const ENSURES_STREAMS: bool = true;
+
+    async fn run(config: WorkerConfig, ctx: ebb_runtime::Context) -> anyhow::Result<()> {
+        let mut jobs = ctx.supervisor();
+        for job in JOBS
+            .iter()
+            .filter(|j| config.jobs.iter().any(|n| n == j.name))
+        {
+            jobs.spawn(job.name, (job.run)(&config, ctx.clone()));
+        }
+        tracing::info!(jobs = ?config.jobs, "worker running");
+        jobs.run().await
+    }
 }

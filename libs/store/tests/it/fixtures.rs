@@ -1,8 +1,7 @@
 //! Shared set-up: a migrated database with an org, a site and some devices.
 
-use ebb_bus::DiscoveredDevice;
 use ebb_domain::{Capabilities, DeviceId, OrgId, SiteCode};
-use ebb_store::fleet::{self, Site};
+use ebb_store::fleet::{self, NewDevice, Site};
 use ebb_testkit::TestDb;
 
 pub struct Fleet {
@@ -33,8 +32,8 @@ pub async fn fleet(n: usize) -> Fleet {
         .await
         .unwrap()
         .unwrap();
-    let devs: Vec<DiscoveredDevice> = (0..n)
-        .map(|i| DiscoveredDevice {
+    let devs: Vec<NewDevice> = (0..n)
+        .map(|i| NewDevice {
             address: format!("127.0.9.{i}"),
             make: "WhatsMiner".into(),
             model: "M60S".into(),

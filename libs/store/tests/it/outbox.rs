@@ -1,66 +1,78 @@
-//! The outbox: rows written in a transaction are published after commit with Nats-Msg-Id = row
-//! id, exactly once per row; a rolled-back write publishes nothing.
+//! The outbox: rows written in a transaction are claimable after commit, once; a rolled-back
+//! write leaves nothing; a claim dropped without finishing leaves its rows for the next one.
+//! (Publishing them is the worker's relay, tested there.)
 
-use async_nats::jetstream;
-use ebb_store::outbox;
-use futures::StreamExt;
+use chrono::Utc;
+use ebb_domain::{EventId, EventState, OrgId};
+use ebb_store::outbox::{self, Message, Notice};
+
+fn notice(org: OrgId) -> Notice {
+    Notice::EventTransition {
+        event_id: EventId::new(),
+        org_id: org,
+        state: EventState::Active,
+        from: Some(EventState::Pending),
+        reason: None,
+        at: Utc::now(),
+    }
+}
 
 #[tokio::test]
-async fn relay_publishes_committed_rows_once_with_their_id() {
+async fn committed_rows_are_claimed_once_and_rolled_back_ones_never() {
     let db = super::fixtures::migrated().await;
-    let nats = ebb_testkit::NatsServer::start().await.unwrap();
-    let js = jetstream::new(nats.client().await.unwrap());
-    ebb_bus::streams::ensure_streams(&js).await.unwrap();
     let pool = db.pool();
+    let org = OrgId::new();
+    let one = notice(org);
 
     let mut tx = pool.begin().await.unwrap();
-    let id = outbox::enqueue(&mut tx, None, "ebb.event.o.e1", b"one")
-        .await
-        .unwrap();
+    let id = outbox::enqueue(&mut tx, Some(org), &one).await.unwrap();
     tx.commit().await.unwrap();
     let mut rolled = pool.begin().await.unwrap();
-    outbox::enqueue(&mut rolled, None, "ebb.event.o.e2", b"two")
+    outbox::enqueue(&mut rolled, Some(org), &notice(org))
         .await
         .unwrap();
     rolled.rollback().await.unwrap();
 
-    assert_eq!(outbox::relay_once(pool, &js, 100).await.unwrap(), 1);
-    assert_eq!(
-        outbox::relay_once(pool, &js, 100).await.unwrap(),
-        0,
-        "published rows are not sent again"
-    );
+    // A claim released unfinished (a relay whose publish failed) leaves its rows for the next.
+    let abandoned = outbox::claim(pool, 10).await.unwrap();
+    assert_eq!(abandoned.rows.len(), 1);
+    abandoned.release().await.unwrap();
 
-    let stream = js.get_stream(ebb_bus::streams::EVENT).await.unwrap();
-    let consumer = stream
-        .create_consumer(jetstream::consumer::pull::Config {
-            durable_name: Some("t".into()),
-            ..Default::default()
-        })
+    let claim = outbox::claim(pool, 10).await.unwrap();
+    assert_eq!(claim.rows.len(), 1);
+    assert_eq!(claim.rows[0].id, id);
+    assert_eq!(claim.rows[0].org_id, Some(org));
+    assert_eq!(claim.rows[0].message, Message::Notice(one));
+    // A second relay running at the same time skips the locked row.
+    assert!(outbox::claim(pool, 10).await.unwrap().rows.is_empty());
+    claim.finish(&[id]).await.unwrap();
+    assert!(
+        outbox::claim(pool, 10).await.unwrap().rows.is_empty(),
+        "published rows are not claimed again"
+    );
+}
+
+#[tokio::test]
+async fn rows_from_before_kinds_are_raw_and_unknown_kinds_unreadable() {
+    let db = super::fixtures::migrated().await;
+    let pool = db.pool();
+    sqlx::query("INSERT INTO outbox (id, subject, payload) VALUES (gen_random_uuid(), 'ebb.event.o.e', '\\x01')")
+        .execute(pool)
         .await
         .unwrap();
-    let mut msgs = consumer
-        .fetch()
-        .max_messages(10)
-        .expires(std::time::Duration::from_millis(500))
-        .messages()
+    sqlx::query("INSERT INTO outbox (id, kind, payload) VALUES (gen_random_uuid(), 'from_the_future', '\\x7b7d')")
+        .execute(pool)
         .await
         .unwrap();
-    let mut got = Vec::new();
-    while let Some(Ok(m)) = msgs.next().await {
-        let msg_id = m
-            .headers
-            .as_ref()
-            .and_then(|h| h.get("Nats-Msg-Id"))
-            .map(|v| v.to_string());
-        got.push((m.subject.to_string(), msg_id, m.payload.to_vec()));
-    }
-    assert_eq!(
-        got,
-        vec![(
-            "ebb.event.o.e1".to_owned(),
-            Some(id.to_string()),
-            b"one".to_vec()
-        )]
+    let claim = outbox::claim(pool, 10).await.unwrap();
+    let mut got: Vec<_> = claim.rows.iter().map(|r| r.message.clone()).collect();
+    got.sort_by_key(|m| format!("{m:?}"));
+    assert!(
+        matches!(&got[0], Message::Raw { subject, payload } if subject == "ebb.event.o.e" && payload == &[1u8]),
+        "{got:?}"
+    );
+    assert!(
+        matches!(&got[1], Message::Unreadable { kind: Some(k), .. } if k == "from_the_future"),
+        "{got:?}"
     );
 }

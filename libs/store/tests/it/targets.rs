@@ -3,7 +3,6 @@
 
 use super::fixtures::{Fleet, fleet};
 use chrono::Utc;
-use ebb_bus::TelemetrySample;
 use ebb_domain::selection::Selected;
 use ebb_domain::{BatchId, CommandKind, CurtailLevel, DeviceId, EventId, EventState, TargetState};
 use ebb_store::events::{self, NewEvent, Retry, TargetChange};
@@ -391,7 +390,7 @@ async fn telemetry_ingest_keeps_the_newest_valid_sample() {
     let f = fleet(2).await;
     let pool = f.db.pool();
     let now = Utc::now().timestamp_millis();
-    let s = |d: DeviceId, t: i64, p: f64| TelemetrySample {
+    let s = |d: DeviceId, t: i64, p: f64| fl::TelemetryRow {
         device_id: d,
         reachable: true,
         power_w: Some(p),

@@ -354,15 +354,15 @@ async fn shutdown_mid_batch_hands_the_batch_back() {
     h.stop().await;
 }
 
-#[tokio::test]
-async fn an_invalid_configuration_is_refused_with_every_problem() {
-    let mut config = ebb_agent::AgentConfig::new("", ebb_domain::SiteCode::parse("x").unwrap());
-    config.max_in_flight = 0;
-    let err = ebb_agent::run(config, tokio_util::sync::CancellationToken::new())
-        .await
-        .unwrap_err();
-    let err = err
-        .downcast::<ebb_agent::ConfigError>()
-        .expect("a config error");
-    assert_eq!(err.problems.len(), 2, "{err}");
+#[test]
+fn an_invalid_configuration_is_refused_with_every_problem() {
+    let sources =
+        ebb_runtime::Sources::flags([("site", "x"), ("nats_url", ""), ("max_in_flight", "0")]);
+    let err = ebb_runtime::settings::load::<ebb_agent::AgentConfig>(
+        "agent",
+        ebb_runtime::Needs::Nats,
+        &sources,
+    )
+    .unwrap_err();
+    assert_eq!(err.0.len(), 2, "{err}");
 }

@@ -54,11 +54,36 @@ pub struct Harness {
 }
 
 /// Agent settings for tests: short call timeouts, and polling only when a test asks for it.
-pub fn test_config(nats_url: &str, site: &SiteCode) -> AgentConfig {
-    let mut c = AgentConfig::new(nats_url, site.clone());
+pub fn test_config(site: &SiteCode) -> AgentConfig {
+    let mut c = AgentConfig::new(site.clone());
     c.call_timeout = Duration::from_secs(3);
     c.poll_interval = Duration::from_secs(3600);
     c
+}
+
+/// Runs an agent on its own NATS connection to `nats_url` until `shutdown`.
+pub fn spawn_run(
+    nats_url: &str,
+    config: AgentConfig,
+    source: InventorySource,
+    shutdown: CancellationToken,
+) -> JoinHandle<anyhow::Result<()>> {
+    let common = ebb_runtime::Common {
+        nats_url: nats_url.into(),
+        ..ebb_runtime::Common::default()
+    };
+    tokio::spawn(async move {
+        let ctx = ebb_runtime::Context::connect(
+            &common,
+            ebb_runtime::Needs::Nats,
+            "test-agent",
+            shutdown,
+        )
+        .await?;
+        // What the runtime does before it starts an agent.
+        ctx.ensure_streams().await;
+        ebb_agent::run_with(config, source, ctx).await
+    })
 }
 
 /// What the planner would list for a simulated miner: capabilities by firmware, as a scan
@@ -117,14 +142,15 @@ pub async fn spawn_agent(
         .await
         .expect("subscribes to telemetry");
     client.flush().await.expect("flush");
-    let mut config = test_config(nats.url(), &site);
+    let mut config = test_config(&site);
     tweak(&mut config);
     let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(ebb_agent::run_with(
+    let agent = spawn_run(
+        nats.url(),
         config.clone(),
         InventorySource::Static(devices.clone()),
         shutdown.clone(),
-    ));
+    );
     Harness {
         sim,
         site,
@@ -332,11 +358,12 @@ impl Harness {
         assert!(self.agent.is_none(), "stop the running agent first");
         self.shutdown = CancellationToken::new();
         let source = InventorySource::Static(self.devices.clone());
-        self.agent = Some(tokio::spawn(ebb_agent::run_with(
+        self.agent = Some(spawn_run(
+            self._nats.url(),
             self.config.clone(),
             source,
             self.shutdown.clone(),
-        )));
+        ));
     }
 
     /// Stops the agent (which must exit cleanly), then the simulator.

@@ -135,11 +135,16 @@ async fn the_planner_supplies_the_inventory_and_takes_registrations() {
     let mut telemetry = client.subscribe(subjects::telemetry(&site)).await.unwrap();
     client.flush().await.unwrap();
 
-    let mut config = test_config(nats.url(), &site);
+    let mut config = test_config(&site);
     config.poll_interval = Duration::from_millis(300);
     config.inventory_refresh = Duration::from_millis(300);
     let shutdown = CancellationToken::new();
-    let agent = tokio::spawn(ebb_agent::run(config, shutdown.clone()));
+    let agent = crate::spawn_run(
+        nats.url(),
+        config,
+        ebb_agent::InventorySource::Planner,
+        shutdown.clone(),
+    );
 
     // Telemetry for exactly the planner's devices shows the inventory arrived.
     let t = loop {
@@ -163,15 +168,9 @@ async fn the_planner_supplies_the_inventory_and_takes_registrations() {
         range: range_of(&sim.addresses()),
         register: true,
     };
-    let result: ScanResult = rpc::call(
-        &client,
-        &subjects::agent_scan(&site),
-        None,
-        request,
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    let result: ScanResult = rpc::call(&client, &site, None, &request, Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(
         (result.scanned, result.devices.len(), result.registered),
         (3, 3, 3)
@@ -182,15 +181,9 @@ async fn the_planner_supplies_the_inventory_and_takes_registrations() {
         range: "not a range".into(),
         register: false,
     };
-    let err = rpc::call::<_, ScanResult>(
-        &client,
-        &subjects::agent_scan(&site),
-        None,
-        bad,
-        Duration::from_secs(10),
-    )
-    .await
-    .unwrap_err();
+    let err = rpc::call(&client, &site, None, &bad, Duration::from_secs(10))
+        .await
+        .unwrap_err();
     assert!(
         matches!(&err, rpc::CallError::Remote(e) if e.field.as_deref() == Some("range")),
         "{err:?}"

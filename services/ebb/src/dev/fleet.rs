@@ -5,11 +5,11 @@
 //! site needs (254 usable addresses each): with the default 50 miners per site, site-a is
 //! `127.77.1.1-50` and site-b `127.77.2.1-50`.
 
-use ebb_bus::DiscoveredDevice;
 use ebb_domain::{Capabilities, SiteCode};
 use ebb_minersim::{
     Firmware, FleetSpec, GroupSpec, MinerInfo, Model, Physics, SimOptions, Simulator, SiteSpec,
 };
+use ebb_store::fleet::NewDevice;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -102,12 +102,12 @@ pub fn capabilities(firmware: Firmware) -> Capabilities {
 }
 
 /// The device row of a simulated miner.
-pub fn device(m: &MinerInfo) -> DiscoveredDevice {
+pub fn device(m: &MinerInfo) -> NewDevice {
     let make = match m.make {
         ebb_minersim::Make::Whatsminer => "Whatsminer",
         ebb_minersim::Make::Antminer => "Antminer",
     };
-    DiscoveredDevice {
+    NewDevice {
         address: m.address.to_string(),
         make: make.to_owned(),
         model: m.model_name.clone(),

@@ -16,26 +16,20 @@
 pub mod fleet;
 pub mod infra;
 
-use crate::admin;
-use crate::service::report_invalid;
-use crate::signals::Signals;
-use anyhow::{Context, bail};
-use ebb_agent::AgentConfig;
+use crate::{admin, services};
+use anyhow::{Context as _, bail};
 use ebb_bus::{Inventory, InventoryRequest};
 use ebb_domain::{DeviceId, OrgId, SiteCode};
-use ebb_gateway::{Gateway, GatewayConfig};
 use ebb_minersim::Simulator;
 use ebb_obs::Secret;
-use ebb_planner::PlannerConfig;
-use ebb_reconciler::ReconcilerConfig;
+use ebb_runtime::cli::report_invalid;
+use ebb_runtime::{Common, Context, Entry, Instances, Needs, Signals, Supervisor};
 use ebb_store::PgPool;
 use ebb_store::fleet::Site;
-use ebb_worker::WorkerConfig;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 /// `ebb dev` settings.
@@ -297,6 +291,47 @@ async fn start_fleet(
     Ok(wanted)
 }
 
+/// The settings `ebb dev` gives each service of the table, on top of its defaults.
+struct DevSettings<'a> {
+    args: &'a DevArgs,
+    database_url: &'a str,
+    nats_url: &'a str,
+}
+
+impl services::Overrides for DevSettings<'_> {
+    fn settings(&self, entry: &Entry, site: Option<&SiteCode>) -> Vec<(String, String)> {
+        let mut s: Vec<(String, String)> = vec![("nats_url".into(), self.nats_url.into())];
+        if entry.needs == Needs::DatabaseAndNats {
+            s.push(("database_url".into(), self.database_url.into()));
+        }
+        let mut set = |k: &str, v: String| s.push((k.to_owned(), v));
+        match entry.name {
+            "gateway" => set("listen", self.args.listen.clone()),
+            // Paced, but quick enough to watch: 25 miners every 5 s.
+            "planner" => {
+                set("restore_batch_size", "25".into());
+                set("restore_batch_interval_s", "5".into());
+            }
+            "reconciler" => {
+                set("tick_ms", "2000".into());
+                set("holder", "ebb-dev".into());
+            }
+            "agent" => {
+                set(
+                    "poll_interval",
+                    ebb_agent::config::format_duration(self.args.poll_interval),
+                );
+                set("inventory_refresh", "10s".into());
+            }
+            _ => {}
+        }
+        if let Some(site) = site {
+            set("site", site.to_string());
+        }
+        s
+    }
+}
+
 #[allow(clippy::too_many_arguments)] // reason: one call site, every argument a distinct piece of state
 async fn run_services(
     args: &DevArgs,
@@ -311,98 +346,35 @@ async fn run_services(
     nats_url: &str,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let db = Secret(database_url.to_owned());
-    let services = shutdown.child_token();
-    let mut tasks: JoinSet<(String, anyhow::Result<()>)> = JoinSet::new();
-    let spawn = |tasks: &mut JoinSet<_>,
-                 name: String,
-                 fut: std::pin::Pin<
-        Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>,
-    >| {
-        tasks.spawn(async move { (name, fut.await) });
+    let settings = DevSettings {
+        args,
+        database_url,
+        nats_url,
     };
-
-    let gateway_config = GatewayConfig {
-        listen: args.listen.clone(),
-        database_url: db.clone(),
+    let common = Common {
+        database_url: database_url.into(),
         nats_url: nats_url.into(),
-        ..GatewayConfig::default()
+        // One pool for every service of the process.
+        db_connections: 24,
+        ..Common::default()
     };
-    let gateway = Gateway::build(&gateway_config).await.with_context(|| {
-        format!(
-            "starting the gateway on {} (pass --listen to use another address)",
-            args.listen
-        )
-    })?;
-    let gateway_addr = gateway.addr();
-    tracing::info!(config = ?gateway_config, "gateway starting");
-    spawn(
-        &mut tasks,
-        "gateway".into(),
-        Box::pin(gateway.serve(services.clone())),
-    );
-
-    let planner = PlannerConfig {
-        database_url: db.clone(),
-        nats_url: nats_url.into(),
-        // Paced, but quick enough to watch: 25 miners every 5 s.
-        restore_batch_size: 25,
-        restore_batch_interval_s: 5,
-        ..PlannerConfig::default()
-    };
-    spawn(
-        &mut tasks,
-        "planner".into(),
-        Box::pin(ebb_planner::run(planner, services.clone())),
-    );
-    let reconciler = ReconcilerConfig {
-        database_url: db.clone(),
-        nats_url: nats_url.into(),
-        tick_ms: 2_000,
-        holder: "ebb-dev".into(),
-        ..ReconcilerConfig::default()
-    };
-    spawn(
-        &mut tasks,
-        "reconciler".into(),
-        Box::pin(ebb_reconciler::run(reconciler, services.clone())),
-    );
-    let worker = WorkerConfig {
-        database_url: db.clone(),
-        nats_url: nats_url.into(),
-        ..WorkerConfig::default()
-    };
-    spawn(
-        &mut tasks,
-        "worker".into(),
-        Box::pin(ebb_worker::run(worker, services.clone())),
-    );
-
+    let ctx =
+        Context::connect(&common, Needs::DatabaseAndNats, "ebb-dev", shutdown.clone()).await?;
+    let mut tasks = Supervisor::new(&shutdown).with_drain(DRAIN_TIMEOUT);
+    let codes: Vec<SiteCode> = sites.iter().map(|s| s.code.clone()).collect();
     let outcome = async {
+        services::spawn(&mut tasks, &ctx, Instances::One, &codes, &settings)
+            .map_err(|p| anyhow::anyhow!("invalid dev settings: {p}"))?;
         // Agents learn their miners from the planner: start them once it answers.
-        let client = ebb_bus::connect(nats_url, "ebb-dev")
-            .await
-            .context("connecting to nats")?;
-        watch(
-            &mut tasks,
-            &shutdown,
-            wait_for_planner(&client, &sites[0].code),
-        )
-        .await??;
-        for site in sites {
-            let mut agent = AgentConfig::new(nats_url, site.code.clone());
-            agent.poll_interval = args.poll_interval;
-            agent.inventory_refresh = Duration::from_secs(10);
-            spawn(
-                &mut tasks,
-                format!("agent {}", site.code),
-                Box::pin(ebb_agent::run(agent, services.clone())),
-            );
-        }
-        let base = format!("http://{gateway_addr}");
-        watch(&mut tasks, &shutdown, wait_for_gateway(&base)).await??;
+        tasks
+            .watch(wait_for_planner(ctx.nats(), &sites[0].code))
+            .await??;
+        services::spawn(&mut tasks, &ctx, Instances::PerSite, &codes, &settings)
+            .map_err(|p| anyhow::anyhow!("invalid dev settings: {p}"))?;
+        let base = format!("http://{}", args.listen);
+        tasks.watch(wait_for_gateway(&base)).await??;
         let started = Instant::now();
-        let fresh = watch(&mut tasks, &shutdown, wait_for_telemetry(pool, org, wanted)).await??;
+        let fresh = tasks.watch(wait_for_telemetry(pool, org, wanted)).await??;
         tracing::info!(miners = fresh, elapsed = ?started.elapsed(), "first telemetry arrived");
         print_banner(
             &base,
@@ -414,75 +386,28 @@ async fn run_services(
             database_url,
             nats_url,
         );
-        // Run until Ctrl-C, or until a service stops by itself (which is a failure here).
-        tokio::select! {
-            () = shutdown.cancelled() => Ok(()),
-            Some(done) = tasks.join_next() => Err(ended_early(done)),
-        }
+        Ok::<(), anyhow::Error>(())
     }
     .await;
-
-    services.cancel();
-    tracing::info!("stopping the services");
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        while let Some(done) = tasks.join_next().await {
-            match done {
-                Ok((name, Ok(()))) => tracing::info!(service = name, "stopped"),
-                Ok((name, Err(error))) => tracing::warn!(
-                    service = name,
-                    error = format!("{error:#}"),
-                    "stopped with an error"
-                ),
-                Err(error) => tracing::warn!(%error, "a service task panicked"),
-            }
+    // Run until Ctrl-C, or until a service stops by itself (which is a failure here).
+    let outcome = match outcome {
+        Ok(()) => tasks.run().await,
+        Err(e) => {
+            tracing::info!("stopping the services");
+            tasks.shutdown().await;
+            Err(e)
         }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            remaining = tasks.len(),
-            "services did not stop in {DRAIN_TIMEOUT:?}; abandoning them"
-        );
-        tasks.shutdown().await;
-    }
+    };
+    ctx.close().await;
     outcome
-}
-
-fn ended_early(
-    done: Result<(String, anyhow::Result<()>), tokio::task::JoinError>,
-) -> anyhow::Error {
-    match done {
-        Ok((name, Ok(()))) => anyhow::anyhow!("the {name} stopped unexpectedly"),
-        Ok((name, Err(e))) => e.context(format!("the {name} failed")),
-        Err(e) => anyhow::anyhow!("a service task panicked: {e}"),
-    }
-}
-
-/// Awaits `f` while watching the services: a service that ends first, or a Ctrl-C, wins.
-async fn watch<T>(
-    tasks: &mut JoinSet<(String, anyhow::Result<()>)>,
-    shutdown: &CancellationToken,
-    f: impl std::future::Future<Output = T>,
-) -> anyhow::Result<T> {
-    tokio::select! {
-        v = f => Ok(v),
-        () = shutdown.cancelled() => bail!("interrupted during start-up"),
-        Some(done) = tasks.join_next() => Err(ended_early(done)),
-    }
 }
 
 async fn wait_for_planner(client: &async_nats::Client, site: &SiteCode) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let req = InventoryRequest { site: site.clone() };
-        let reply: Result<Inventory, _> = ebb_bus::rpc::call(
-            client,
-            ebb_bus::subjects::planner::INVENTORY,
-            None,
-            req,
-            Duration::from_secs(2),
-        )
-        .await;
+        let reply: Result<Inventory, _> =
+            ebb_bus::rpc::call(client, &(), None, &req, Duration::from_secs(2)).await;
         match reply {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() >= deadline => {

@@ -145,63 +145,69 @@ fn every_ebb_command_is_a_real_subcommand() {
     }
 }
 
-/// The long-running services: `ebb <service> … --check-config` with the service's environment,
-/// through the real binary (clap reads the environment, which a test cannot set in-process).
+/// Every line of the service table runs in compose (a per-site service once per bootstrapped
+/// site), and `ebb <service> … --check-config` passes with the environment compose gives it,
+/// through the real binary (the settings read the process environment), printing no password.
 #[test]
-fn every_service_config_is_valid_with_its_compose_environment() {
+fn every_service_of_the_table_runs_with_a_valid_config() {
     let compose = load();
-    let mut checked = Vec::new();
-    for (name, service) in &compose.services {
-        let args = command(service);
-        let is_service = matches!(
-            args.first().map(String::as_str),
-            Some("gateway" | "planner" | "reconciler" | "worker")
-        ) || (args.first().map(String::as_str) == Some("agent")
-            && args.get(1).map(String::as_str) != Some("scan"));
-        if !is_ebb(service) || !is_service {
-            continue;
+    let bootstrap = command(&compose.services["bootstrap"]);
+    let sites: BTreeSet<&str> = bootstrap
+        .windows(2)
+        .filter(|w| w[0] == "--site")
+        .map(|w| w[1].as_str())
+        .collect();
+    for entry in ebb::services::SERVICES {
+        let runs: Vec<(&String, Vec<String>)> = compose
+            .services
+            .iter()
+            .filter(|(_, s)| is_ebb(s))
+            .map(|(n, s)| (n, command(s)))
+            .filter(|(_, c)| {
+                c.first().map(String::as_str) == Some(entry.name)
+                    && c.get(1).map(String::as_str) != Some("scan")
+            })
+            .collect();
+        match entry.instances {
+            ebb_runtime::Instances::One => {
+                assert!(!runs.is_empty(), "compose runs no {}", entry.name)
+            }
+            ebb_runtime::Instances::PerSite => {
+                let per: BTreeSet<&str> = runs
+                    .iter()
+                    .filter_map(|(_, c)| {
+                        c.windows(2)
+                            .find(|w| w[0] == "--site")
+                            .map(|w| w[1].as_str())
+                    })
+                    .collect();
+                assert_eq!(per, sites, "one {} per bootstrapped site", entry.name);
+                assert_eq!(runs.len(), sites.len(), "one {} per site", entry.name);
+            }
         }
-        let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
-            .args(args.iter().map(|a| interpolate(a)))
-            .arg("--check-config")
-            .env_clear()
-            .envs(environment(service))
-            .output()
-            .expect("running ebb");
-        assert!(
-            out.status.success(),
-            "{name}: `ebb {} --check-config` failed:\n{}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let printed = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            !printed.contains("ebb:ebb@"),
-            "{name}: --check-config printed the database password:\n{printed}"
-        );
-        // The NATS password travels in the URL. The gateway, planner and reconciler configs still
-        // print theirs (their Debug shows nats_url as is); the worker and the agents hide it.
-        if matches!(name.as_str(), "worker" | "agent-site-a" | "agent-site-b") {
+        for (name, args) in runs {
+            let service = &compose.services[name];
+            let out = Command::new(env!("CARGO_BIN_EXE_ebb"))
+                .args(args.iter().map(|a| interpolate(a)))
+                .arg("--check-config")
+                .env_clear()
+                .envs(environment(service))
+                .output()
+                .expect("running ebb");
             assert!(
-                !printed.contains("-dev@"),
-                "{name}: --check-config printed the nats password:\n{printed}"
+                out.status.success(),
+                "{name}: `ebb {} --check-config` failed:\n{}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let printed = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                !printed.contains("ebb:ebb@") && !printed.contains("-dev@"),
+                "{name}: --check-config printed a password:\n{printed}"
             );
         }
-        checked.push(name.as_str());
     }
-    assert_eq!(
-        checked,
-        [
-            "agent-site-a",
-            "agent-site-b",
-            "gateway",
-            "planner",
-            "reconciler",
-            "worker"
-        ],
-        "every long-running service is checked"
-    );
 }
 
 #[test]

@@ -2,10 +2,8 @@
 //! real PostgreSQL database.
 
 use chrono::{Duration, Utc};
-use ebb_bus::{DiscoveredDevice, TelemetrySample};
 use ebb_domain::{Capabilities, OrgId, SiteCode};
 use ebb_gateway::{Gateway, GatewayConfig, auth};
-use ebb_obs::Secret;
 use ebb_planner::{Planner, PlannerConfig};
 use ebb_store::fleet;
 use ebb_testkit::{NatsServer, TestDb};
@@ -94,8 +92,8 @@ async fn spawn_app() -> App {
         .await
         .unwrap()
         .unwrap();
-    let devs: Vec<DiscoveredDevice> = (0..4)
-        .map(|i| DiscoveredDevice {
+    let devs: Vec<fleet::NewDevice> = (0..4)
+        .map(|i| fleet::NewDevice {
             address: format!("127.0.6.{i}"),
             make: "AntMiner".into(),
             model: "S19".into(),
@@ -111,11 +109,11 @@ async fn spawn_app() -> App {
         .await
         .unwrap();
     let now = Utc::now().timestamp_millis();
-    let samples: Vec<TelemetrySample> = fleet::inventory(db.pool(), site.id)
+    let samples: Vec<fleet::TelemetryRow> = fleet::inventory(db.pool(), site.id)
         .await
         .unwrap()
         .iter()
-        .map(|d| TelemetrySample {
+        .map(|d| fleet::TelemetryRow {
             device_id: d.device_id,
             reachable: true,
             power_w: Some(3000.0),
@@ -128,13 +126,7 @@ async fn spawn_app() -> App {
         .unwrap();
 
     let stop = CancellationToken::new();
-    let planner = Planner::new(
-        db.pool().clone(),
-        PlannerConfig {
-            database_url: Secret(db.url().into()),
-            ..Default::default()
-        },
-    );
+    let planner = Planner::new(db.pool().clone(), PlannerConfig::default());
     tokio::spawn(ebb_planner::serve(
         Arc::new(planner),
         nats.client().await.unwrap(),
@@ -142,12 +134,23 @@ async fn spawn_app() -> App {
     ));
     let cfg = GatewayConfig {
         listen: "127.0.0.1:0".into(),
-        database_url: Secret(db.url().into()),
-        nats_url: nats.url().into(),
         planner_timeout_s: 5,
-        db_connections: 4,
     };
-    let gw = Gateway::build(&cfg).await.unwrap();
+    let common = ebb_runtime::Common {
+        database_url: db.url().into(),
+        nats_url: nats.url().into(),
+        db_connections: 4,
+        ..ebb_runtime::Common::default()
+    };
+    let ctx = ebb_runtime::Context::connect(
+        &common,
+        ebb_runtime::Needs::DatabaseAndNats,
+        "gateway-test",
+        stop.clone(),
+    )
+    .await
+    .unwrap();
+    let gw = Gateway::build(&cfg, &ctx).await.unwrap();
     let base = format!("http://{}", gw.addr());
     tokio::spawn(gw.serve(stop.clone()));
     let app = App {

@@ -1,13 +1,9 @@
 //! Planner behaviour against a real PostgreSQL (and nats-server for the service wiring):
 //! previews and refused starts write nothing, starts are idempotent, privileges are enforced.
 
-use ebb_bus::{
-    Actor, DiscoveredDevice, Role, RpcErrorKind, Scope, StartRequest, StopRequest, TelemetrySample,
-    subjects,
-};
+use ebb_bus::{Actor, Role, RpcErrorKind, Scope, StartRequest, StopRequest};
 use ebb_domain::selection::Mode;
 use ebb_domain::{Capabilities, DeviceId, Kw, OrgId, SiteCode};
-use ebb_obs::Secret;
 use ebb_planner::{Planner, PlannerConfig};
 use ebb_store::fleet;
 use ebb_testkit::TestDb;
@@ -33,8 +29,8 @@ async fn fixture(n: usize) -> Fixture {
         .await
         .unwrap()
         .unwrap();
-    let devs: Vec<DiscoveredDevice> = (0..n)
-        .map(|i| DiscoveredDevice {
+    let devs: Vec<fleet::NewDevice> = (0..n)
+        .map(|i| fleet::NewDevice {
             address: format!("127.0.7.{i}"),
             make: "AntMiner".into(),
             model: "S19".into(),
@@ -56,10 +52,10 @@ async fn fixture(n: usize) -> Fixture {
         .map(|d| d.device_id)
         .collect();
     let now = chrono::Utc::now().timestamp_millis();
-    let samples: Vec<TelemetrySample> = devices
+    let samples: Vec<fleet::TelemetryRow> = devices
         .iter()
         .enumerate()
-        .map(|(i, d)| TelemetrySample {
+        .map(|(i, d)| fleet::TelemetryRow {
             device_id: *d,
             reachable: true,
             power_w: Some(3000.0),
@@ -70,13 +66,7 @@ async fn fixture(n: usize) -> Fixture {
     fleet::ingest_telemetry(db.pool(), site.id, &samples)
         .await
         .unwrap();
-    let planner = Planner::new(
-        db.pool().clone(),
-        PlannerConfig {
-            database_url: Secret(db.url().into()),
-            ..Default::default()
-        },
-    );
+    let planner = Planner::new(db.pool().clone(), PlannerConfig::default());
     Fixture {
         db,
         org,
@@ -319,11 +309,11 @@ async fn served_over_nats() {
     let timeout = std::time::Duration::from_secs(5);
     let mut view = None;
     for _ in 0..50 {
-        match ebb_bus::rpc::call::<_, ebb_bus::PlanView>(
+        match ebb_bus::rpc::call(
             &client,
-            subjects::planner::PREVIEW,
+            &(),
             Some(f.org),
-            req(&f, Role::Viewer, 1.0),
+            &ebb_bus::PreviewRequest(req(&f, Role::Viewer, 1.0)),
             timeout,
         )
         .await
@@ -339,11 +329,11 @@ async fn served_over_nats() {
         }
     }
     assert_eq!(view.unwrap().selected_count, 1);
-    let err = ebb_bus::rpc::call::<_, ebb_bus::StartReply>(
+    let err = ebb_bus::rpc::call(
         &client,
-        subjects::planner::START,
+        &(),
         Some(f.org),
-        req(&f, Role::Operator, 99.0),
+        &req(&f, Role::Operator, 99.0),
         timeout,
     )
     .await

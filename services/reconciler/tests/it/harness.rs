@@ -2,14 +2,13 @@
 
 use async_nats::jetstream;
 use ebb_bus::{
-    Actor, BatchResult, CommandBatch, DeviceResult, DiscoveredDevice, Role, Scope, StartRequest,
-    StopRequest, TelemetryBatch, TelemetrySample, streams, subjects,
+    Actor, BatchResult, CommandBatch, DeviceResult, Role, Scope, StartRequest, StopRequest,
+    TelemetryBatch, TelemetrySample, streams, subjects,
 };
 use ebb_domain::selection::Mode;
 use ebb_domain::{
     Capabilities, CommandKind, DeviceId, EventId, EventState, Kw, Outcome, SiteCode, TargetState,
 };
-use ebb_obs::Secret;
 use ebb_planner::{Planner, PlannerConfig};
 use ebb_reconciler::{Hooks, ReconcilerConfig};
 use ebb_store::fleet;
@@ -92,8 +91,8 @@ pub async fn harness(n: usize) -> Harness {
         .await
         .unwrap()
         .unwrap();
-    let devs: Vec<DiscoveredDevice> = (0..n)
-        .map(|i| DiscoveredDevice {
+    let devs: Vec<fleet::NewDevice> = (0..n)
+        .map(|i| fleet::NewDevice {
             address: format!("127.0.8.{i}"),
             make: "WhatsMiner".into(),
             model: "M60S".into(),
@@ -114,13 +113,7 @@ pub async fn harness(n: usize) -> Harness {
         .into_iter()
         .map(|d| d.device_id)
         .collect();
-    let planner = Planner::new(
-        db.pool().clone(),
-        PlannerConfig {
-            database_url: Secret(db.url().into()),
-            ..Default::default()
-        },
-    );
+    let planner = Planner::new(db.pool().clone(), PlannerConfig::default());
     let shutdown = CancellationToken::new();
     let site_agent = scripted_site(&js, &code, &devices, shutdown.clone()).await;
     Harness {
@@ -143,22 +136,36 @@ impl Drop for Harness {
 impl Harness {
     pub fn reconciler_config(&self, holder: &str) -> ReconcilerConfig {
         ReconcilerConfig {
-            database_url: Secret(self.db.url().into()),
-            nats_url: self.nats.url().into(),
             tick_ms: 200,
             confirm_deadline_s: 2,
             result_deadline_s: 10,
             max_retries: 2,
             standby_poll_ms: 100,
             holder: holder.into(),
-            db_connections: 4,
         }
     }
 
     pub fn spawn_reconciler(&self, holder: &str, hooks: Hooks) -> JoinHandle<anyhow::Result<()>> {
         let cfg = self.reconciler_config(holder);
         let stop = self.shutdown.child_token();
-        tokio::spawn(ebb_reconciler::run_with_hooks(cfg, hooks, stop))
+        // Each reconciler has its own connections, as separate processes would.
+        let common = ebb_runtime::Common {
+            database_url: self.db.url().into(),
+            nats_url: self.nats.url().into(),
+            db_connections: 4,
+            ..ebb_runtime::Common::default()
+        };
+        let name = format!("reconciler-{holder}");
+        tokio::spawn(async move {
+            let ctx = ebb_runtime::Context::connect(
+                &common,
+                ebb_runtime::Needs::DatabaseAndNats,
+                &name,
+                stop,
+            )
+            .await?;
+            ebb_reconciler::run_with_hooks(cfg, hooks, ctx).await
+        })
     }
 
     /// Waits until every device has a fresh sample, so the planner can select.

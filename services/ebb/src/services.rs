@@ -1,0 +1,99 @@
+//! The one table of services. `ebb <service>` (a subcommand per line), `ebb dev`, the compose
+//! check and the system test all read it: adding a service is one crate implementing
+//! [`ebb_runtime::Service`] and one line here; adding a worker job is one line in
+//! `ebb_worker::JOBS`.
+
+use ebb_domain::SiteCode;
+use ebb_runtime::{Context, Entry, Instances, Problems, Sources, Supervisor, entry};
+
+/// Every long-running service, in start order.
+pub const SERVICES: &[Entry] = &[
+    entry::<ebb_gateway::GatewayService>(Instances::One),
+    entry::<ebb_planner::PlannerService>(Instances::One),
+    entry::<ebb_reconciler::ReconcilerService>(Instances::One),
+    entry::<ebb_worker::WorkerService>(Instances::One),
+    entry::<ebb_agent::AgentService>(Instances::PerSite),
+];
+
+/// The entry named `name`.
+pub fn find(name: &str) -> Option<&'static Entry> {
+    SERVICES.iter().find(|e| e.name == name)
+}
+
+/// How one process runs several services of the table (`ebb dev`, the system test): the
+/// settings each gets, on top of its defaults.
+pub trait Overrides {
+    /// The `(key, value)` settings of `entry` (for `site` when the service runs per site).
+    fn settings(&self, entry: &Entry, site: Option<&SiteCode>) -> Vec<(String, String)>;
+}
+
+impl<F> Overrides for F
+where
+    F: Fn(&Entry, Option<&SiteCode>) -> Vec<(String, String)>,
+{
+    fn settings(&self, entry: &Entry, site: Option<&SiteCode>) -> Vec<(String, String)> {
+        self(entry, site)
+    }
+}
+
+/// Loads and starts, on `ctx` under `supervisor`, every entry of the table with `instances`: one
+/// task per entry, or one per site of `sites` for per-site services (named `agent site-a`).
+/// Settings come from `overrides`; nothing starts unless every one is valid.
+pub fn spawn(
+    supervisor: &mut Supervisor,
+    ctx: &Context,
+    instances: Instances,
+    sites: &[SiteCode],
+    overrides: &impl Overrides,
+) -> Result<(), Problems> {
+    let mut loaded = Vec::new();
+    let mut problems = Vec::new();
+    for entry in SERVICES.iter().filter(|e| e.instances == instances) {
+        let targets: Vec<Option<&SiteCode>> = match instances {
+            Instances::One => vec![None],
+            Instances::PerSite => sites.iter().map(Some).collect(),
+        };
+        for site in targets {
+            let name = match site {
+                Some(s) => format!("{} {s}", entry.name),
+                None => entry.name.to_owned(),
+            };
+            match entry.load(&Sources::flags(overrides.settings(entry, site))) {
+                Ok(l) => loaded.push((name, l)),
+                Err(p) => problems.extend(p.0.into_iter().map(|m| format!("{name}: {m}"))),
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(Problems(problems));
+    }
+    for (name, l) in loaded {
+        supervisor.spawn(name, l.start(ctx.clone()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_every_service_has_its_defaults_valid_but_for_what_is_required() {
+        let mut names: Vec<&str> = SERVICES.iter().map(|e| e.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), SERVICES.len());
+        for e in SERVICES {
+            let mut flags = vec![("nats_url".to_owned(), "nats://127.0.0.1:4222".to_owned())];
+            if e.needs == ebb_runtime::Needs::DatabaseAndNats {
+                flags.push(("database_url".into(), "postgres://db/ebb".into()));
+            }
+            if e.instances == Instances::PerSite {
+                flags.push(("site".into(), "site-a".into()));
+            }
+            if let Err(p) = e.load(&Sources::flags(flags)) {
+                panic!("{}: {p}", e.name);
+            }
+        }
+    }
+}

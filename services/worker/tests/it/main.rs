@@ -1,0 +1,3 @@
+//! The worker's jobs against a real PostgreSQL and nats-server.
+
+mod relay;
