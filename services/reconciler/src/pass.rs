@@ -10,11 +10,14 @@ use chrono::{DateTime, Utc};
 use ebb_bus::{BatchResult, CommandBatch, DeviceRef, Envelope, split, subjects};
 use ebb_domain::confirm::{ConfirmPolicy, Evidence};
 use ebb_domain::pacing::{RestorePacing, next_restore_batch};
-use ebb_domain::state::{RestoreCause, restore_outcome};
-use ebb_domain::{BatchId, CommandKind, DeviceId, EventState, SiteCode, SiteId, TargetState};
+use ebb_domain::state::restore_outcome;
+use ebb_domain::{
+    BatchId, CommandKind, DeviceId, EventState, SiteCode, SiteId, SpendReason, StopCause,
+    TargetState,
+};
 use ebb_obs::names;
 use ebb_obs::trace::TraceParent;
-use ebb_store::events::{self, EventRow, Retry, TargetChange, TargetRow};
+use ebb_store::events::{self, EventRow, Failure, Retry, TargetChange, TargetRow};
 use ebb_store::{PgPool, StoreError, fleet, tx::with_tx};
 use futures::FutureExt;
 use std::collections::{BTreeMap, HashMap};
@@ -22,8 +25,6 @@ use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 const ACTOR: &str = "reconciler";
-/// The stop reason the reconciler records when every target failed; such an event ends `failed`.
-const ALL_FAILED: &str = "every target failed";
 
 pub struct Reconciler {
     pool: PgPool,
@@ -43,7 +44,7 @@ pub struct Reconciler {
 /// A target that spends an attempt, and why.
 struct Spend<'a> {
     target: &'a TargetRow,
-    reason: &'static str,
+    reason: SpendReason,
 }
 
 impl Reconciler {
@@ -179,7 +180,7 @@ impl Reconciler {
             })
             .map(|t| Spend {
                 target: t,
-                reason: "command outcome was not success",
+                reason: SpendReason::CommandFailed,
             })
             .collect();
         for (device, outcome) in &failed {
@@ -197,7 +198,7 @@ impl Reconciler {
                     && now >= ev.created_at + chrono::Duration::seconds(i64::from(max))
                 {
                     tracing::info!(event_id = %ev.id, max_duration_s = max, "max duration elapsed; restoring");
-                    self.stop_event(&ev, "max_duration_s elapsed").await?;
+                    self.stop_event(&ev, StopCause::MaxDuration).await?;
                     return Ok(Some(Duration::ZERO));
                 }
                 let targets = events::targets(&self.pool, ev.id).await?;
@@ -227,7 +228,7 @@ impl Reconciler {
             match t.state {
                 TargetState::Pending if t.device_missing => spends.push(Spend {
                     target: t,
-                    reason: "device vanished",
+                    reason: SpendReason::DeviceVanished,
                 }),
                 TargetState::Pending => dispatch.push(t),
                 // An orphan of a leader that died between stamp and publish: republished under
@@ -237,7 +238,7 @@ impl Reconciler {
                     Some(b) => orphans.entry(b).or_default().push(t),
                     None => spends.push(Spend {
                         target: t,
-                        reason: "stamped without a batch",
+                        reason: SpendReason::StampedWithoutBatch,
                     }),
                 },
                 TargetState::Dispatched => {
@@ -285,7 +286,7 @@ impl Reconciler {
                             .push(t.device_id),
                         _ => spends.push(Spend {
                             target: t,
-                            reason: "drifted",
+                            reason: SpendReason::Drifted,
                         }),
                     }
                 }
@@ -297,7 +298,7 @@ impl Reconciler {
             let change = TargetChange {
                 set_confirmed_at: true,
                 retry: Retry::Reset,
-                error: Some(None),
+                failure: Failure::Clear,
                 ..Default::default()
             };
             let moved = events::transition_targets(
@@ -316,7 +317,7 @@ impl Reconciler {
             let ids: Vec<DeviceId> = drift.iter().map(|t| t.device_id).collect();
             let change = TargetChange {
                 flap: true,
-                error: Some(Some("drifted")),
+                failure: Failure::Set(SpendReason::Drifted),
                 ..Default::default()
             };
             let moved = events::transition_targets(
@@ -339,7 +340,7 @@ impl Reconciler {
                 tracing::info!(event_id = %ev.id, device_id = %t.device_id, "target drifted; re-sending");
                 spends.push(Spend {
                     target: t,
-                    reason: "drifted",
+                    reason: SpendReason::Drifted,
                 });
             }
         }
@@ -387,7 +388,7 @@ impl Reconciler {
         if moving == 0 {
             if n(TargetState::Confirmed) == 0 {
                 tracing::warn!(event_id = %ev.id, "every target failed; restoring what was touched");
-                self.stop_event(ev, ALL_FAILED).await?;
+                self.stop_event(ev, StopCause::AllFailed).await?;
                 return Ok(Some(Duration::ZERO));
             }
             if ev.state == EventState::Pending {
@@ -419,7 +420,7 @@ impl Reconciler {
             match t.state {
                 TargetState::RestorePending if t.device_missing => spends.push(Spend {
                     target: t,
-                    reason: "device vanished",
+                    reason: SpendReason::DeviceVanished,
                 }),
                 TargetState::RestorePending => pending.push(t),
                 // An orphan of a leader that died between stamp and publish: republished under
@@ -429,7 +430,7 @@ impl Reconciler {
                     Some(b) => orphans.entry(b).or_default().push(t),
                     None => spends.push(Spend {
                         target: t,
-                        reason: "stamped without a batch",
+                        reason: SpendReason::StampedWithoutBatch,
                     }),
                 },
                 TargetState::RestoreDispatched => {
@@ -450,7 +451,7 @@ impl Reconciler {
         }
         if !restored.is_empty() {
             let change = TargetChange {
-                error: Some(None),
+                failure: Failure::Clear,
                 ..Default::default()
             };
             let moved = events::transition_targets(
@@ -526,11 +527,8 @@ impl Reconciler {
             .remove(&ev.id)
             .unwrap_or_default();
         let states = counts.keys().filter_map(|s| s.parse::<TargetState>().ok());
-        let cause = if ev.stop_reason.as_deref() == Some(ALL_FAILED) {
-            RestoreCause::AllFailed
-        } else {
-            RestoreCause::Stopped
-        };
+        // The schema requires a cause on every restoring event; without one, it was a request.
+        let cause = ev.stop_cause.unwrap_or(StopCause::Requested);
         if let Some(end) = restore_outcome(states, cause) {
             self.move_event(ev, EventState::Restoring, end, None)
                 .await?;
@@ -542,14 +540,14 @@ impl Reconciler {
     /// How long a dispatched target may still wait, or why it is out of time. The confirmation
     /// deadline counts from the agent's success result; until a result arrives, the longer result
     /// deadline counts from the publish (a batch may queue behind others at a large site).
-    fn overdue(&self, t: &TargetRow, now: DateTime<Utc>) -> Result<Duration, &'static str> {
+    fn overdue(&self, t: &TargetRow, now: DateTime<Utc>) -> Result<Duration, SpendReason> {
         match t.result_at {
-            Some(r) if now - r > self.confirm_deadline => Err("not confirmed before the deadline"),
+            Some(r) if now - r > self.confirm_deadline => Err(SpendReason::NotConfirmed),
             Some(r) => Ok(until(r + self.confirm_deadline, now)),
             None => {
                 let since = t.dispatched_at.unwrap_or(t.updated_at);
                 if now - since > self.result_deadline {
-                    Err("no result from the agent before the deadline")
+                    Err(SpendReason::NoResult)
                 } else {
                     Ok(until(since + self.result_deadline, now))
                 }
@@ -568,7 +566,7 @@ impl Reconciler {
             .iter()
             .map(|s| {
                 let mut t = s.target.clone();
-                if s.reason == "drifted" {
+                if s.reason == SpendReason::Drifted {
                     t.state = TargetState::Drifted;
                 }
                 t
@@ -594,7 +592,7 @@ impl Reconciler {
         spends: &[Spend<'_>],
         batch: Option<BatchId>,
     ) -> anyhow::Result<Vec<DeviceId>> {
-        let mut groups: BTreeMap<(TargetState, TargetState, &'static str), Vec<DeviceId>> =
+        let mut groups: BTreeMap<(TargetState, TargetState, SpendReason), Vec<DeviceId>> =
             BTreeMap::new();
         for s in spends {
             let t = s.target;
@@ -615,7 +613,7 @@ impl Reconciler {
         for ((from, to, reason), devices) in groups {
             let change = TargetChange {
                 retry: Retry::Spend,
-                error: Some(Some(reason)),
+                failure: Failure::Set(reason),
                 expect_batch: batch,
                 ..Default::default()
             };
@@ -624,7 +622,7 @@ impl Reconciler {
                     .await?;
             self.count(from, to, devices.len(), moved.len());
             if matches!(to, TargetState::Failed | TargetState::RestoreFailed) && !moved.is_empty() {
-                tracing::warn!(event_id = %event, devices = moved.len(), reason, state = %to, "targets exhausted their attempts");
+                tracing::warn!(event_id = %event, devices = moved.len(), reason = %reason, state = %to, "targets exhausted their attempts");
             }
             if matches!(to, TargetState::Pending | TargetState::RestorePending) {
                 requeued.extend(moved);
@@ -777,8 +775,9 @@ impl Reconciler {
     }
 
     /// The reconciler's own stop: max duration elapsed, or every target failed.
-    async fn stop_event(&self, ev: &EventRow, reason: &'static str) -> anyhow::Result<()> {
+    async fn stop_event(&self, ev: &EventRow, cause: StopCause) -> anyhow::Result<()> {
         let (org, id) = (ev.org_id, ev.id);
+        let reason = cause.description();
         with_tx(&self.pool, ebb_store::tx::DEFAULT_ATTEMPTS, move |conn| {
             Box::pin(async move {
                 let Some(event) = events::lock_event(conn, org, id).await? else {
@@ -787,17 +786,9 @@ impl Reconciler {
                 if !matches!(event.state, EventState::Pending | EventState::Active) {
                     return Ok(());
                 }
-                if let Some(moved) = events::transition_event(
-                    conn,
-                    &event,
-                    event.state,
-                    EventState::Restoring,
-                    ACTOR,
-                    Some(reason),
-                )
-                .await?
+                if let Some(moved) =
+                    events::begin_restore(conn, &event, cause, reason, ACTOR).await?
                 {
-                    events::sweep_targets_for_restore(conn, id, ACTOR).await?;
                     events::announce(conn, &moved, Some(event.state), Some(reason)).await?;
                 }
                 Ok::<(), StoreError>(())
