@@ -93,8 +93,10 @@ async fn only_one_reconciler_leads() {
     }
 }
 
-/// The backend holding the leader lock, if any.
+/// The backend holding the leader lock in this test's database, if any (other tests' databases
+/// in the same cluster have leaders of their own).
 const LOCK_HOLDER: &str = "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
     AND classid::bigint = ($1 >> 32) AND objid::bigint = ($1 & 4294967295) AND objsubid = 1";
 
 /// Kills the leader's lock connection and waits until the session queued behind it holds the lock.
