@@ -12,5 +12,5 @@ pub mod units;
 
 pub use command::{Capabilities, Capability, CommandKind, CurtailLevel, Outcome};
 pub use ids::{BatchId, DeviceId, EventId, OrgId, SiteCode, SiteId};
-pub use state::{EventState, TargetState};
+pub use state::{EventState, SpendReason, StopCause, TargetState};
 pub use units::{Kw, Watts};

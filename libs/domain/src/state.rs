@@ -173,20 +173,86 @@ impl TargetState {
     }
 }
 
-/// Why an event is restoring, which decides how it ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RestoreCause {
-    /// Stopped by an operator, a schedule or `max_duration_s`.
-    Stopped,
+/// Why an event stopped curtailing and began restoring. Stored in its own typed column
+/// (`curtailment_event.stop_cause`) so that code branches on this value, never on the
+/// human-readable `stop_reason` text beside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopCause {
+    /// A Stop request through the planner: an operator, a schedule or a policy.
+    Requested,
+    /// `max_duration_s` elapsed (DESIGN §5.5).
+    MaxDuration,
     /// Every target failed: the event restores what it touched and ends `failed`.
     AllFailed,
+}
+
+str_enum!(StopCause {
+    Requested => "requested",
+    MaxDuration => "max_duration",
+    AllFailed => "all_failed",
+});
+
+impl StopCause {
+    /// The `stop_reason` text recorded when the reconciler stops an event by itself (a request
+    /// carries its own text).
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::Requested => "stopped by operator",
+            Self::MaxDuration => "max_duration_s elapsed",
+            Self::AllFailed => "every target failed",
+        }
+    }
+}
+
+/// Why a target spent an attempt (DESIGN §5.4), stored in `curtailment_target.last_spend_reason`.
+/// Each costs one attempt; an attempt that never reached the miner (a failed stamp or publish, an
+/// orphan republished) is not here because it costs none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpendReason {
+    /// The agent reported an outcome other than success (refused, unsupported, unreachable, …).
+    CommandFailed,
+    /// The agent reported success but telemetry did not confirm it before the deadline.
+    NotConfirmed,
+    /// The agent reported nothing about the batch before the result deadline.
+    NoResult,
+    /// A confirmed target's fresh telemetry contradicts its command.
+    Drifted,
+    /// The device row is gone or moved out of the event's org.
+    DeviceVanished,
+    /// A target stamped `dispatching` without a batch id, which no publish can match.
+    StampedWithoutBatch,
+}
+
+str_enum!(SpendReason {
+    CommandFailed => "command_failed",
+    NotConfirmed => "not_confirmed",
+    NoResult => "no_result",
+    Drifted => "drifted",
+    DeviceVanished => "device_vanished",
+    StampedWithoutBatch => "stamped_without_batch",
+});
+
+impl SpendReason {
+    /// The human-readable text kept in `last_error` and in the transition log.
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::CommandFailed => "command outcome was not success",
+            Self::NotConfirmed => "not confirmed before the deadline",
+            Self::NoResult => "no result from the agent before the deadline",
+            Self::Drifted => "drifted",
+            Self::DeviceVanished => "device vanished",
+            Self::StampedWithoutBatch => "stamped without a batch",
+        }
+    }
 }
 
 /// The event state a set of settled targets implies once restore has finished, or `None` while
 /// any target is still moving.
 pub fn restore_outcome(
     targets: impl IntoIterator<Item = TargetState>,
-    cause: RestoreCause,
+    cause: StopCause,
 ) -> Option<EventState> {
     let mut failures = false;
     for t in targets {
@@ -198,7 +264,7 @@ pub fn restore_outcome(
             _ => return None,
         }
     }
-    Some(if cause == RestoreCause::AllFailed {
+    Some(if cause == StopCause::AllFailed {
         EventState::Failed
     } else if failures {
         EventState::CompletedWithFailures
@@ -219,6 +285,16 @@ mod tests {
         }
         for s in TargetState::ALL {
             assert_eq!(s.as_str().parse::<TargetState>().unwrap(), *s);
+        }
+        // The stored forms of causes and reasons are what the migration's CHECK lists and
+        // backfill write; serde agrees with them.
+        for c in StopCause::ALL {
+            assert_eq!(c.as_str().parse::<StopCause>().unwrap(), *c);
+            assert_eq!(serde_json::to_string(c).unwrap(), format!("\"{c}\""));
+        }
+        for r in SpendReason::ALL {
+            assert_eq!(r.as_str().parse::<SpendReason>().unwrap(), *r);
+            assert_eq!(serde_json::to_string(r).unwrap(), format!("\"{r}\""));
         }
         assert!("nope".parse::<TargetState>().is_err());
     }
@@ -267,25 +343,39 @@ mod tests {
 
     #[test]
     fn restore_outcomes() {
-        use RestoreCause::*;
+        use StopCause::*;
         use TargetState::*;
-        let check = |ts: &[TargetState], cause: RestoreCause, want: Option<EventState>| {
+        let check = |ts: &[TargetState], cause: StopCause, want: Option<EventState>| {
             assert_eq!(restore_outcome(ts.iter().copied(), cause), want, "{ts:?}");
         };
-        check(&[Restored, Restored], Stopped, Some(EventState::Completed));
+        check(
+            &[Restored, Restored],
+            Requested,
+            Some(EventState::Completed),
+        );
         check(
             &[Restored, RestoreFailed],
-            Stopped,
+            Requested,
             Some(EventState::CompletedWithFailures),
         );
         check(
             &[Restored, Failed],
-            Stopped,
+            Requested,
             Some(EventState::CompletedWithFailures),
         );
-        check(&[Restored, RestoreDispatched], Stopped, None);
+        check(&[Restored, RestoreDispatched], Requested, None);
         check(&[Failed, Restored], AllFailed, Some(EventState::Failed));
         // Stopped before anything confirmed and everything restored cleanly: not a failure.
-        check(&[Restored, Restored], Stopped, Some(EventState::Completed));
+        check(
+            &[Restored, Restored],
+            Requested,
+            Some(EventState::Completed),
+        );
+        // Max duration is a normal end too.
+        check(
+            &[Restored, Restored],
+            MaxDuration,
+            Some(EventState::Completed),
+        );
     }
 }

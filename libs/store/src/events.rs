@@ -6,7 +6,10 @@ use crate::error::StoreError;
 use chrono::{DateTime, Utc};
 use ebb_domain::confirm::Sample;
 use ebb_domain::selection::Selected;
-use ebb_domain::{BatchId, CommandKind, DeviceId, EventId, EventState, OrgId, SiteId, TargetState};
+use ebb_domain::{
+    BatchId, CommandKind, DeviceId, EventId, EventState, OrgId, SiteId, SpendReason, StopCause,
+    TargetState,
+};
 use serde_json::Value as Json;
 use sqlx::{PgConnection, PgExecutor, PgPool, Row};
 use std::collections::BTreeMap;
@@ -34,6 +37,9 @@ pub struct EventRow {
     pub external_reference: Option<String>,
     pub created_by: Option<Uuid>,
     pub source_actor: String,
+    /// Why the event stopped curtailing: set exactly when it began restoring.
+    pub stop_cause: Option<StopCause>,
+    /// The stop's text for people (a request's own words, or the cause's description).
     pub stop_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -45,7 +51,7 @@ pub struct EventRow {
 
 const EVENT_COLUMNS: &str = "id, org_id, state, mode, mode_params, command, scope, priority, reason, target_kw,
     selection, restore_batch_size, restore_batch_interval_s, max_duration_s, idempotency_key,
-    external_source, external_reference, created_by, source_actor, stop_reason, created_at, updated_at,
+    external_source, external_reference, created_by, source_actor, stop_cause, stop_reason, created_at, updated_at,
     activated_at, restore_started_at, last_restore_batch_at, ended_at";
 
 fn event_from_row(r: &sqlx::postgres::PgRow) -> Result<EventRow, StoreError> {
@@ -73,6 +79,7 @@ fn event_from_row(r: &sqlx::postgres::PgRow) -> Result<EventRow, StoreError> {
         external_reference: r.get("external_reference"),
         created_by: r.get("created_by"),
         source_actor: r.get("source_actor"),
+        stop_cause: parse_opt(r.get("stop_cause"))?,
         stop_reason: r.get("stop_reason"),
         created_at: r.get("created_at"),
         updated_at: r.get("updated_at"),
@@ -81,6 +88,18 @@ fn event_from_row(r: &sqlx::postgres::PgRow) -> Result<EventRow, StoreError> {
         last_restore_batch_at: r.get("last_restore_batch_at"),
         ended_at: r.get("ended_at"),
     })
+}
+
+/// Parses an optional typed text column (a cause or a reason) into its enum.
+fn parse_opt<T>(v: Option<String>) -> Result<Option<T>, StoreError>
+where
+    T: std::str::FromStr<Err = ebb_domain::state::UnknownState>,
+{
+    v.map(|s| {
+        s.parse()
+            .map_err(|e: ebb_domain::state::UnknownState| StoreError::Encode(e.to_string()))
+    })
+    .transpose()
 }
 
 /// What Start persists.
@@ -342,7 +361,8 @@ pub async fn live_events(db: impl PgExecutor<'_>) -> Result<Vec<EventRow>, Store
 }
 
 /// Compare-and-set on an event's state. Returns the updated row, or `None` if it was not in
-/// `from` (a lost race). Sets the timestamp that belongs to the new state.
+/// `from` (a lost race). Sets the timestamp that belongs to the new state. Restoring is entered
+/// only through [`begin_restore`], which records why.
 pub async fn transition_event(
     conn: &mut PgConnection,
     event: &EventRow,
@@ -352,11 +372,14 @@ pub async fn transition_event(
     reason: Option<&str>,
 ) -> Result<Option<EventRow>, StoreError> {
     debug_assert!(from.can_transition(to), "{from} -> {to}");
+    // The database refuses it too: a restoring event must have a stop cause.
+    debug_assert!(
+        to != EventState::Restoring,
+        "restoring is entered by begin_restore"
+    );
     let row = sqlx::query(&format!(
         "UPDATE curtailment_event SET state = $3, updated_at = now(),
             activated_at = CASE WHEN $3 = 'active' THEN now() ELSE activated_at END,
-            restore_started_at = CASE WHEN $3 = 'restoring' THEN now() ELSE restore_started_at END,
-            stop_reason = CASE WHEN $3 = 'restoring' THEN COALESCE($4, stop_reason) ELSE stop_reason END,
             ended_at = CASE WHEN $3 IN ('completed', 'completed_with_failures', 'cancelled', 'failed')
                             THEN now() ELSE ended_at END
          WHERE id = $1 AND state = $2
@@ -365,12 +388,54 @@ pub async fn transition_event(
     .bind(event.id.0)
     .bind(from.as_str())
     .bind(to.as_str())
-    .bind(reason)
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = row else { return Ok(None) };
     let updated = event_from_row(&row)?;
     log_event_transition(&mut *conn, &updated, Some(from), to, actor, reason).await?;
+    Ok(Some(updated))
+}
+
+/// Stop, in the caller's transaction: compare-and-set of a pending or active event to
+/// `restoring` that records its typed `cause` and the `reason` text, then
+/// [`sweep_targets_for_restore`]. Returns the updated row, or `None` if the event was no longer
+/// in `event.state` (a lost race).
+pub async fn begin_restore(
+    conn: &mut PgConnection,
+    event: &EventRow,
+    cause: StopCause,
+    reason: &str,
+    actor: &str,
+) -> Result<Option<EventRow>, StoreError> {
+    let from = event.state;
+    debug_assert!(
+        from.can_transition(EventState::Restoring),
+        "{from} -> restoring"
+    );
+    let row = sqlx::query(&format!(
+        "UPDATE curtailment_event SET state = 'restoring', updated_at = now(),
+            restore_started_at = now(), stop_cause = $3, stop_reason = $4
+         WHERE id = $1 AND state = $2
+         RETURNING {EVENT_COLUMNS}"
+    ))
+    .bind(event.id.0)
+    .bind(from.as_str())
+    .bind(cause.as_str())
+    .bind(reason)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let updated = event_from_row(&row)?;
+    log_event_transition(
+        &mut *conn,
+        &updated,
+        Some(from),
+        EventState::Restoring,
+        actor,
+        Some(reason),
+    )
+    .await?;
+    sweep_targets_for_restore(conn, event.id, actor).await?;
     Ok(Some(updated))
 }
 
@@ -417,6 +482,8 @@ pub struct TargetRow {
     pub state: TargetState,
     pub baseline_power_w: f64,
     pub retry_count: u32,
+    /// Why the target last spent an attempt, cleared when it (re)confirms or restores.
+    pub last_spend_reason: Option<SpendReason>,
     pub last_batch_id: Option<BatchId>,
     pub prior_power_limit_w: Option<f64>,
     pub dispatched_at: Option<DateTime<Utc>>,
@@ -452,7 +519,7 @@ async fn targets_where(
     batch: Option<BatchId>,
 ) -> Result<Vec<TargetRow>, StoreError> {
     let rows = sqlx::query(
-        "SELECT t.device_id, t.site_id, d.address, t.state, t.baseline_power_w, t.retry_count, t.last_batch_id,
+        "SELECT t.device_id, t.site_id, d.address, t.state, t.baseline_power_w, t.retry_count, t.last_spend_reason, t.last_batch_id,
                 t.prior_power_limit_w, t.dispatched_at, t.confirmed_at, t.result_at, t.updated_at,
                 s.reachable, s.power_w, s.hashrate_ths, s.sampled_at, d.id IS NULL AS missing
          FROM curtailment_target t
@@ -492,6 +559,7 @@ async fn targets_where(
                     })?,
                 baseline_power_w: r.get("baseline_power_w"),
                 retry_count: r.get::<i32, _>("retry_count") as u32,
+                last_spend_reason: parse_opt(r.get("last_spend_reason"))?,
                 last_batch_id: r.get::<Option<Uuid>, _>("last_batch_id").map(BatchId),
                 prior_power_limit_w: r.get("prior_power_limit_w"),
                 dispatched_at: r.get("dispatched_at"),
@@ -507,17 +575,27 @@ async fn targets_where(
 
 /// What else changes with a target's state.
 #[derive(Clone, Debug, Default)]
-pub struct TargetChange<'a> {
+pub struct TargetChange {
     /// Stamp this batch id (on `dispatching`).
     pub batch: Option<BatchId>,
     pub set_dispatched_at: bool,
     pub set_confirmed_at: bool,
     pub retry: Retry,
     pub flap: bool,
-    /// `Some(None)` clears the last error.
-    pub error: Option<Option<&'a str>>,
+    pub failure: Failure,
     /// Only move targets whose latest batch is this one (a result for an older batch is stale).
     pub expect_batch: Option<BatchId>,
+}
+
+/// What happens to a target's last failure: the typed `last_spend_reason`, with its description
+/// in `last_error` and in the transition log's reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Failure {
+    #[default]
+    Keep,
+    /// The target (re)confirmed or restored: nothing is wrong any more.
+    Clear,
+    Set(SpendReason),
 }
 
 /// What happens to the retry counter.
@@ -539,7 +617,7 @@ pub async fn transition_targets(
     devices: &[DeviceId],
     from: TargetState,
     to: TargetState,
-    change: &TargetChange<'_>,
+    change: &TargetChange,
     actor: &str,
 ) -> Result<Vec<DeviceId>, StoreError> {
     debug_assert!(from.can_transition(to), "{from} -> {to}");
@@ -547,9 +625,10 @@ pub async fn transition_targets(
         return Ok(Vec::new());
     }
     let ids: Vec<Uuid> = devices.iter().map(|d| d.0).collect();
-    let (set_error, error) = match change.error {
-        None => (false, None),
-        Some(e) => (true, e),
+    let (set_failure, failure) = match change.failure {
+        Failure::Keep => (false, None),
+        Failure::Clear => (true, None),
+        Failure::Set(r) => (true, Some(r)),
     };
     let rows = sqlx::query(
         "WITH moved AS (
@@ -560,7 +639,8 @@ pub async fn transition_targets(
                 confirmed_at = CASE WHEN $7 THEN now() ELSE confirmed_at END,
                 retry_count = CASE $8 WHEN 'spend' THEN retry_count + 1 WHEN 'reset' THEN 0 ELSE retry_count END,
                 flap_count = flap_count + CASE WHEN $9 THEN 1 ELSE 0 END,
-                last_error = CASE WHEN $10 THEN $11 ELSE last_error END
+                last_error = CASE WHEN $10 THEN $11 ELSE last_error END,
+                last_spend_reason = CASE WHEN $10 THEN $14 ELSE last_spend_reason END
             WHERE event_id = $1 AND device_id = ANY($2) AND state = $3
               AND ($13::uuid IS NULL OR last_batch_id = $13)
             RETURNING org_id, device_id)
@@ -581,10 +661,11 @@ pub async fn transition_targets(
         Retry::Reset => "reset",
     })
     .bind(change.flap)
-    .bind(set_error)
-    .bind(error)
+    .bind(set_failure)
+    .bind(failure.map(SpendReason::description))
     .bind(actor)
     .bind(change.expect_batch.map(|b| b.0))
+    .bind(failure.map(SpendReason::as_str))
     .fetch_all(db)
     .await?;
     Ok(rows.iter().map(|r| DeviceId(r.get(0))).collect())

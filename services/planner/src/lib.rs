@@ -13,7 +13,7 @@ use ebb_bus::{
     StartReply, StartRequest, StopReply, StopRequest, TerminateRequest, subjects,
 };
 use ebb_domain::selection::{Plan, SelectionError, SelectionParams, select};
-use ebb_domain::{EventId, EventState, SiteId};
+use ebb_domain::{EventId, EventState, SiteId, StopCause};
 use ebb_store::events::{self, NewEvent};
 use ebb_store::{PgPool, StoreError, fleet, tx::with_tx};
 use futures::StreamExt;
@@ -419,21 +419,14 @@ impl Planner {
                 if !matches!(event.state, EventState::Pending | EventState::Active) {
                     return Ok(false);
                 }
-                let Some(moved) = events::transition_event(
-                    conn,
-                    &event,
-                    event.state,
-                    EventState::Restoring,
-                    actor_kind,
-                    Some(&reason),
-                )
-                .await?
+                let Some(moved) =
+                    events::begin_restore(conn, &event, StopCause::Requested, &reason, actor_kind)
+                        .await?
                 else {
                     return Err(StoreError::RaceLost(format!(
                         "event {id} moved while locked"
                     )));
                 };
-                events::sweep_targets_for_restore(conn, id, actor_kind).await?;
                 events::audit(
                     &mut *conn,
                     org,

@@ -5,6 +5,7 @@
 //! new leader resumes where the last one stopped, including targets orphaned in `dispatching`.
 
 pub mod config;
+mod decide;
 mod intake;
 mod pass;
 

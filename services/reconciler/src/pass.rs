@@ -1,49 +1,40 @@
-//! One reconcile pass: apply the results that arrived, then drive every live event one step,
-//! each event isolated from the others' errors and panics.
+//! One reconcile pass, the I/O half: apply the results that arrived, then drive every live event
+//! one step, each event isolated from the others' errors and panics. What to do is decided by
+//! [`crate::decide`] from what is loaded here; this module loads, executes the decisions with the
+//! store's compare-and-set writes and JetStream publishes, and counts what happened.
 
 use crate::Hooks;
 use crate::config::ReconcilerConfig;
+use crate::decide::{self, Decisions, EventStep, EventView, Move, Phase, Policy, Why};
 use crate::intake::Incoming;
 use anyhow::Context;
 use async_nats::jetstream::{self, AckKind};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use ebb_bus::{BatchResult, CommandBatch, DeviceRef, Envelope, split, subjects};
-use ebb_domain::confirm::{ConfirmPolicy, Evidence};
-use ebb_domain::pacing::{RestorePacing, next_restore_batch};
-use ebb_domain::state::{RestoreCause, restore_outcome};
-use ebb_domain::{BatchId, CommandKind, DeviceId, EventState, SiteCode, SiteId, TargetState};
+use ebb_domain::confirm::ConfirmPolicy;
+use ebb_domain::{
+    BatchId, CommandKind, DeviceId, EventId, EventState, SiteCode, SiteId, StopCause, TargetState,
+};
 use ebb_obs::names;
 use ebb_obs::trace::TraceParent;
-use ebb_store::events::{self, EventRow, Retry, TargetChange, TargetRow};
+use ebb_store::events::{self, EventRow, Failure, Retry, TargetChange, TargetRow};
 use ebb_store::{PgPool, StoreError, fleet, tx::with_tx};
 use futures::FutureExt;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 const ACTOR: &str = "reconciler";
-/// The stop reason the reconciler records when every target failed; such an event ends `failed`.
-const ALL_FAILED: &str = "every target failed";
 
 pub struct Reconciler {
     pool: PgPool,
     js: jetstream::Context,
     hooks: Hooks,
-    policy: ConfirmPolicy,
-    confirm_deadline: chrono::Duration,
-    /// How long a published batch may wait for the agent's result before it costs an attempt.
-    result_deadline: chrono::Duration,
-    max_retries: u32,
+    policy: Policy,
     /// The leader's lock backend pid: every dispatch stamp checks it still holds the lock.
     fence: Option<i32>,
     /// Site id → (subject token, ramp limit), refreshed every pass.
     sites: HashMap<SiteId, (SiteCode, Option<f64>)>,
-}
-
-/// A target that spends an attempt, and why.
-struct Spend<'a> {
-    target: &'a TargetRow,
-    reason: &'static str,
 }
 
 impl Reconciler {
@@ -58,10 +49,12 @@ impl Reconciler {
             pool,
             js,
             hooks,
-            policy: ConfirmPolicy::default(),
-            confirm_deadline: chrono::Duration::seconds(i64::from(cfg.confirm_deadline_s)),
-            result_deadline: chrono::Duration::seconds(i64::from(cfg.result_deadline_s)),
-            max_retries: cfg.max_retries,
+            policy: Policy {
+                confirm: ConfirmPolicy::default(),
+                confirm_deadline: chrono::Duration::seconds(i64::from(cfg.confirm_deadline_s)),
+                result_deadline: chrono::Duration::seconds(i64::from(cfg.result_deadline_s)),
+                max_retries: cfg.max_retries,
+            },
             fence,
             sites: HashMap::new(),
         }
@@ -132,519 +125,155 @@ impl Reconciler {
             None => events::event_of_batch(&self.pool, r.batch_id).await?,
         };
         let Some(event) = event else { return Ok(()) };
-        let commanded = match r.command {
-            Some(CommandKind::SetPowerTarget { watts }) => Some(watts),
-            _ => None,
-        };
-        // A prior limit equal to what this event commanded was set by this event (a retried
-        // command that had taken effect): restoring it would keep the miner curtailed.
-        let limits: Vec<(DeviceId, f64)> = r
-            .results
-            .iter()
-            .filter(|d| d.outcome.is_success())
-            .filter_map(|d| {
-                d.prior_power_limit_w
-                    .filter(|w| w.is_finite() && *w > 0.0)
-                    .map(|w| (d.device_id, w))
-            })
-            .filter(|(_, w)| commanded.is_none_or(|c| (c - w).abs() > 1.0))
-            .collect();
-        events::record_prior_power_limits(&self.pool, event, &limits).await?;
-        let ok: Vec<DeviceId> = r
-            .results
-            .iter()
-            .filter(|d| d.outcome.is_success())
-            .map(|d| d.device_id)
-            .collect();
-        events::record_results(&self.pool, event, r.batch_id, &ok).await?;
-
-        let failed: HashMap<DeviceId, String> = r
-            .results
-            .iter()
-            .filter(|d| !d.outcome.is_success())
-            .map(|d| (d.device_id, d.outcome.to_string()))
-            .collect();
-        if failed.is_empty() {
+        let d = decide::on_result(r);
+        events::record_prior_power_limits(&self.pool, event, &d.prior_limits).await?;
+        events::record_results(&self.pool, event, r.batch_id, &d.succeeded).await?;
+        if d.failed.is_empty() {
             return Ok(());
         }
-        let targets = events::targets_of_batch(&self.pool, event, r.batch_id).await?;
-        let spends: Vec<Spend<'_>> = targets
-            .iter()
-            .filter(|t| failed.contains_key(&t.device_id))
-            .filter(|t| {
-                matches!(
-                    t.state,
-                    TargetState::Dispatched | TargetState::RestoreDispatched
-                )
-            })
-            .map(|t| Spend {
-                target: t,
-                reason: "command outcome was not success",
-            })
-            .collect();
-        for (device, outcome) in &failed {
+        for (device, outcome) in &d.failed {
             tracing::info!(event_id = %event, device_id = %device, outcome, "command failed on device");
         }
-        self.spend(event, &spends, Some(r.batch_id)).await?;
+        let failed: HashSet<DeviceId> = d.failed.iter().map(|(d, _)| *d).collect();
+        let targets = events::targets_of_batch(&self.pool, event, r.batch_id).await?;
+        let moves = decide::spend_failed(&targets, &failed, &self.policy);
+        // Only targets still on this batch move: an older batch's result is stale.
+        self.apply_moves(event, &moves, Some(r.batch_id), &mut HashSet::new())
+            .await?;
         Ok(())
     }
 
     async fn reconcile_event(&self, ev: EventRow) -> anyhow::Result<Option<Duration>> {
+        let view = EventView::from(&ev);
+        let targets = events::targets(&self.pool, ev.id).await?;
         let now = Utc::now();
-        match ev.state {
-            EventState::Pending | EventState::Active => {
-                if let Some(max) = ev.max_duration_s
-                    && now >= ev.created_at + chrono::Duration::seconds(i64::from(max))
-                {
-                    tracing::info!(event_id = %ev.id, max_duration_s = max, "max duration elapsed; restoring");
-                    self.stop_event(&ev, "max_duration_s elapsed").await?;
-                    return Ok(Some(Duration::ZERO));
-                }
-                let targets = events::targets(&self.pool, ev.id).await?;
-                self.curtail_side(&ev, &targets, now).await
-            }
-            EventState::Restoring => {
-                let targets = events::targets(&self.pool, ev.id).await?;
-                self.restore_side(&ev, &targets, now).await
-            }
-            _ => Ok(None),
-        }
+        let ramp = |s: SiteId| self.sites.get(&s).and_then(|x| x.1);
+        let Some(d) = decide::decide(&view, &targets, now, &self.policy, ramp) else {
+            return Ok(None);
+        };
+        self.execute(&ev, &targets, d, now).await
     }
 
-    async fn curtail_side(
+    /// Carries out one event's decisions in order: target moves, orphan republishes, sends, and
+    /// the event's step. A target whose compare-and-set lost a race is not advanced any further
+    /// in this pass, and neither is the event (DESIGN §5.2): the next pass decides again from
+    /// what the database says.
+    async fn execute(
         &self,
         ev: &EventRow,
         targets: &[TargetRow],
-        now: DateTime<Utc>,
+        d: Decisions,
+        now: chrono::DateTime<Utc>,
     ) -> anyhow::Result<Option<Duration>> {
-        let mut next = None;
-        let mut dispatch: Vec<&TargetRow> = Vec::new();
-        let mut orphans: BTreeMap<BatchId, Vec<&TargetRow>> = BTreeMap::new();
-        let mut confirm: BTreeMap<TargetState, Vec<DeviceId>> = BTreeMap::new();
-        let mut drift = Vec::new();
-        let mut spends = Vec::new();
-        for t in targets {
-            match t.state {
-                TargetState::Pending if t.device_missing => spends.push(Spend {
-                    target: t,
-                    reason: "device vanished",
-                }),
-                TargetState::Pending => dispatch.push(t),
-                // An orphan of a leader that died between stamp and publish: republished under
-                // its own batch id, so the stream drops it if the first publish landed. It never
-                // reached the miner as far as we know, so it costs no attempt.
-                TargetState::Dispatching => match t.last_batch_id {
-                    Some(b) => orphans.entry(b).or_default().push(t),
-                    None => spends.push(Spend {
-                        target: t,
-                        reason: "stamped without a batch",
-                    }),
-                },
-                TargetState::Dispatched => {
-                    let since = t.dispatched_at.unwrap_or(t.updated_at);
-                    match self.policy.curtail_evidence(
-                        &ev.command,
-                        t.baseline_power_w,
-                        t.sample.as_ref(),
-                        since,
-                    ) {
-                        Evidence::Holds => confirm
-                            .entry(TargetState::Dispatched)
-                            .or_default()
-                            .push(t.device_id),
-                        _ => match self.overdue(t, now) {
-                            Ok(wait) => next = min_opt(next, Some(wait)),
-                            Err(reason) => spends.push(Spend { target: t, reason }),
-                        },
-                    }
-                }
-                TargetState::Confirmed => {
-                    let since = t.confirmed_at.unwrap_or(t.updated_at);
-                    // Drift needs a fresh sample that contradicts; missing telemetry never fires it.
-                    if self.policy.curtail_evidence(
-                        &ev.command,
-                        t.baseline_power_w,
-                        t.sample.as_ref(),
-                        since,
-                    ) == Evidence::Contradicts
-                    {
-                        drift.push(t);
-                    }
-                }
-                TargetState::Drifted => {
-                    let since = t.confirmed_at.unwrap_or(t.updated_at);
-                    match self.policy.curtail_evidence(
-                        &ev.command,
-                        t.baseline_power_w,
-                        t.sample.as_ref(),
-                        since,
-                    ) {
-                        Evidence::Holds => confirm
-                            .entry(TargetState::Drifted)
-                            .or_default()
-                            .push(t.device_id),
-                        _ => spends.push(Spend {
-                            target: t,
-                            reason: "drifted",
-                        }),
-                    }
-                }
-                _ => {}
+        let mut lost = HashSet::new();
+        self.apply_moves(ev.id, &d.moves, None, &mut lost).await?;
+
+        let rows: HashMap<DeviceId, &TargetRow> =
+            targets.iter().map(|t| (t.device_id, t)).collect();
+        let pick = |ids: &[DeviceId]| -> Vec<&TargetRow> {
+            ids.iter()
+                .filter(|id| !lost.contains(*id))
+                .filter_map(|id| rows.get(id).copied())
+                .collect()
+        };
+        for (batch, ids) in &d.republish {
+            self.publish_and_mark(ev, *batch, &pick(ids), d.phase)
+                .await?;
+        }
+        let send = pick(&d.send);
+        if !send.is_empty() {
+            if d.sends_restore_batch() {
+                events::mark_restore_batch(&self.pool, ev.id, now).await?;
+            }
+            self.dispatch(ev, &send, d.phase).await?;
+            if d.phase == Phase::Restore {
+                tracing::info!(event_id = %ev.id, devices = send.len(), "restore batch sent");
             }
         }
 
-        for (from, devices) in &confirm {
-            let change = TargetChange {
-                set_confirmed_at: true,
-                retry: Retry::Reset,
-                error: Some(None),
-                ..Default::default()
-            };
-            let moved = events::transition_targets(
-                &self.pool,
-                ev.id,
-                devices,
-                *from,
-                TargetState::Confirmed,
-                &change,
-                ACTOR,
-            )
-            .await?;
-            self.count(*from, TargetState::Confirmed, devices.len(), moved.len());
-        }
-        if !drift.is_empty() {
-            let ids: Vec<DeviceId> = drift.iter().map(|t| t.device_id).collect();
-            let change = TargetChange {
-                flap: true,
-                error: Some(Some("drifted")),
-                ..Default::default()
-            };
-            let moved = events::transition_targets(
-                &self.pool,
-                ev.id,
-                &ids,
-                TargetState::Confirmed,
-                TargetState::Drifted,
-                &change,
-                ACTOR,
-            )
-            .await?;
-            self.count(
-                TargetState::Confirmed,
-                TargetState::Drifted,
-                ids.len(),
-                moved.len(),
-            );
-            for t in drift.iter().filter(|t| moved.contains(&t.device_id)) {
-                tracing::info!(event_id = %ev.id, device_id = %t.device_id, "target drifted; re-sending");
-                spends.push(Spend {
-                    target: t,
-                    reason: "drifted",
-                });
+        match d.event {
+            Some(_) if !lost.is_empty() => {
+                tracing::info!(event_id = %ev.id, lost = lost.len(), "targets moved under us; the event waits for the next pass");
             }
-        }
-        // Drifted targets spend from `drifted` even when they were `confirmed` a moment ago.
-        let requeued = self.spend_from_drift_aware(ev, &spends).await?;
-        dispatch.extend(
-            targets
-                .iter()
-                .filter(|t| !t.device_missing && requeued.contains(&t.device_id)),
-        );
-
-        for (batch, ts) in orphans {
-            // A fresh orphan from a leader that died mid-dispatch: republish under the same id, so
-            // the stream drops it if the first publish did land.
-            self.publish_and_mark(
-                ev,
-                batch,
-                &ts,
-                ev.command,
-                TargetState::Dispatching,
-                TargetState::Dispatched,
-            )
-            .await?;
-        }
-        self.dispatch(
-            ev,
-            &dispatch,
-            ev.command,
-            TargetState::Pending,
-            TargetState::Dispatching,
-            TargetState::Dispatched,
-        )
-        .await?;
-
-        // Progress the event once nothing is in flight.
-        let counts = events::target_counts(&self.pool, &[ev.id])
-            .await?
-            .remove(&ev.id)
-            .unwrap_or_default();
-        let n = |s: TargetState| counts.get(s.as_str()).copied().unwrap_or(0);
-        let moving = n(TargetState::Pending)
-            + n(TargetState::Dispatching)
-            + n(TargetState::Dispatched)
-            + n(TargetState::Drifted);
-        if moving == 0 {
-            if n(TargetState::Confirmed) == 0 {
-                tracing::warn!(event_id = %ev.id, "every target failed; restoring what was touched");
-                self.stop_event(ev, ALL_FAILED).await?;
-                return Ok(Some(Duration::ZERO));
-            }
-            if ev.state == EventState::Pending {
+            Some(EventStep::Activate) => {
                 self.move_event(ev, EventState::Pending, EventState::Active, None)
                     .await?;
             }
+            Some(EventStep::Stop(cause)) => {
+                match cause {
+                    StopCause::AllFailed => {
+                        tracing::warn!(event_id = %ev.id, "every target failed; restoring what was touched")
+                    }
+                    _ => {
+                        tracing::info!(event_id = %ev.id, cause = %cause, max_duration_s = ev.max_duration_s, "stopping; restoring")
+                    }
+                }
+                self.stop_event(ev, cause).await?;
+            }
+            Some(EventStep::End(end)) => {
+                self.move_event(ev, EventState::Restoring, end, None)
+                    .await?;
+                tracing::info!(event_id = %ev.id, state = %end, "curtailment ended");
+            }
+            None => {}
         }
-        if !dispatch.is_empty() {
-            next = min_opt(
-                next,
-                Some(self.confirm_deadline.to_std().unwrap_or_default()),
-            );
-        }
-        Ok(next)
+        Ok(d.wake)
     }
 
-    async fn restore_side(
+    /// Executes target moves in order as compare-and-sets. Devices in `lost` are skipped, and
+    /// devices that did not move are added to it: nothing more is done for them this pass.
+    async fn apply_moves(
         &self,
-        ev: &EventRow,
-        targets: &[TargetRow],
-        now: DateTime<Utc>,
-    ) -> anyhow::Result<Option<Duration>> {
-        let mut next = None;
-        let mut pending: Vec<&TargetRow> = Vec::new();
-        let mut orphans: BTreeMap<BatchId, Vec<&TargetRow>> = BTreeMap::new();
-        let mut restored = Vec::new();
-        let mut spends = Vec::new();
-        for t in targets {
-            match t.state {
-                TargetState::RestorePending if t.device_missing => spends.push(Spend {
-                    target: t,
-                    reason: "device vanished",
-                }),
-                TargetState::RestorePending => pending.push(t),
-                // An orphan of a leader that died between stamp and publish: republished under
-                // its own batch id, so the stream drops it if the first publish landed. It never
-                // reached the miner as far as we know, so it costs no attempt.
-                TargetState::RestoreDispatching => match t.last_batch_id {
-                    Some(b) => orphans.entry(b).or_default().push(t),
-                    None => spends.push(Spend {
-                        target: t,
-                        reason: "stamped without a batch",
-                    }),
-                },
-                TargetState::RestoreDispatched => {
-                    let since = t.dispatched_at.unwrap_or(t.updated_at);
-                    match self
-                        .policy
-                        .restore_evidence(&ev.command, t.sample.as_ref(), since)
-                    {
-                        Evidence::Holds => restored.push(t.device_id),
-                        _ => match self.overdue(t, now) {
-                            Ok(wait) => next = min_opt(next, Some(wait)),
-                            Err(reason) => spends.push(Spend { target: t, reason }),
-                        },
-                    }
+        event: EventId,
+        moves: &[Move],
+        expect_batch: Option<BatchId>,
+        lost: &mut HashSet<DeviceId>,
+    ) -> anyhow::Result<()> {
+        for m in moves {
+            let devices: Vec<DeviceId> = m
+                .devices
+                .iter()
+                .filter(|d| !lost.contains(*d))
+                .copied()
+                .collect();
+            if devices.is_empty() {
+                continue;
+            }
+            let change = TargetChange {
+                expect_batch,
+                ..change_for(m)
+            };
+            let moved = events::transition_targets(
+                &self.pool, event, &devices, m.from, m.to, &change, ACTOR,
+            )
+            .await?;
+            self.count(m.from, m.to, devices.len(), moved.len());
+            let moved: HashSet<DeviceId> = moved.into_iter().collect();
+            lost.extend(devices.iter().filter(|d| !moved.contains(*d)));
+            match m.why {
+                Why::Drifted if !moved.is_empty() => {
+                    tracing::info!(event_id = %event, devices = moved.len(), "targets drifted; re-sending")
+                }
+                Why::Spent(reason) if m.to.is_terminal() && !moved.is_empty() => {
+                    tracing::warn!(event_id = %event, devices = moved.len(), reason = %reason, state = %m.to, "targets exhausted their attempts")
                 }
                 _ => {}
             }
         }
-        if !restored.is_empty() {
-            let change = TargetChange {
-                error: Some(None),
-                ..Default::default()
-            };
-            let moved = events::transition_targets(
-                &self.pool,
-                ev.id,
-                &restored,
-                TargetState::RestoreDispatched,
-                TargetState::Restored,
-                &change,
-                ACTOR,
-            )
-            .await?;
-            self.count(
-                TargetState::RestoreDispatched,
-                TargetState::Restored,
-                restored.len(),
-                moved.len(),
-            );
-        }
-        let requeued = self.spend(ev.id, &spends, None).await?;
-        pending.extend(
-            targets
-                .iter()
-                .filter(|t| !t.device_missing && requeued.contains(&t.device_id)),
-        );
-
-        let uncurtail = CommandKind::Uncurtail;
-        for (batch, ts) in orphans {
-            self.publish_and_mark(
-                ev,
-                batch,
-                &ts,
-                uncurtail,
-                TargetState::RestoreDispatching,
-                TargetState::RestoreDispatched,
-            )
-            .await?;
-        }
-
-        let pacing = RestorePacing {
-            batch_size: ev.restore_batch_size,
-            interval: chrono::Duration::seconds(i64::from(ev.restore_batch_interval_s)),
-        };
-        if !pending.is_empty() {
-            if pacing.due(ev.last_restore_batch_at, now) {
-                let list: Vec<(SiteId, f64)> = pending
-                    .iter()
-                    .map(|t| (t.site_id, t.baseline_power_w / 1000.0))
-                    .collect();
-                let pick =
-                    next_restore_batch(&list, &pacing, |s| self.sites.get(&s).and_then(|x| x.1));
-                let chosen: Vec<&TargetRow> = pick.iter().map(|i| pending[*i]).collect();
-                events::mark_restore_batch(&self.pool, ev.id, now).await?;
-                self.dispatch(
-                    ev,
-                    &chosen,
-                    uncurtail,
-                    TargetState::RestorePending,
-                    TargetState::RestoreDispatching,
-                    TargetState::RestoreDispatched,
-                )
-                .await?;
-                tracing::info!(event_id = %ev.id, devices = chosen.len(), left = pending.len() - chosen.len(), "restore batch sent");
-                next = min_opt(next, Some(pacing.interval.to_std().unwrap_or_default()));
-            } else if let Some(last) = ev.last_restore_batch_at {
-                next = min_opt(next, Some(until(last + pacing.interval, now)));
-            }
-        }
-
-        // Completion: every target settled.
-        let counts = events::target_counts(&self.pool, &[ev.id])
-            .await?
-            .remove(&ev.id)
-            .unwrap_or_default();
-        let states = counts.keys().filter_map(|s| s.parse::<TargetState>().ok());
-        let cause = if ev.stop_reason.as_deref() == Some(ALL_FAILED) {
-            RestoreCause::AllFailed
-        } else {
-            RestoreCause::Stopped
-        };
-        if let Some(end) = restore_outcome(states, cause) {
-            self.move_event(ev, EventState::Restoring, end, None)
-                .await?;
-            tracing::info!(event_id = %ev.id, state = %end, "curtailment ended");
-        }
-        Ok(next)
+        Ok(())
     }
 
-    /// How long a dispatched target may still wait, or why it is out of time. The confirmation
-    /// deadline counts from the agent's success result; until a result arrives, the longer result
-    /// deadline counts from the publish (a batch may queue behind others at a large site).
-    fn overdue(&self, t: &TargetRow, now: DateTime<Utc>) -> Result<Duration, &'static str> {
-        match t.result_at {
-            Some(r) if now - r > self.confirm_deadline => Err("not confirmed before the deadline"),
-            Some(r) => Ok(until(r + self.confirm_deadline, now)),
-            None => {
-                let since = t.dispatched_at.unwrap_or(t.updated_at);
-                if now - since > self.result_deadline {
-                    Err("no result from the agent before the deadline")
-                } else {
-                    Ok(until(since + self.result_deadline, now))
-                }
-            }
-        }
-    }
-
-    /// Spends an attempt for each target; drifted targets are moved out of `drifted` (their state
-    /// in `targets` may still say `confirmed` from before this pass).
-    async fn spend_from_drift_aware(
-        &self,
-        ev: &EventRow,
-        spends: &[Spend<'_>],
-    ) -> anyhow::Result<Vec<DeviceId>> {
-        let fixed: Vec<TargetRow> = spends
-            .iter()
-            .map(|s| {
-                let mut t = s.target.clone();
-                if s.reason == "drifted" {
-                    t.state = TargetState::Drifted;
-                }
-                t
-            })
-            .collect();
-        let again: Vec<Spend<'_>> = fixed
-            .iter()
-            .zip(spends)
-            .map(|(t, s)| Spend {
-                target: t,
-                reason: s.reason,
-            })
-            .collect();
-        self.spend(ev.id, &again, None).await
-    }
-
-    /// Spends one attempt on each target: back to its queue (`pending`/`restore_pending`) while
-    /// attempts remain, else `failed`/`restore_failed` (DESIGN §5.4: `retry_count >= max_retries`
-    /// everywhere). Returns the devices queued again.
-    async fn spend(
-        &self,
-        event: ebb_domain::EventId,
-        spends: &[Spend<'_>],
-        batch: Option<BatchId>,
-    ) -> anyhow::Result<Vec<DeviceId>> {
-        let mut groups: BTreeMap<(TargetState, TargetState, &'static str), Vec<DeviceId>> =
-            BTreeMap::new();
-        for s in spends {
-            let t = s.target;
-            let restore_side = !t.state.is_curtail_phase();
-            let exhausted = t.retry_count + 1 >= self.max_retries;
-            let to = match (restore_side, exhausted) {
-                (false, false) => TargetState::Pending,
-                (false, true) => TargetState::Failed,
-                (true, false) => TargetState::RestorePending,
-                (true, true) => TargetState::RestoreFailed,
-            };
-            groups
-                .entry((t.state, to, s.reason))
-                .or_default()
-                .push(t.device_id);
-        }
-        let mut requeued = Vec::new();
-        for ((from, to, reason), devices) in groups {
-            let change = TargetChange {
-                retry: Retry::Spend,
-                error: Some(Some(reason)),
-                expect_batch: batch,
-                ..Default::default()
-            };
-            let moved =
-                events::transition_targets(&self.pool, event, &devices, from, to, &change, ACTOR)
-                    .await?;
-            self.count(from, to, devices.len(), moved.len());
-            if matches!(to, TargetState::Failed | TargetState::RestoreFailed) && !moved.is_empty() {
-                tracing::warn!(event_id = %event, devices = moved.len(), reason, state = %to, "targets exhausted their attempts");
-            }
-            if matches!(to, TargetState::Pending | TargetState::RestorePending) {
-                requeued.extend(moved);
-            }
-        }
-        Ok(requeued)
-    }
-
-    /// Stamps, publishes and marks `targets` in bounded per-site batches (DESIGN §5.1): `stamped`
-    /// is written before the publish, `done` after the stream acked it. A failed publish leaves
-    /// the batch stamped, to be republished under the same id by the next pass at no cost.
+    /// Stamps, publishes and marks `targets` in bounded per-site batches (DESIGN §5.1): the
+    /// phase's stamped state is written before the publish, its sent state after the stream acked
+    /// it. A failed publish leaves the batch stamped, to be republished under the same id by the
+    /// next pass at no cost.
     async fn dispatch(
         &self,
         ev: &EventRow,
         targets: &[&TargetRow],
-        command: CommandKind,
-        from: TargetState,
-        stamped: TargetState,
-        done: TargetState,
+        phase: Phase,
     ) -> anyhow::Result<()> {
+        let (from, stamped) = (phase.queued(), phase.stamped());
         let mut by_site: BTreeMap<SiteId, Vec<&TargetRow>> = BTreeMap::new();
         for t in targets {
             by_site.entry(t.site_id).or_default().push(t);
@@ -696,22 +325,23 @@ impl Reconciler {
                     .copied()
                     .filter(|t| stamped_ids.contains(&t.device_id))
                     .collect();
-                self.publish_and_mark(ev, batch, &batch_targets, command, stamped, done)
+                self.publish_and_mark(ev, batch, &batch_targets, phase)
                     .await?;
             }
         }
         Ok(())
     }
 
+    /// Publishes one stamped batch under its id and marks its targets sent once the stream
+    /// acked it.
     async fn publish_and_mark(
         &self,
         ev: &EventRow,
         batch: BatchId,
         targets: &[&TargetRow],
-        command: CommandKind,
-        stamped: TargetState,
-        done: TargetState,
+        phase: Phase,
     ) -> anyhow::Result<()> {
+        let (command, stamped, done) = (phase.command(ev.command), phase.stamped(), phase.sent());
         let Some(first) = targets.first() else {
             return Ok(());
         };
@@ -777,8 +407,9 @@ impl Reconciler {
     }
 
     /// The reconciler's own stop: max duration elapsed, or every target failed.
-    async fn stop_event(&self, ev: &EventRow, reason: &'static str) -> anyhow::Result<()> {
+    async fn stop_event(&self, ev: &EventRow, cause: StopCause) -> anyhow::Result<()> {
         let (org, id) = (ev.org_id, ev.id);
+        let reason = cause.description();
         with_tx(&self.pool, ebb_store::tx::DEFAULT_ATTEMPTS, move |conn| {
             Box::pin(async move {
                 let Some(event) = events::lock_event(conn, org, id).await? else {
@@ -787,17 +418,9 @@ impl Reconciler {
                 if !matches!(event.state, EventState::Pending | EventState::Active) {
                     return Ok(());
                 }
-                if let Some(moved) = events::transition_event(
-                    conn,
-                    &event,
-                    event.state,
-                    EventState::Restoring,
-                    ACTOR,
-                    Some(reason),
-                )
-                .await?
+                if let Some(moved) =
+                    events::begin_restore(conn, &event, cause, reason, ACTOR).await?
                 {
-                    events::sweep_targets_for_restore(conn, id, ACTOR).await?;
                     events::announce(conn, &moved, Some(event.state), Some(reason)).await?;
                 }
                 Ok::<(), StoreError>(())
@@ -846,14 +469,37 @@ impl Reconciler {
     }
 }
 
+/// How a move changes the rest of the row.
+fn change_for(m: &Move) -> TargetChange {
+    match m.why {
+        // A (re)confirmation starts a new episode (DESIGN §5.4).
+        Why::Settled if m.to == TargetState::Confirmed => TargetChange {
+            set_confirmed_at: true,
+            retry: Retry::Reset,
+            failure: Failure::Clear,
+            ..Default::default()
+        },
+        Why::Settled => TargetChange {
+            failure: Failure::Clear,
+            ..Default::default()
+        },
+        Why::Drifted => TargetChange {
+            flap: true,
+            failure: Failure::Set(ebb_domain::SpendReason::Drifted),
+            ..Default::default()
+        },
+        Why::Spent(reason) => TargetChange {
+            retry: Retry::Spend,
+            failure: Failure::Set(reason),
+            ..Default::default()
+        },
+    }
+}
+
 fn min_opt(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, None) => x,
         (None, y) => y,
     }
-}
-
-fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
-    (at - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(50)
 }

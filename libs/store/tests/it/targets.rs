@@ -4,8 +4,11 @@
 use super::fixtures::{Fleet, fleet};
 use chrono::Utc;
 use ebb_domain::selection::Selected;
-use ebb_domain::{BatchId, CommandKind, CurtailLevel, DeviceId, EventId, EventState, TargetState};
-use ebb_store::events::{self, NewEvent, Retry, TargetChange};
+use ebb_domain::{
+    BatchId, CommandKind, CurtailLevel, DeviceId, EventId, EventState, SpendReason, StopCause,
+    TargetState,
+};
+use ebb_store::events::{self, Failure, NewEvent, Retry, TargetChange};
 use ebb_store::{StoreError, fleet as fl};
 
 fn new_event(f: &Fleet, key: Option<&str>) -> NewEvent {
@@ -466,4 +469,159 @@ async fn the_fence_sees_who_holds_the_leader_lock() {
             .await
             .unwrap()
     );
+}
+
+#[tokio::test]
+async fn a_stop_records_its_typed_cause_and_restoring_needs_one() {
+    let f = fleet(2).await;
+    let pool = f.db.pool();
+    let ev = insert(&f, &f.devices[..1]).await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    let row = events::lock_event(&mut tx, f.org, ev)
+        .await
+        .unwrap()
+        .unwrap();
+    let moved = events::begin_restore(
+        &mut tx,
+        &row,
+        StopCause::MaxDuration,
+        "max_duration_s elapsed",
+        "t",
+    )
+    .await
+    .unwrap()
+    .expect("a pending event stops");
+    tx.commit().await.unwrap();
+    assert_eq!(moved.state, EventState::Restoring);
+    assert_eq!(moved.stop_cause, Some(StopCause::MaxDuration));
+    assert_eq!(moved.stop_reason.as_deref(), Some("max_duration_s elapsed"));
+    assert!(moved.restore_started_at.is_some());
+    let read = events::get_event(pool, f.org, ev).await.unwrap().unwrap();
+    assert_eq!(read.stop_cause, Some(StopCause::MaxDuration));
+    // The sweep ran: the never-sent target has nothing to undo.
+    let t = events::targets(pool, ev).await.unwrap();
+    assert_eq!(t[0].state, TargetState::Restored);
+
+    // A second stop from the old state is a lost race, not a second cause.
+    let mut tx = pool.begin().await.unwrap();
+    assert!(
+        events::begin_restore(
+            &mut tx,
+            &row,
+            StopCause::AllFailed,
+            "every target failed",
+            "t"
+        )
+        .await
+        .unwrap()
+        .is_none()
+    );
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        events::get_event(pool, f.org, ev)
+            .await
+            .unwrap()
+            .unwrap()
+            .stop_cause,
+        Some(StopCause::MaxDuration)
+    );
+
+    // The schema refuses a restoring event that does not say why.
+    let other = insert(&f, &f.devices[1..]).await.unwrap();
+    let err = sqlx::query("UPDATE curtailment_event SET state = 'restoring' WHERE id = $1")
+        .bind(other.0)
+        .execute(pool)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("curtailment_event_stop_cause_known"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_spend_records_its_typed_reason_and_a_confirm_clears_it() {
+    let f = fleet(1).await;
+    let ev = insert(&f, &f.devices).await.unwrap();
+    let pool = f.db.pool();
+    let mut conn = pool.acquire().await.unwrap();
+    events::stamp_dispatching(
+        &mut conn,
+        ev,
+        &f.devices,
+        TargetState::Pending,
+        TargetState::Dispatching,
+        BatchId::new(),
+        Retry::Keep,
+        "t",
+    )
+    .await
+    .unwrap();
+    drop(conn);
+    let devices = &f.devices;
+    let go = |from, to, change: TargetChange| async move {
+        let moved = events::transition_targets(pool, ev, devices, from, to, &change, "t")
+            .await
+            .unwrap();
+        assert_eq!(moved.len(), 1, "{from} -> {to}");
+        events::targets(pool, ev).await.unwrap().remove(0)
+    };
+    let t = go(
+        TargetState::Dispatching,
+        TargetState::Dispatched,
+        TargetChange::default(),
+    )
+    .await;
+    assert_eq!(t.last_spend_reason, None);
+    let t = go(
+        TargetState::Dispatched,
+        TargetState::Pending,
+        TargetChange {
+            retry: Retry::Spend,
+            failure: Failure::Set(SpendReason::NotConfirmed),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(t.last_spend_reason, Some(SpendReason::NotConfirmed));
+    assert_eq!(t.retry_count, 1);
+    // People read the description, in the row and in the transition log.
+    let (error, logged): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT t.last_error, (SELECT reason FROM event_transition WHERE event_id = t.event_id
+                                 AND to_state = 'pending' ORDER BY id DESC LIMIT 1)
+         FROM curtailment_target t WHERE t.event_id = $1",
+    )
+    .bind(ev.0)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(error.as_deref(), Some("not confirmed before the deadline"));
+    assert_eq!(logged, error);
+    // Keep leaves it; Clear clears it.
+    let t = go(
+        TargetState::Pending,
+        TargetState::Dispatching,
+        TargetChange::default(),
+    )
+    .await;
+    assert_eq!(t.last_spend_reason, Some(SpendReason::NotConfirmed));
+    go(
+        TargetState::Dispatching,
+        TargetState::Dispatched,
+        TargetChange::default(),
+    )
+    .await;
+    let t = go(
+        TargetState::Dispatched,
+        TargetState::Confirmed,
+        TargetChange {
+            retry: Retry::Reset,
+            failure: Failure::Clear,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(t.last_spend_reason, None);
+    assert_eq!(t.retry_count, 0);
 }

@@ -45,6 +45,7 @@ pub struct Seen {
     pub devices: Vec<DeviceId>,
 }
 
+#[derive(Clone)]
 pub struct ScriptedSite {
     pub miners: Arc<Mutex<HashMap<DeviceId, Miner>>>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -67,15 +68,25 @@ pub struct Harness {
     pub db: TestDb,
     pub nats: NatsServer,
     pub org: ebb_domain::OrgId,
+    /// Every device, of every site.
     pub devices: Vec<DeviceId>,
     pub planner: Planner,
+    /// The first site's agent.
     pub site_agent: ScriptedSite,
+    /// Every site's agent, the first one included.
+    pub agents: Vec<ScriptedSite>,
     pub shutdown: CancellationToken,
 }
 
 const BASELINE_W: f64 = 3000.0;
 
+/// One site (`site-a`) with `n` miners.
 pub async fn harness(n: usize) -> Harness {
+    harness_sites(&[n]).await
+}
+
+/// One site per entry (`site-a`, `site-b`, …) with that many miners, each with its agent.
+pub async fn harness_sites(sizes: &[usize]) -> Harness {
     ebb_testkit::init_tracing();
     let db = TestDb::new().await.unwrap();
     ebb_store::migrate(db.pool()).await.unwrap();
@@ -83,8 +94,39 @@ pub async fn harness(n: usize) -> Harness {
     let js = jetstream::new(nats.client().await.unwrap());
     streams::ensure_streams(&js).await.unwrap();
     let org = fleet::create_org(db.pool(), "acme").await.unwrap();
-    let code = SiteCode::parse("site-a").unwrap();
-    fleet::create_site(db.pool(), org, &code, "Site A", None)
+    let shutdown = CancellationToken::new();
+    let mut devices = Vec::new();
+    let mut agents = Vec::new();
+    for (k, n) in sizes.iter().enumerate() {
+        let (site_devices, agent) = add_site(&db, &js, org, k, *n, shutdown.clone()).await;
+        devices.extend(site_devices);
+        agents.push(agent);
+    }
+    let planner = Planner::new(db.pool().clone(), PlannerConfig::default());
+    Harness {
+        db,
+        nats,
+        org,
+        devices,
+        planner,
+        site_agent: agents[0].clone(),
+        agents,
+        shutdown,
+    }
+}
+
+/// Registers site number `k` with `n` miners and starts its scripted agent.
+async fn add_site(
+    db: &TestDb,
+    js: &jetstream::Context,
+    org: ebb_domain::OrgId,
+    k: usize,
+    n: usize,
+    shutdown: CancellationToken,
+) -> (Vec<DeviceId>, ScriptedSite) {
+    let letter = char::from(b'a' + k as u8);
+    let code = SiteCode::parse(&format!("site-{letter}")).unwrap();
+    fleet::create_site(db.pool(), org, &code, &format!("Site {letter}"), None)
         .await
         .unwrap();
     let site = fleet::site_by_code(db.pool(), &code)
@@ -93,7 +135,7 @@ pub async fn harness(n: usize) -> Harness {
         .unwrap();
     let devs: Vec<fleet::NewDevice> = (0..n)
         .map(|i| fleet::NewDevice {
-            address: format!("127.0.8.{i}"),
+            address: format!("127.0.{}.{i}", 8 + k),
             make: "WhatsMiner".into(),
             model: "M60S".into(),
             firmware: None,
@@ -113,18 +155,8 @@ pub async fn harness(n: usize) -> Harness {
         .into_iter()
         .map(|d| d.device_id)
         .collect();
-    let planner = Planner::new(db.pool().clone(), PlannerConfig::default());
-    let shutdown = CancellationToken::new();
-    let site_agent = scripted_site(&js, &code, &devices, shutdown.clone()).await;
-    Harness {
-        db,
-        nats,
-        org,
-        devices,
-        planner,
-        site_agent,
-        shutdown,
-    }
+    let agent = scripted_site(js, &code, &devices, shutdown).await;
+    (devices, agent)
 }
 
 impl Drop for Harness {
