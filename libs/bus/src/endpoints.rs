@@ -30,8 +30,32 @@ planner_endpoint!(PreviewRequest => PlanView, "preview");
 planner_endpoint!(StartRequest => StartReply, "start");
 planner_endpoint!(StopRequest => StopReply, "stop");
 planner_endpoint!(TerminateRequest => StopReply, "terminate");
-planner_endpoint!(InventoryRequest => Inventory, "inventory");
-planner_endpoint!(RegisterDevicesRequest => RegisterDevicesReply, "register");
+/// A per-site planner endpoint: `ebb.svc.planner.<verb>.<site>`.
+macro_rules! planner_site_endpoint {
+    ($req:ty => $reply:ty, $verb:literal) => {
+        impl Request for $req {
+            type Reply = $reply;
+            type Route = SiteCode;
+            const VERB: &'static str = $verb;
+            fn subject(site: &SiteCode) -> String {
+                format!("{}.{}.{site}", subjects::PLANNER_GROUP, $verb)
+            }
+        }
+    };
+}
+
+planner_site_endpoint!(InventoryRequest => Inventory, "inventory");
+planner_site_endpoint!(RegisterDevicesRequest => RegisterDevicesReply, "register");
+
+/// The site of a per-site planner endpoint's subject (`ebb.svc.planner.<verb>.<site>`).
+pub fn site_of_planner_subject(verb: &str, subject: &str) -> Option<SiteCode> {
+    let token = subject
+        .strip_prefix(subjects::PLANNER_GROUP)?
+        .strip_prefix('.')?
+        .strip_prefix(verb)?
+        .strip_prefix('.')?;
+    SiteCode::parse(token).ok()
+}
 
 /// `ebb.svc.agent.<site>.scan`.
 impl Request for ScanRequest {
@@ -53,12 +77,27 @@ mod tests {
         assert_eq!(StartRequest::subject(&()), subjects::planner::START);
         assert_eq!(StopRequest::subject(&()), subjects::planner::STOP);
         assert_eq!(TerminateRequest::subject(&()), subjects::planner::TERMINATE);
-        assert_eq!(InventoryRequest::subject(&()), subjects::planner::INVENTORY);
-        assert_eq!(
-            RegisterDevicesRequest::subject(&()),
-            subjects::planner::REGISTER
-        );
         let site = SiteCode::parse("site-a").unwrap();
+        assert_eq!(
+            InventoryRequest::subject(&site),
+            "ebb.svc.planner.inventory.site-a"
+        );
+        assert_eq!(
+            RegisterDevicesRequest::subject(&site),
+            "ebb.svc.planner.register.site-a"
+        );
+        assert_eq!(
+            site_of_planner_subject("register", "ebb.svc.planner.register.site-a"),
+            Some(site.clone())
+        );
+        assert_eq!(
+            site_of_planner_subject("register", "ebb.svc.planner.register.a.b"),
+            None
+        );
+        assert_eq!(
+            site_of_planner_subject("register", "ebb.svc.planner.inventory.site-a"),
+            None
+        );
         assert_eq!(ScanRequest::subject(&site), "ebb.svc.agent.site-a.scan");
     }
 }

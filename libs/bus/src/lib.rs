@@ -24,16 +24,27 @@ pub async fn connect(
     url: &str,
     name: &str,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    connect_with(url, name, None).await
+    connect_with(url, name, &ClientAuth::default()).await
 }
 
-/// [`connect`], authenticating with a NATS `.creds` file (user JWT and nkey seed) when given.
+/// How a client proves who it is, where its replies arrive, and which CA it trusts.
+#[derive(Clone, Debug, Default)]
+pub struct ClientAuth<'a> {
+    /// A NATS `.creds` file (user JWT and nkey seed).
+    pub creds: Option<&'a std::path::Path>,
+    /// The client's own inbox prefix (`_INBOX_<user>`): its permissions allow no other.
+    pub inbox_prefix: Option<String>,
+    /// A CA certificate file to trust; TLS is then required.
+    pub ca: Option<&'a std::path::Path>,
+}
+
+/// [`connect`], with credentials, an inbox prefix and a CA as `auth` says.
 pub async fn connect_with(
     url: &str,
     name: &str,
-    creds: Option<&std::path::Path>,
+    auth: &ClientAuth<'_>,
 ) -> Result<async_nats::Client, async_nats::ConnectError> {
-    let mut options = match creds {
+    let mut options = match auth.creds {
         Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
             .await
             .map_err(|e| {
@@ -44,6 +55,14 @@ pub async fn connect_with(
     .name(name)
     .request_timeout(Some(std::time::Duration::from_secs(10)))
     .retry_on_initial_connect();
+    if let Some(prefix) = &auth.inbox_prefix {
+        options = options.custom_inbox_prefix(prefix);
+    }
+    if let Some(ca) = auth.ca {
+        options = options
+            .add_root_certificates(ca.to_owned())
+            .require_tls(true);
+    }
     let mut addrs = Vec::new();
     for part in url.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let addr: async_nats::ServerAddr = part.parse().map_err(|e: std::io::Error| {

@@ -90,15 +90,28 @@ pub struct InventoryDevice {
     pub capabilities: Capabilities,
 }
 
-/// `ebb.svc.planner.inventory`: the devices of one site.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `ebb.svc.planner.inventory.<site>`: one page of the site's devices, in address order. The
+/// site is the subject's, never the body's: an agent may call only its own site's endpoint.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct InventoryRequest {
-    pub site: SiteCode,
+    /// The page after this cursor (the `next` of the previous page); the first page without.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Devices per page, at most [`INVENTORY_PAGE_MAX`] (the default).
+    #[serde(default)]
+    pub limit: Option<u32>,
 }
+
+/// Most devices in one inventory page: a page of the largest devices stays far below NATS's
+/// 1 MiB payload limit (each device is a few hundred bytes encoded).
+pub const INVENTORY_PAGE_MAX: u32 = 1_000;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Inventory {
     pub devices: Vec<InventoryDevice>,
+    /// The cursor of the next page; `None` on the last.
+    #[serde(default)]
+    pub next: Option<String>,
 }
 
 /// Who asked for something; recorded on events and audit rows.
@@ -358,12 +371,15 @@ pub struct ScanResult {
     pub registered: u32,
 }
 
-/// `ebb.svc.planner.register`: add or update a site's devices by address.
+/// `ebb.svc.planner.register.<site>`: add or update a site's devices by address. The site is
+/// the subject's, never the body's.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RegisterDevicesRequest {
-    pub site: SiteCode,
     pub devices: Vec<DiscoveredDevice>,
 }
+
+/// Most devices in one registration request.
+pub const REGISTER_MAX_DEVICES: usize = 1_000;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RegisterDevicesReply {

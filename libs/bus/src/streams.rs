@@ -64,8 +64,19 @@ pub fn configs() -> Vec<stream::Config> {
 }
 
 /// Creates every stream if missing; an existing stream with the same config is left as is.
+/// (Tests and tools with the operator's rights; a service creates only its own: [`ensure`].)
 pub async fn ensure_streams(js: &jetstream::Context) -> Result<(), async_nats::Error> {
-    for cfg in configs() {
+    ensure(js, &[CMD, RESULT, TELEMETRY, EVENT]).await
+}
+
+/// Creates the streams named `names` if missing (each service owns some: the reconciler the
+/// command, result and telemetry streams, the worker the event feed; NATS permissions let it
+/// create no other).
+pub async fn ensure(js: &jetstream::Context, names: &[&str]) -> Result<(), async_nats::Error> {
+    for cfg in configs()
+        .into_iter()
+        .filter(|c| names.contains(&c.name.as_str()))
+    {
         js.get_or_create_stream(cfg).await?;
     }
     Ok(())

@@ -70,8 +70,18 @@ pub mod planner {
     pub const START: &str = "ebb.svc.planner.start";
     pub const STOP: &str = "ebb.svc.planner.stop";
     pub const TERMINATE: &str = "ebb.svc.planner.terminate";
-    pub const INVENTORY: &str = "ebb.svc.planner.inventory";
-    pub const REGISTER: &str = "ebb.svc.planner.register";
+    use ebb_domain::SiteCode;
+
+    /// One site's inventory endpoint; the planner serves `ebb.svc.planner.inventory.*` and takes
+    /// the site from the subject.
+    pub fn inventory(site: &SiteCode) -> String {
+        format!("{}.inventory.{site}", super::PLANNER_GROUP)
+    }
+
+    /// One site's registration endpoint.
+    pub fn register(site: &SiteCode) -> String {
+        format!("{}.register.{site}", super::PLANNER_GROUP)
+    }
 }
 
 /// An agent's scan endpoint.

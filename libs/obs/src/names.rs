@@ -27,6 +27,8 @@ pub const RECONCILER_BATCHES_PUBLISHED: &str = "ebb_reconciler_batches_published
 pub const RECONCILER_TARGET_TRANSITIONS: &str = "ebb_reconciler_target_transitions_total";
 pub const RECONCILER_IS_LEADER: &str = "ebb_reconciler_is_leader";
 pub const RECONCILER_TELEMETRY_SAMPLES: &str = "ebb_reconciler_telemetry_samples_total";
+/// Results dropped unapplied, by reason (a body naming another site than its subject).
+pub const RECONCILER_RESULTS_REFUSED: &str = "ebb_reconciler_results_refused_total";
 
 // agent
 pub const AGENT_COMMANDS: &str = "ebb_agent_commands_total";

@@ -62,10 +62,7 @@ impl Context {
                     })?,
             ),
         };
-        let creds = (!common.nats_creds.is_empty()).then(|| Path::new(&common.nats_creds));
-        let nats = ebb_bus::connect_with(common.nats_url.as_str(), client_name, creds)
-            .await
-            .with_context(|| format!("connecting to nats at {}", common.nats_url.redacted()))?;
+        let nats = connect_nats(common, client_name).await?;
         let js = jetstream::new(nats.clone());
         Ok(Self {
             inner: Arc::new(Inner {
@@ -117,11 +114,14 @@ impl Context {
         Supervisor::new(&self.shutdown)
     }
 
-    /// Creates the JetStream streams, retrying with backoff until it works or shutdown (then
-    /// `false`): a service started before its NATS server waits for it instead of exiting.
-    pub async fn ensure_streams(&self) -> bool {
+    /// Creates the JetStream streams `names`, retrying with backoff until it works or shutdown
+    /// (then `false`): a service started before its NATS server waits for it instead of exiting.
+    pub async fn ensure_streams(&self, names: &[&str]) -> bool {
+        if names.is_empty() {
+            return true;
+        }
         retry_until(&self.shutdown, "creating the jetstream streams", || {
-            ebb_bus::streams::ensure_streams(self.jetstream())
+            ebb_bus::streams::ensure(self.jetstream(), names)
         })
         .await
         .is_some()
@@ -136,6 +136,34 @@ impl Context {
             pool.close().await;
         }
     }
+}
+
+/// A NATS client with `common`'s URL, credentials and CA. With credentials, the client's inbox
+/// prefix is its user's own (`_INBOX_<user>`), the only one its permissions let it read.
+pub async fn connect_nats(
+    common: &Common,
+    client_name: &str,
+) -> anyhow::Result<async_nats::Client> {
+    let creds = (!common.nats_creds.is_empty()).then(|| Path::new(&common.nats_creds));
+    let inbox_prefix = match creds {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading nats credentials {}", path.display()))?;
+            Some(
+                ebb_natsauth::creds::inbox_prefix(&text)
+                    .with_context(|| format!("reading the user of {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
+    let auth = ebb_bus::ClientAuth {
+        creds,
+        inbox_prefix,
+        ca: (!common.nats_ca.is_empty()).then(|| Path::new(&common.nats_ca)),
+    };
+    ebb_bus::connect_with(common.nats_url.as_str(), client_name, &auth)
+        .await
+        .with_context(|| format!("connecting to nats at {}", common.nats_url.redacted()))
 }
 
 /// Retries a start-up step with backoff (100 ms doubling to 10 s) until it succeeds or

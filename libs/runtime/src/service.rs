@@ -18,8 +18,9 @@ pub trait Service: Send + 'static {
     const ABOUT: &'static str;
     /// What it connects to.
     const NEEDS: Needs;
-    /// Whether it makes sure the JetStream streams exist before it starts.
-    const ENSURES_STREAMS: bool;
+    /// The JetStream streams it owns: created (if missing) before it starts. Its NATS
+    /// permissions let it create these and no other.
+    const STREAMS: &'static [&'static str];
 
     /// Runs until `ctx.shutdown` is cancelled, then drains and returns. An error (or an early
     /// return) stops the process's other services too.
@@ -83,7 +84,7 @@ fn loader<S: Service>(sources: &Sources) -> Result<Loaded, Problems> {
     Ok(Loaded {
         name: S::NAME,
         needs: S::NEEDS,
-        ensures_streams: S::ENSURES_STREAMS,
+        streams: S::STREAMS,
         common,
         printed,
         described,
@@ -109,7 +110,8 @@ type Start = Box<dyn FnOnce(Context) -> BoxFuture<'static, anyhow::Result<()>> +
 pub struct Loaded {
     pub name: &'static str,
     pub needs: Needs,
-    pub ensures_streams: bool,
+    /// The streams it owns.
+    pub streams: &'static [&'static str],
     /// The shared settings (connections), for building the context.
     pub common: Common,
     /// The effective settings as TOML, secrets hidden (`--print-config`).
@@ -134,14 +136,14 @@ impl Loaded {
     pub fn start(self, ctx: Context) -> BoxFuture<'static, anyhow::Result<()>> {
         let Loaded {
             name,
-            ensures_streams,
+            streams,
             described,
             start,
             ..
         } = self;
         Box::pin(async move {
             tracing::info!(service = name, settings = %described, "starting");
-            if ensures_streams && !ctx.ensure_streams().await {
+            if !ctx.ensure_streams(streams).await {
                 return Ok(());
             }
             let outcome = start(ctx).await;

@@ -17,7 +17,7 @@ use ebb_obs::CredUrl;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use toml::{Table, Value};
 
 /// How a setting's value may be shown (in `--print-config`, in logs).
@@ -131,6 +131,9 @@ pub struct Common {
     pub nats_url: CredUrl,
     /// A NATS `.creds` file (user JWT and nkey seed); empty for none.
     pub nats_creds: String,
+    /// A CA certificate file the NATS server's TLS certificate is checked against; empty to
+    /// connect without TLS (or with the system's roots when the URL is `tls://`).
+    pub nats_ca: String,
     /// Where to serve `GET /metrics` and `GET /healthz`; empty for nowhere.
     pub metrics_listen: String,
 }
@@ -142,6 +145,7 @@ impl Default for Common {
             db_connections: 8,
             nats_url: DEFAULT_NATS_URL.into(),
             nats_creds: String::new(),
+            nats_ca: String::new(),
             metrics_listen: String::new(),
         }
     }
@@ -160,6 +164,11 @@ const COMMON_KEYS: &[Key] = &[
         "NATS credentials file (.creds: user JWT and nkey seed); empty for none",
     )
     .env("EBB_NATS_CREDS"),
+    Key::new(
+        "nats_ca",
+        "CA certificate (PEM) the NATS server's TLS certificate must chain to; empty for none",
+    )
+    .env("EBB_NATS_CA"),
     Key::new(
         "metrics_listen",
         "address serving GET /metrics and /healthz (e.g. 0.0.0.0:9090); empty for none",
@@ -201,12 +210,6 @@ impl Common {
                     ));
                 }
             }
-        }
-        if !self.nats_creds.is_empty() && !Path::new(&self.nats_creds).is_file() {
-            bad.push(format!(
-                "nats_creds {} is not a readable file",
-                self.nats_creds
-            ));
         }
         if !self.metrics_listen.is_empty()
             && self.metrics_listen.parse::<std::net::SocketAddr>().is_err()

@@ -507,16 +507,26 @@ pub async fn targets(
 /// The targets of one event whose latest batch is `batch` (the result handler's view).
 pub async fn targets_of_batch(
     db: impl PgExecutor<'_>,
-    event: EventId,
-    batch: BatchId,
+    scope: BatchScope,
 ) -> Result<Vec<TargetRow>, StoreError> {
-    targets_where(db, event, Some(batch)).await
+    targets_where(db, scope.event, Some((scope.site, scope.batch))).await
+}
+
+/// What a site's result may touch: the targets of `event` at `site` whose latest batch is
+/// `batch`. A result names its event and batch in its body, which an agent writes; the site is
+/// its subject's, which NATS permissions bind to the agent that published it. So a site can only
+/// ever change its own targets, and only those still on the batch the result answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchScope {
+    pub event: EventId,
+    pub site: SiteId,
+    pub batch: BatchId,
 }
 
 async fn targets_where(
     db: impl PgExecutor<'_>,
     event: EventId,
-    batch: Option<BatchId>,
+    batch: Option<(SiteId, BatchId)>,
 ) -> Result<Vec<TargetRow>, StoreError> {
     let rows = sqlx::query(
         "SELECT t.device_id, t.site_id, d.address, t.state, t.baseline_power_w, t.retry_count, t.last_spend_reason, t.last_batch_id,
@@ -525,11 +535,12 @@ async fn targets_where(
          FROM curtailment_target t
          LEFT JOIN device d ON d.id = t.device_id AND d.org_id = t.org_id
          LEFT JOIN device_state s ON s.device_id = t.device_id
-         WHERE t.event_id = $1 AND ($2::uuid IS NULL OR t.last_batch_id = $2)
+         WHERE t.event_id = $1 AND ($2::uuid IS NULL OR (t.site_id = $3 AND t.last_batch_id = $2))
          ORDER BY t.site_id, t.baseline_power_w DESC, t.device_id",
     )
     .bind(event.0)
-    .bind(batch.map(|b| b.0))
+    .bind(batch.map(|b| b.1.0))
+    .bind(batch.map(|b| b.0.0))
     .fetch_all(db)
     .await?;
     rows.iter()
@@ -707,7 +718,7 @@ pub async fn stamp_dispatching(
 /// Records the power limit each miner had before its curtail, as the agent reported it.
 pub async fn record_prior_power_limits(
     db: impl PgExecutor<'_>,
-    event: EventId,
+    scope: BatchScope,
     limits: &[(DeviceId, f64)],
 ) -> Result<(), StoreError> {
     if limits.is_empty() {
@@ -715,14 +726,20 @@ pub async fn record_prior_power_limits(
     }
     let ids: Vec<Uuid> = limits.iter().map(|l| l.0.0).collect();
     let w: Vec<f64> = limits.iter().map(|l| l.1).collect();
+    // A limit above what the miner's model draws at most (with room for overclocked firmware)
+    // is not the miner's: restoring it would be a forged command. It is not recorded.
     sqlx::query(
         "UPDATE curtailment_target t SET prior_power_limit_w = u.w
-         FROM unnest($2::uuid[], $3::float8[]) AS u(id, w)
-         WHERE t.event_id = $1 AND t.device_id = u.id AND t.prior_power_limit_w IS NULL",
+         FROM unnest($2::uuid[], $3::float8[]) AS u(id, w), device d
+         WHERE t.event_id = $1 AND t.device_id = u.id AND t.prior_power_limit_w IS NULL
+           AND t.site_id = $4 AND t.last_batch_id = $5
+           AND d.id = t.device_id AND (d.nominal_power_w IS NULL OR u.w <= d.nominal_power_w * 1.5)",
     )
-    .bind(event.0)
+    .bind(scope.event.0)
     .bind(&ids)
     .bind(&w)
+    .bind(scope.site.0)
+    .bind(scope.batch.0)
     .execute(db)
     .await?;
     Ok(())
@@ -732,8 +749,7 @@ pub async fn record_prior_power_limits(
 /// deadline starts now. Only targets still waiting on that batch are touched.
 pub async fn record_results(
     db: impl PgExecutor<'_>,
-    event: EventId,
-    batch: BatchId,
+    scope: BatchScope,
     devices: &[DeviceId],
 ) -> Result<(), StoreError> {
     if devices.is_empty() {
@@ -742,12 +758,13 @@ pub async fn record_results(
     let ids: Vec<Uuid> = devices.iter().map(|d| d.0).collect();
     sqlx::query(
         "UPDATE curtailment_target SET result_at = now()
-         WHERE event_id = $1 AND last_batch_id = $2 AND device_id = ANY($3)
+         WHERE event_id = $1 AND last_batch_id = $2 AND device_id = ANY($3) AND site_id = $4
            AND state IN ('dispatched', 'restore_dispatched') AND result_at IS NULL",
     )
-    .bind(event.0)
-    .bind(batch.0)
+    .bind(scope.event.0)
+    .bind(scope.batch.0)
     .bind(&ids)
+    .bind(scope.site.0)
     .execute(db)
     .await?;
     Ok(())
@@ -788,11 +805,16 @@ pub async fn mark_restore_batch(
 }
 
 /// The event a batch belongs to, found from a result message.
-pub async fn event_of_batch(db: &PgPool, batch: BatchId) -> Result<Option<EventId>, StoreError> {
+pub async fn event_of_batch(
+    db: &PgPool,
+    site: SiteId,
+    batch: BatchId,
+) -> Result<Option<EventId>, StoreError> {
     let id: Option<Uuid> = sqlx::query_scalar(
-        "SELECT event_id FROM curtailment_target WHERE last_batch_id = $1 LIMIT 1",
+        "SELECT event_id FROM curtailment_target WHERE last_batch_id = $1 AND site_id = $2 LIMIT 1",
     )
     .bind(batch.0)
+    .bind(site.0)
     .fetch_optional(db)
     .await?;
     Ok(id.map(EventId))

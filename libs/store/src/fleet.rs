@@ -193,7 +193,44 @@ pub async fn upsert_devices(
     Ok(r.rows_affected())
 }
 
-/// The devices an agent drives.
+/// One page of a site's devices in address order: those after `after` (an address), at most
+/// `limit`. Query: the agent's inventory; served by the `(site_id, address)` unique index.
+pub async fn inventory_page(
+    db: impl PgExecutor<'_>,
+    site: SiteId,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<DeviceRow>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, address, make, model, firmware, curtail_full, curtail_efficiency, power_target
+         FROM device WHERE site_id = $1 AND ($2::text IS NULL OR address > $2)
+         ORDER BY address LIMIT $3",
+    )
+    .bind(site.0)
+    .bind(after)
+    .bind(i64::from(limit))
+    .fetch_all(db)
+    .await?;
+    Ok(rows.iter().map(device_row).collect())
+}
+
+fn device_row(r: &sqlx::postgres::PgRow) -> DeviceRow {
+    DeviceRow {
+        device_id: DeviceId(r.get("id")),
+        address: r.get("address"),
+        make: r.get("make"),
+        model: r.get("model"),
+        firmware: r.get("firmware"),
+        capabilities: Capabilities {
+            curtail_full: r.get("curtail_full"),
+            curtail_efficiency: r.get("curtail_efficiency"),
+            power_target: r.get("power_target"),
+        },
+    }
+}
+
+/// Every device of a site, in address order (tests and `ebb dev`; agents page through
+/// [`inventory_page`]).
 pub async fn inventory(
     db: impl PgExecutor<'_>,
     site: SiteId,
@@ -205,21 +242,7 @@ pub async fn inventory(
     .bind(site.0)
     .fetch_all(db)
     .await?;
-    Ok(rows
-        .iter()
-        .map(|r| DeviceRow {
-            device_id: DeviceId(r.get("id")),
-            address: r.get("address"),
-            make: r.get("make"),
-            model: r.get("model"),
-            firmware: r.get("firmware"),
-            capabilities: Capabilities {
-                curtail_full: r.get("curtail_full"),
-                curtail_efficiency: r.get("curtail_efficiency"),
-                power_target: r.get("power_target"),
-            },
-        })
-        .collect())
+    Ok(rows.iter().map(device_row).collect())
 }
 
 /// Writes one telemetry batch into `device_state` in one statement. A sample older than the stored

@@ -51,6 +51,8 @@ pub struct NatsServerBuilder {
     binary: Option<PathBuf>,
     /// Extra command-line arguments, appended after the testkit's own.
     args: Vec<OsString>,
+    /// Extra environment variables of the server process (a config's `$VARIABLES`).
+    env: Vec<(OsString, OsString)>,
 }
 
 impl NatsServerBuilder {
@@ -63,6 +65,12 @@ impl NatsServerBuilder {
     /// Appends a command-line argument, e.g. `--max_payload`.
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Sets an environment variable of the server process.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -89,6 +97,7 @@ impl NatsServerBuilder {
             .args(["-a", "127.0.0.1", "-p", "-1", "-js", "-sd"])
             .arg(dir.path())
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)

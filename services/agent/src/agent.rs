@@ -51,7 +51,7 @@ impl ebb_runtime::Service for AgentService {
     const ABOUT: &'static str =
         "One site's device driver; `ebb agent scan <range>` identifies miners";
     const NEEDS: ebb_runtime::Needs = ebb_runtime::Needs::Nats;
-    const ENSURES_STREAMS: bool = true;
+    const STREAMS: &'static [&'static str] = &[];
 
     fn run(
         config: AgentConfig,

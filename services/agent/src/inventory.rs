@@ -85,21 +85,24 @@ impl Inventory {
     }
 }
 
-/// Asks the planner for `site`'s devices.
+/// Asks the planner for `site`'s devices, page by page (each page fits a NATS message whatever
+/// the site's size), each page under `timeout`.
 pub async fn fetch(
     client: &async_nats::Client,
     site: &SiteCode,
     timeout: Duration,
 ) -> Result<Vec<InventoryDevice>, CallError> {
-    let reply: InventoryReply = rpc::call(
-        client,
-        &(),
-        None,
-        &InventoryRequest { site: site.clone() },
-        timeout,
-    )
-    .await?;
-    Ok(reply.devices)
+    let mut devices = Vec::new();
+    let mut after = None;
+    loop {
+        let request = InventoryRequest { after, limit: None };
+        let page: InventoryReply = rpc::call(client, site, None, &request, timeout).await?;
+        devices.extend(page.devices);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(devices),
+        }
+    }
 }
 
 /// Keeps the agent's inventory current until `shutdown`. A static source is installed once.

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 /// The most addresses one scan covers (a /16).
 pub const MAX_SCAN_ADDRESSES: u64 = 65_536;
 /// Devices per registration request, well under the bus's message limits.
-const REGISTER_CHUNK: usize = 1_000;
+const REGISTER_CHUNK: usize = ebb_bus::REGISTER_MAX_DEVICES;
 
 /// How a scan runs.
 #[derive(Clone, Debug)]
@@ -224,10 +224,9 @@ pub async fn register(
     let mut registered = 0;
     for chunk in devices.chunks(REGISTER_CHUNK) {
         let req = RegisterDevicesRequest {
-            site: site.clone(),
             devices: chunk.to_vec(),
         };
-        let reply: RegisterDevicesReply = rpc::call(client, &(), None, &req, timeout).await?;
+        let reply: RegisterDevicesReply = rpc::call(client, site, None, &req, timeout).await?;
         registered += reply.registered;
     }
     Ok(registered)

@@ -34,6 +34,9 @@ pub struct ScanArgs {
     /// NATS credentials file (with --register).
     #[arg(long, env = "EBB_NATS_CREDS")]
     pub nats_creds: Option<std::path::PathBuf>,
+    /// CA the NATS server's certificate chains to (with --register).
+    #[arg(long, env = "EBB_NATS_CA")]
+    pub nats_ca: Option<std::path::PathBuf>,
 }
 
 fn parse_site(s: &str) -> Result<SiteCode, String> {
@@ -90,15 +93,18 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
             eprintln!("nothing to register");
             return Ok(ExitCode::SUCCESS);
         }
-        let client =
-            ebb_bus::connect_with(&args.nats_url, "ebb-agent-scan", args.nats_creds.as_deref())
-                .await
-                .with_context(|| {
-                    format!(
-                        "connecting to nats at {}",
-                        ebb_obs::CredUrl::from(args.nats_url.as_str()).redacted()
-                    )
-                })?;
+        let path = |p: &Option<std::path::PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        let common = ebb_runtime::Common {
+            nats_url: args.nats_url.as_str().into(),
+            nats_creds: path(&args.nats_creds),
+            nats_ca: path(&args.nats_ca),
+            ..ebb_runtime::Common::default()
+        };
+        let client = ebb_runtime::context::connect_nats(&common, "ebb-agent-scan").await?;
         let registered =
             ebb_agent::register(&client, &site, &result.devices, Duration::from_secs(30))
                 .await

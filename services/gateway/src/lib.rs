@@ -80,7 +80,7 @@ impl ebb_runtime::Service for GatewayService {
     const NAME: &'static str = "gateway";
     const ABOUT: &'static str = "The operator HTTP API";
     const NEEDS: ebb_runtime::Needs = ebb_runtime::Needs::DatabaseAndNats;
-    const ENSURES_STREAMS: bool = false;
+    const STREAMS: &'static [&'static str] = &[];
 
     async fn run(config: GatewayConfig, ctx: ebb_runtime::Context) -> anyhow::Result<()> {
         Gateway::build(&config, &ctx)

@@ -13,7 +13,7 @@ use ebb_bus::{
     StartReply, StartRequest, StopReply, StopRequest, TerminateRequest, subjects,
 };
 use ebb_domain::selection::{Plan, SelectionError, SelectionParams, select};
-use ebb_domain::{EventId, EventState, SiteId, StopCause};
+use ebb_domain::{EventId, EventState, SiteCode, SiteId, StopCause};
 use ebb_store::events::{self, NewEvent};
 use ebb_store::{PgPool, StoreError, fleet, tx::with_tx};
 use futures::StreamExt;
@@ -30,7 +30,7 @@ impl ebb_runtime::Service for PlannerService {
     const NAME: &'static str = "planner";
     const ABOUT: &'static str = "Selection, preview, start and stop of curtailments (NATS service)";
     const NEEDS: ebb_runtime::Needs = ebb_runtime::Needs::DatabaseAndNats;
-    const ENSURES_STREAMS: bool = false;
+    const STREAMS: &'static [&'static str] = &[];
 
     async fn run(config: PlannerConfig, ctx: ebb_runtime::Context) -> anyhow::Result<()> {
         let planner = Arc::new(Planner::new(ctx.pool()?.clone(), config));
@@ -55,8 +55,16 @@ pub async fn serve(
     let group = service.group(subjects::PLANNER_GROUP);
     let mut streams = Vec::new();
     for verb in VERBS {
+        // Per-site endpoints take the site from the subject's last token.
+        let subject = if PER_SITE.contains(&verb) {
+            format!("{verb}.*")
+        } else {
+            verb.to_owned()
+        };
         let ep = group
-            .endpoint(verb)
+            .endpoint_builder()
+            .name(verb)
+            .add(subject)
             .await
             .map_err(|e| anyhow::anyhow!("endpoint {verb}: {e}"))?;
         streams.push(ep.map(move |r| (verb, r)).boxed());
@@ -66,7 +74,9 @@ pub async fn serve(
         .for_each_concurrent(MAX_CONCURRENT_REQUESTS, |(verb, req)| {
             let planner = planner.clone();
             async move {
-                let payload = planner.handle(verb, &req.message.payload).await;
+                let payload = planner
+                    .handle(verb, &req.message.subject, &req.message.payload)
+                    .await;
                 if let Err(e) = req.respond(Ok(payload)).await {
                     tracing::warn!(verb, error = %e, "could not send planner reply");
                 }
@@ -76,6 +86,9 @@ pub async fn serve(
     service.stop().await.ok();
     Ok(())
 }
+
+/// The endpoints served per site, `ebb.svc.planner.<verb>.<site>`.
+const PER_SITE: [&str; 2] = [InventoryRequest::VERB, RegisterDevicesRequest::VERB];
 
 /// The planner's endpoints, by verb.
 pub const VERBS: [&str; 6] = [
@@ -105,9 +118,18 @@ impl Planner {
         Self { pool, config }
     }
 
-    /// Decodes a request for `verb`, runs it, and encodes the reply; never panics on bad input.
-    pub async fn handle(&self, verb: &str, payload: &[u8]) -> bytes::Bytes {
+    /// Decodes a request for `verb` that arrived on `subject`, runs it, and encodes the reply;
+    /// never panics on bad input.
+    pub async fn handle(&self, verb: &str, subject: &str, payload: &[u8]) -> bytes::Bytes {
         use ebb_bus::rpc::answer;
+        let site = || {
+            ebb_bus::endpoints::site_of_planner_subject(verb, subject).ok_or_else(|| {
+                RpcError::new(
+                    RpcErrorKind::InvalidArgument,
+                    format!("{subject} names no site"),
+                )
+            })
+        };
         let reply = match verb {
             PreviewRequest::VERB => {
                 answer(payload, |r: PreviewRequest| async move {
@@ -133,13 +155,13 @@ impl Planner {
             }
             InventoryRequest::VERB => {
                 answer(payload, |r: InventoryRequest| async move {
-                    self.inventory(&r).await
+                    self.inventory(&site()?, &r).await
                 })
                 .await
             }
             RegisterDevicesRequest::VERB => {
                 answer(payload, |r: RegisterDevicesRequest| async move {
-                    self.register(&r).await
+                    self.register(&site()?, &r).await
                 })
                 .await
             }
@@ -547,17 +569,44 @@ impl Planner {
     }
 
     /// The devices of one site, for its agent.
-    pub async fn inventory(&self, req: &InventoryRequest) -> Result<Inventory, RpcError> {
-        let site = fleet::site_by_code(&self.pool, &req.site)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| {
-                RpcError::new(RpcErrorKind::NotFound, format!("unknown site {}", req.site))
-            })?;
-        let rows = fleet::inventory(&self.pool, site.id)
+    /// One page of `code`'s devices, in address order, for its agent.
+    pub async fn inventory(
+        &self,
+        code: &SiteCode,
+        req: &InventoryRequest,
+    ) -> Result<Inventory, RpcError> {
+        let limit = match req.limit {
+            None => ebb_bus::INVENTORY_PAGE_MAX,
+            Some(n) if (1..=ebb_bus::INVENTORY_PAGE_MAX).contains(&n) => n,
+            Some(n) => {
+                return Err(RpcError::invalid(
+                    "limit",
+                    format!(
+                        "must be between 1 and {}, got {n}",
+                        ebb_bus::INVENTORY_PAGE_MAX
+                    ),
+                ));
+            }
+        };
+        if req
+            .after
+            .as_ref()
+            .is_some_and(|a| a.len() > validate::MAX_ADDRESS)
+        {
+            return Err(RpcError::invalid(
+                "after",
+                "is not a cursor this planner gave",
+            ));
+        }
+        let site = self.site(code).await?;
+        let rows = fleet::inventory_page(&self.pool, site.id, req.after.as_deref(), limit)
             .await
             .map_err(internal)?;
+        let next = (rows.len() == limit as usize)
+            .then(|| rows.last().map(|d| d.address.clone()))
+            .flatten();
         Ok(Inventory {
+            next,
             devices: rows
                 .into_iter()
                 .map(|d| InventoryDevice {
@@ -571,17 +620,15 @@ impl Planner {
         })
     }
 
-    /// Adds or updates devices found by an agent's scan.
+    /// Adds or updates devices found by `code`'s agent's scan. Every field is checked first:
+    /// one bad device refuses the request, naming it, and changes nothing.
     pub async fn register(
         &self,
+        code: &SiteCode,
         req: &RegisterDevicesRequest,
     ) -> Result<RegisterDevicesReply, RpcError> {
-        let site = fleet::site_by_code(&self.pool, &req.site)
-            .await
-            .map_err(internal)?
-            .ok_or_else(|| {
-                RpcError::new(RpcErrorKind::NotFound, format!("unknown site {}", req.site))
-            })?;
+        validate::registration(&req.devices)?;
+        let site = self.site(code).await?;
         let devices: Vec<fleet::NewDevice> = req
             .devices
             .iter()
@@ -604,6 +651,13 @@ impl Planner {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    async fn site(&self, code: &SiteCode) -> Result<fleet::Site, RpcError> {
+        fleet::site_by_code(&self.pool, code)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| RpcError::new(RpcErrorKind::NotFound, format!("unknown site {code}")))
     }
 }
 

@@ -13,6 +13,67 @@ pub const MAX_DURATION_S: u32 = 7 * 24 * 3600;
 pub const MAX_RESTORE_BATCH: u32 = 10_000;
 pub const MAX_RESTORE_INTERVAL_S: u32 = 24 * 3600;
 
+/// Longest device address (an IPv6 address with a zone fits).
+pub const MAX_ADDRESS: usize = 64;
+/// Longest make, model or firmware string.
+pub const MAX_DEVICE_TEXT: usize = 128;
+/// The most a registered miner may draw, in watts.
+pub const MAX_NOMINAL_POWER_W: f64 = 50_000.0;
+
+/// Checks an agent's registration: a bounded number of devices, each field bounded and valid,
+/// no address twice. The first bad device is named by its index.
+pub fn registration(devices: &[ebb_bus::DiscoveredDevice]) -> Result<(), RpcError> {
+    if devices.len() > ebb_bus::REGISTER_MAX_DEVICES {
+        return Err(RpcError::invalid(
+            "devices",
+            format!(
+                "at most {} devices per request, got {}",
+                ebb_bus::REGISTER_MAX_DEVICES,
+                devices.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, d) in devices.iter().enumerate() {
+        let field = |name: &str| format!("devices[{i}].{name}");
+        if d.address.len() > MAX_ADDRESS || d.address.trim().parse::<std::net::IpAddr>().is_err() {
+            return Err(RpcError::invalid(
+                &field("address"),
+                "must be an IP address",
+            ));
+        }
+        if !seen.insert(d.address.trim()) {
+            return Err(RpcError::invalid(
+                &field("address"),
+                format!("{} is listed twice", d.address.trim()),
+            ));
+        }
+        for (name, value) in [
+            ("make", Some(d.make.as_str())),
+            ("model", Some(d.model.as_str())),
+            ("firmware", d.firmware.as_deref()),
+        ] {
+            if let Some(v) = value
+                && (v.chars().count() > MAX_DEVICE_TEXT || v.chars().any(char::is_control))
+            {
+                return Err(RpcError::invalid(
+                    &field(name),
+                    format!("must be at most {MAX_DEVICE_TEXT} printable characters"),
+                ));
+            }
+        }
+        if let Some(w) = d.nominal_power_w
+            && !(w.is_finite() && w > 0.0 && w <= MAX_NOMINAL_POWER_W)
+        {
+            return Err(RpcError::invalid(
+                &field("nominal_power_w"),
+                format!("must be above 0 and at most {MAX_NOMINAL_POWER_W} W"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A start request's settings after validation and defaults.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidStart {
@@ -370,5 +431,39 @@ mod tests {
         assert_eq!(v.max_duration_s, Some(3600));
         assert_eq!(v.restore_batch_size, 100);
         assert_eq!(v.restore_batch_interval_s, 30);
+    }
+
+    #[test]
+    fn registrations_are_bounded_and_name_the_bad_device() {
+        use ebb_bus::DiscoveredDevice;
+        let dev = |address: &str| DiscoveredDevice {
+            address: address.into(),
+            make: "Whatsminer".into(),
+            model: "M60S".into(),
+            firmware: Some("20250101".into()),
+            capabilities: ebb_domain::Capabilities::default(),
+            nominal_power_w: Some(3400.0),
+        };
+        let field = |devices: &[DiscoveredDevice]| registration(devices).unwrap_err().field;
+        assert!(registration(&[dev("10.0.0.1"), dev("10.0.0.2")]).is_ok());
+        assert_eq!(
+            field(&[dev("10.0.0.1"), dev("10.0.0.1")]).as_deref(),
+            Some("devices[1].address"),
+            "a duplicate address"
+        );
+        assert_eq!(
+            field(&[dev("10.0.0.1"), dev("not an address")]).as_deref(),
+            Some("devices[1].address")
+        );
+        let mut long = dev("10.0.0.3");
+        long.model = "M".repeat(MAX_DEVICE_TEXT + 1);
+        assert_eq!(field(&[long]).as_deref(), Some("devices[0].model"));
+        let mut hot = dev("10.0.0.4");
+        hot.nominal_power_w = Some(f64::INFINITY);
+        assert_eq!(field(&[hot]).as_deref(), Some("devices[0].nominal_power_w"));
+        let many: Vec<DiscoveredDevice> = (0..=ebb_bus::REGISTER_MAX_DEVICES)
+            .map(|i| dev(&format!("10.1.{}.{}", i / 250, i % 250)))
+            .collect();
+        assert_eq!(field(&many).as_deref(), Some("devices"));
     }
 }

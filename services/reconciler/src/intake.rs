@@ -15,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 /// Results waiting for the pass loop. When full, intake stops pulling and JetStream holds the rest.
 pub const RESULT_QUEUE: usize = 256;
 
-/// A decoded result and the message to ack once it is applied.
+/// A decoded result, the site whose subject it came on, and the message to ack once it is
+/// applied.
 pub struct Incoming {
     pub result: BatchResult,
+    pub site: SiteCode,
     pub message: jetstream::Message,
 }
 
@@ -76,9 +78,22 @@ pub async fn results(
         async move {
             match ebb_bus::decode::<BatchResult>(&message.payload) {
                 Ok(env) => {
+                    // The subject names the site the agent may publish for (NATS permissions
+                    // enforce it); a body that claims another site is not trusted.
+                    let subject_site = ebb_bus::subjects::site_of(
+                        ebb_bus::subjects::RESULT_PREFIX,
+                        &message.subject,
+                    );
+                    if subject_site != Some(env.body.site.as_str()) {
+                        tracing::warn!(subject = %message.subject, site = %env.body.site, batch_id = %env.body.batch_id, "result site does not match its subject, dropping it");
+                        metrics::counter!(ebb_obs::names::RECONCILER_RESULTS_REFUSED, "reason" => "site_mismatch").increment(1);
+                        message.ack_with(AckKind::Term).await.ok();
+                        return true;
+                    }
+                    let site = env.body.site.clone();
                     let sent = tokio::select! {
                         _ = stop.cancelled() => return false,
-                        r = tx.send(Incoming { result: env.body, message }) => r,
+                        r = tx.send(Incoming { result: env.body, site, message }) => r,
                     };
                     if sent.is_err() {
                         return false;

@@ -44,7 +44,11 @@ impl ebb_runtime::Service for ReconcilerService {
     const ABOUT: &'static str =
         "Drives curtailment events through their state machines (leader-elected)";
     const NEEDS: ebb_runtime::Needs = ebb_runtime::Needs::DatabaseAndNats;
-    const ENSURES_STREAMS: bool = true;
+    const STREAMS: &'static [&'static str] = &[
+        ebb_bus::streams::CMD,
+        ebb_bus::streams::RESULT,
+        ebb_bus::streams::TELEMETRY,
+    ];
 
     fn run(
         config: ReconcilerConfig,

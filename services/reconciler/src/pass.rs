@@ -64,8 +64,31 @@ impl Reconciler {
     /// if sooner than the safety tick.
     pub async fn pass(&mut self, results: Vec<Incoming>) -> Option<Duration> {
         let started = Instant::now();
-        for Incoming { result, message } in results {
-            match self.apply_result(&result).await {
+        match fleet::all_sites(&self.pool).await {
+            Ok(sites) => {
+                self.sites = sites
+                    .into_iter()
+                    .map(|s| (s.id, (s.code, s.ramp_limit_kw_per_min)))
+                    .collect()
+            }
+            Err(e) => tracing::warn!(error = ?e, "loading sites"),
+        }
+        for Incoming {
+            result,
+            site,
+            message,
+        } in results
+        {
+            let Some(site_id) = self
+                .sites
+                .iter()
+                .find_map(|(id, (code, _))| (code == &site).then_some(*id))
+            else {
+                tracing::debug!(%site, "a result from an unknown site");
+                message.ack().await.ok();
+                continue;
+            };
+            match self.apply_result(&result, site_id).await {
                 Ok(()) => {
                     message.ack().await.ok();
                 }
@@ -77,15 +100,6 @@ impl Reconciler {
                         .ok();
                 }
             }
-        }
-        match fleet::all_sites(&self.pool).await {
-            Ok(sites) => {
-                self.sites = sites
-                    .into_iter()
-                    .map(|s| (s.id, (s.code, s.ramp_limit_kw_per_min)))
-                    .collect()
-            }
-            Err(e) => tracing::warn!(error = ?e, "loading sites"),
         }
         let live = match events::live_events(&self.pool).await {
             Ok(l) => l,
@@ -119,15 +133,24 @@ impl Reconciler {
 
     /// Records what the agent said about each device. Success changes nothing (telemetry
     /// confirms); any other outcome spends an attempt and queues the target again, or fails it.
-    async fn apply_result(&self, r: &BatchResult) -> anyhow::Result<()> {
+    ///
+    /// `site` is the result's subject's site, which NATS permissions bind to the agent that
+    /// published it: a result changes only that site's targets still on the batch it answers,
+    /// whatever event or devices its body names.
+    async fn apply_result(&self, r: &BatchResult, site: SiteId) -> anyhow::Result<()> {
         let event = match r.event_id {
             Some(e) => Some(e),
-            None => events::event_of_batch(&self.pool, r.batch_id).await?,
+            None => events::event_of_batch(&self.pool, site, r.batch_id).await?,
         };
         let Some(event) = event else { return Ok(()) };
+        let scope = events::BatchScope {
+            event,
+            site,
+            batch: r.batch_id,
+        };
         let d = decide::on_result(r);
-        events::record_prior_power_limits(&self.pool, event, &d.prior_limits).await?;
-        events::record_results(&self.pool, event, r.batch_id, &d.succeeded).await?;
+        events::record_prior_power_limits(&self.pool, scope, &d.prior_limits).await?;
+        events::record_results(&self.pool, scope, &d.succeeded).await?;
         if d.failed.is_empty() {
             return Ok(());
         }
@@ -135,7 +158,7 @@ impl Reconciler {
             tracing::info!(event_id = %event, device_id = %device, outcome, "command failed on device");
         }
         let failed: HashSet<DeviceId> = d.failed.iter().map(|(d, _)| *d).collect();
-        let targets = events::targets_of_batch(&self.pool, event, r.batch_id).await?;
+        let targets = events::targets_of_batch(&self.pool, scope).await?;
         let moves = decide::spend_failed(&targets, &failed, &self.policy);
         // Only targets still on this batch move: an older batch's result is stale.
         self.apply_moves(event, &moves, Some(r.batch_id), &mut HashSet::new())

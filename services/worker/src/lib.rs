@@ -43,7 +43,7 @@ impl ebb_runtime::Service for WorkerService {
     const NAME: &'static str = "worker";
     const ABOUT: &'static str = "Background jobs: the outbox relay to the event feed";
     const NEEDS: ebb_runtime::Needs = ebb_runtime::Needs::DatabaseAndNats;
-    const ENSURES_STREAMS: bool = true;
+    const STREAMS: &'static [&'static str] = &[ebb_bus::streams::EVENT];
 
     async fn run(config: WorkerConfig, ctx: ebb_runtime::Context) -> anyhow::Result<()> {
         let mut jobs = ctx.supervisor();

@@ -81,7 +81,12 @@ pub fn spawn_run(
         )
         .await?;
         // What the runtime does before it starts an agent.
-        ctx.ensure_streams().await;
+        ctx.ensure_streams(&[
+            ebb_bus::streams::CMD,
+            ebb_bus::streams::RESULT,
+            ebb_bus::streams::TELEMETRY,
+        ])
+        .await;
         ebb_agent::run_with(config, source, ctx).await
     })
 }

@@ -107,17 +107,20 @@ async fn the_planner_supplies_the_inventory_and_takes_registrations() {
             site.clone(),
         );
         let mut inventory = client
-            .subscribe(subjects::planner::INVENTORY)
+            .subscribe(subjects::planner::inventory(&site))
             .await
             .unwrap();
-        let mut register = client.subscribe(subjects::planner::REGISTER).await.unwrap();
+        let mut register = client
+            .subscribe(subjects::planner::register(&site))
+            .await
+            .unwrap();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
                     Some(msg) = inventory.next() => {
                         let req = ebb_bus::decode::<InventoryRequest>(&msg.payload).unwrap().body;
-                        assert_eq!(req.site, site);
-                        let reply = rpc::reply(Ok(Inventory { devices: devices.clone() })).unwrap();
+                        assert_eq!(req.after, None, "one page");
+                        let reply = rpc::reply(Ok(Inventory { devices: devices.clone(), next: None })).unwrap();
                         client.publish(msg.reply.unwrap(), reply).await.unwrap();
                     }
                     Some(msg) = register.next() => {

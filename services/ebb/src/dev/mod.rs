@@ -405,9 +405,9 @@ async fn run_services(
 async fn wait_for_planner(client: &async_nats::Client, site: &SiteCode) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let req = InventoryRequest { site: site.clone() };
+        let req = InventoryRequest::default();
         let reply: Result<Inventory, _> =
-            ebb_bus::rpc::call(client, &(), None, &req, Duration::from_secs(2)).await;
+            ebb_bus::rpc::call(client, site, None, &req, Duration::from_secs(2)).await;
         match reply {
             Ok(_) => return Ok(()),
             Err(e) if Instant::now() >= deadline => {

@@ -60,7 +60,8 @@ fn is_ebb(service: &Mapping) -> bool {
 }
 
 /// Compose's `${NAME:-default}` with the default (the test must not depend on this machine's
-/// environment) and `$$` as `$`.
+/// environment), `${NAME:?message}` (a value the operator must give) as a test value, and `$$`
+/// as `$`.
 fn interpolate(s: &str) -> String {
     let mut out = String::new();
     let mut rest = s;
@@ -73,10 +74,14 @@ fn interpolate(s: &str) -> String {
         } else if let Some(after) = rest.strip_prefix("${") {
             let end = after.find('}').expect("an unterminated ${ in compose.yaml");
             let expr = &after[..end];
-            let default = expr.split_once(":-").map(|(_, d)| d);
-            out.push_str(default.unwrap_or_else(|| {
-                panic!("${{{expr}}} needs a default (:-) so compose works without a .env")
-            }));
+            let value = match (expr.split_once(":-"), expr.split_once(":?")) {
+                (Some((_, default)), _) => default,
+                (None, Some(_)) => "required-in-test",
+                (None, None) => panic!(
+                    "${{{expr}}} needs a default (:-) or must be required (:?) so compose never runs with an empty value"
+                ),
+            };
+            out.push_str(value);
             rest = &after[end + 1..];
         } else {
             panic!("a bare $ in {s:?}: use ${{NAME:-default}}");
@@ -374,5 +379,36 @@ fn the_simulated_fleet_matches_the_sites_and_the_scans() {
             "{} has an agent and a registration scan",
             site.name
         );
+    }
+}
+
+/// compose.yaml ships no password (issue 7): every password (a `*PASSWORD*` variable, or the
+/// password in a URL) comes from a variable the operator must set (`${NAME:?…}`).
+#[test]
+fn no_password_is_built_in() {
+    let compose = load();
+    for (name, service) in &compose.services {
+        let Some(Value::Mapping(env)) = service.get("environment") else {
+            continue;
+        };
+        for (k, v) in env {
+            let (key, value) = (k.as_str().unwrap(), v.as_str().unwrap_or_default());
+            let url_password = value
+                .split_once("://")
+                .and_then(|(_, rest)| rest.split_once('@'))
+                .and_then(|(userinfo, _)| userinfo.split_once(':'))
+                .map(|(_, password)| password);
+            let password = if key.contains("PASSWORD") {
+                Some(value)
+            } else {
+                url_password
+            };
+            if let Some(p) = password {
+                assert!(
+                    p.starts_with("${") && p.contains(":?"),
+                    "{name}: {key} has a built-in password ({p:?}); use ${{NAME:?…}}"
+                );
+            }
+        }
     }
 }

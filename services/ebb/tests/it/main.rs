@@ -3,7 +3,7 @@
 //! subject permissions on a real nats-server.
 
 mod compose;
-mod nats_conf;
+mod nats_auth;
 
 use std::path::PathBuf;
 

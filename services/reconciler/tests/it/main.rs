@@ -6,3 +6,4 @@
 mod harness;
 mod invariants;
 mod leader;
+mod spoof;

@@ -1,11 +1,14 @@
-//! `ebb admin`: migrations and the records an operator creates by hand (orgs, sites, API keys),
-//! against `DATABASE_URL`. `bootstrap` is the idempotent combination that `ebb dev` and
+//! `ebb admin`: migrations and the records an operator creates by hand (orgs, sites, API keys,
+//! NATS credentials), against `DATABASE_URL`. `bootstrap` is the idempotent combination that `ebb dev` and
 //! `compose.yaml` use: an org with its sites and an admin key kept in a file, reused when they
 //! exist already.
+
+pub mod nats;
 
 use anyhow::Context;
 use ebb_bus::Role;
 use ebb_domain::{OrgId, SiteCode};
+use ebb_natsauth::{Authority, Identity};
 use ebb_obs::Secret;
 use ebb_store::PgPool;
 use ebb_store::fleet::{self, Site};
@@ -25,14 +28,98 @@ pub struct AdminArgs {
         default_value = ""
     )]
     pub database_url: Secret,
+    /// The deployment's NATS authority: its keys, the hub's auth config, the system user.
+    #[arg(long, env = "EBB_NATS_AUTH_DIR", global = true)]
+    pub nats_auth_dir: Option<PathBuf>,
+    /// The running hub, to push a revocation to (with the authority's system user).
+    #[arg(long, env = "NATS_URL", global = true)]
+    pub nats_url: Option<String>,
+    /// The CA the hub's certificate chains to.
+    #[arg(long, env = "EBB_NATS_CA", global = true)]
+    pub nats_ca: Option<PathBuf>,
     #[command(subcommand)]
     pub command: AdminCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum NatsCommand {
+    /// Create the deployment's NATS authority (operator, system and Ebb accounts) if missing,
+    /// write the hub's auth config (`<auth dir>/auth.conf`, included by nats/hub.conf), and mint
+    /// each service's credentials (`<creds dir>/<service>.creds`) that do not exist yet.
+    Init {
+        /// Where the service credentials go.
+        #[arg(long)]
+        creds_dir: PathBuf,
+        /// Also write a private CA and a server certificate for the hub's TLS ports here (kept
+        /// if present), valid for each --host, and a copy of the CA into the creds dir
+        /// (`ca.pem`), for the clients.
+        #[arg(long)]
+        tls_dir: Option<PathBuf>,
+        /// An existing site whose agent's credentials are minted too, unless its `.creds` file
+        /// exists already; repeat for several.
+        #[arg(long = "site", value_parser = parse_site)]
+        sites: Vec<SiteCode>,
+        /// A name or address the hub's certificate is valid for; repeat for several.
+        #[arg(long = "host", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned()])]
+        hosts: Vec<String>,
+    },
+    /// Mint credentials for an integration: it may only create and read its durable consumer
+    /// on the event feed, filtered inside its org's events (`ebb.event.<org>.>`).
+    Integration {
+        /// Its name: 1-64 of a-z, 0-9, `_` and `-`; its durable consumer is `integration-<name>`.
+        name: String,
+        /// The org whose events it reads.
+        #[arg(long)]
+        org: Uuid,
+        /// Where its `.creds` file goes.
+        #[arg(long)]
+        creds_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SiteCommand {
+    /// Create a site (or reuse it) and mint its agent's NATS credentials as
+    /// `<creds dir>/agent-<code>.creds`, permitted only that site's subjects.
+    Add {
+        /// The site's token in NATS subjects: 1-64 of a-z, 0-9, `_` and `-`.
+        #[arg(value_parser = parse_site)]
+        code: SiteCode,
+        /// The org the site belongs to (when it is created).
+        #[arg(long)]
+        org: Option<Uuid>,
+        /// Its display name (default: the code).
+        #[arg(long)]
+        name: Option<String>,
+        /// The most power a restore may add per minute, in kW.
+        #[arg(long)]
+        ramp_limit_kw_per_min: Option<f64>,
+        /// Where the agent's `.creds` file goes.
+        #[arg(long)]
+        creds_dir: PathBuf,
+    },
+    /// Revoke every credential of the site's agent and push the revocation to the running hub:
+    /// its next connect is refused, with no server restart.
+    RevokeCreds {
+        #[arg(value_parser = parse_site)]
+        code: SiteCode,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
 pub enum AdminCommand {
     /// Apply pending migrations (safe to run from several processes at once).
     Migrate,
+    /// The deployment's NATS authority and credentials.
+    Nats {
+        #[command(subcommand)]
+        command: NatsCommand,
+    },
+    /// Sites and their agents' NATS credentials.
+    Site {
+        #[command(subcommand)]
+        command: SiteCommand,
+    },
     /// Create an org; prints its id.
     CreateOrg {
         #[arg(long)]
@@ -97,7 +184,169 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let pool = ebb_store::connect(args.database_url.expose(), 2)
         .await
         .context("connecting to postgresql")?;
+    let hub = args.nats_url.as_deref().map(|url| nats::Hub {
+        url,
+        ca: args.nats_ca.as_deref(),
+    });
+    let auth_dir = || {
+        args.nats_auth_dir
+            .clone()
+            .context("set --nats-auth-dir (or EBB_NATS_AUTH_DIR) to the NATS authority's directory")
+    };
     match args.command {
+        AdminCommand::Nats {
+            command:
+                NatsCommand::Init {
+                    creds_dir,
+                    tls_dir,
+                    hosts,
+                    sites,
+                },
+        } => {
+            let dir = auth_dir()?;
+            let authority = nats::init(&pool, &dir).await?;
+            eprintln!(
+                "nats authority in {} (auth config {})",
+                dir.display(),
+                dir.join("auth.conf").display()
+            );
+            if let Some(tls) = tls_dir {
+                let files = ebb_natsauth::tls::generate(&tls, &hosts)?;
+                std::fs::create_dir_all(&creds_dir)
+                    .with_context(|| format!("creating {}", creds_dir.display()))?;
+                std::fs::copy(&files.ca, creds_dir.join("ca.pem"))
+                    .with_context(|| format!("copying the CA into {}", creds_dir.display()))?;
+                eprintln!(
+                    "tls: ca {}, certificate {}",
+                    files.ca.display(),
+                    files.cert.display()
+                );
+            }
+            for code in &sites {
+                let name = nats::agent(code).name();
+                if creds_dir.join(format!("{name}.creds")).exists() {
+                    continue;
+                }
+                let site = fleet::site_by_code(&pool, code).await?.with_context(|| {
+                    format!("site {code} does not exist: create it first (ebb admin site add {code} --org …)")
+                })?;
+                let (path, _) = nats::mint_to(
+                    &pool,
+                    &authority,
+                    &nats::agent(code),
+                    Some(site.id),
+                    Some(site.org_id),
+                    &creds_dir,
+                )
+                .await?;
+                eprintln!("minted {}", path.display());
+            }
+            for identity in &nats::SERVICE_IDENTITIES {
+                let path = creds_dir.join(format!("{}.creds", identity.name()));
+                if path.exists() {
+                    continue;
+                }
+                let (path, _) =
+                    nats::mint_to(&pool, &authority, identity, None, None, &creds_dir).await?;
+                eprintln!("minted {}", path.display());
+            }
+        }
+        AdminCommand::Nats {
+            command:
+                NatsCommand::Integration {
+                    name,
+                    org,
+                    creds_dir,
+                },
+        } => {
+            if !ebb_natsauth::identity::valid_name(&name) {
+                anyhow::bail!("integration name {name:?} must be 1-64 of a-z, 0-9, '_' and '-'");
+            }
+            let authority = Authority::load(&auth_dir()?)?;
+            let identity = Identity::Integration {
+                name,
+                org: OrgId(org),
+            };
+            let (path, _) = nats::mint_to(
+                &pool,
+                &authority,
+                &identity,
+                None,
+                Some(OrgId(org)),
+                &creds_dir,
+            )
+            .await?;
+            println!("{}", path.display());
+        }
+        AdminCommand::Site {
+            command:
+                SiteCommand::Add {
+                    code,
+                    org,
+                    name,
+                    ramp_limit_kw_per_min,
+                    creds_dir,
+                },
+        } => {
+            let authority = Authority::load(&auth_dir()?)?;
+            let site = match fleet::site_by_code(&pool, &code).await? {
+                Some(site) => site,
+                None => {
+                    let org = org.with_context(|| {
+                        format!("site {code} does not exist yet: give --org to create it")
+                    })?;
+                    if let Some(r) = ramp_limit_kw_per_min
+                        && !(r.is_finite() && r > 0.0)
+                    {
+                        anyhow::bail!("--ramp-limit-kw-per-min must be a positive number, got {r}");
+                    }
+                    let label = name.unwrap_or_else(|| code.to_string());
+                    fleet::create_site(&pool, OrgId(org), &code, &label, ramp_limit_kw_per_min)
+                        .await
+                        .with_context(|| format!("creating site {code}"))?;
+                    eprintln!("created site {code}");
+                    fleet::site_by_code(&pool, &code).await?.with_context(|| {
+                        format!("site {code} vanished right after it was created")
+                    })?
+                }
+            };
+            let (path, minted) = nats::mint_to(
+                &pool,
+                &authority,
+                &nats::agent(&code),
+                Some(site.id),
+                Some(site.org_id),
+                &creds_dir,
+            )
+            .await?;
+            eprintln!(
+                "minted {} for {} ({})",
+                path.display(),
+                minted.name,
+                minted.public_key
+            );
+            println!("{}", path.display());
+        }
+        AdminCommand::Site {
+            command: SiteCommand::RevokeCreds { code },
+        } => {
+            let authority = Authority::load(&auth_dir()?)?;
+            let name = nats::agent(&code).name();
+            if hub.is_none() {
+                eprintln!(
+                    "warning: no --nats-url: the revocation is written for the next hub start but not pushed to a running one"
+                );
+            }
+            let revoked = nats::revoke(&pool, &authority, &name, hub.as_ref()).await?;
+            eprintln!(
+                "revoked {revoked} credential(s) of {name}{}",
+                if hub.is_some() {
+                    "; the running hub has the revocation"
+                } else {
+                    ""
+                }
+            );
+        }
         AdminCommand::Migrate => {
             ebb_store::migrate(&pool)
                 .await
