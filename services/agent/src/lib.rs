@@ -20,7 +20,6 @@
 #![forbid(unsafe_code)]
 
 mod agent;
-pub mod bench;
 pub mod config;
 mod consumer;
 mod driver;
