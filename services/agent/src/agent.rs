@@ -4,9 +4,8 @@
 //! fails stops the others.
 
 use crate::config::AgentConfig;
-use crate::driver::MinerPool;
-use crate::execute::Priors;
 use crate::inventory::{self, Inventory, InventorySource};
+use crate::miner_path::MinerPath;
 use crate::{consumer, scan, telemetry};
 use async_nats::jetstream;
 use ebb_bus::streams;
@@ -27,10 +26,8 @@ pub struct Agent {
     pub js: jetstream::Context,
     /// The site's miners, refreshed from the planner.
     pub inventory: Arc<Inventory>,
-    /// Miner handles by address.
-    pub pool: Arc<MinerPool>,
-    /// Power limits captured before power-limit curtails, for redeliveries and restores.
-    pub priors: Priors,
+    /// The miner path: handles, remembered power limits, deadlines; everything but NATS.
+    pub miners: MinerPath,
     /// Numbers the telemetry messages this agent publishes, poll cycles and post-command reads alike.
     cycle: AtomicU64,
 }
@@ -84,11 +81,7 @@ pub async fn run_with(
     };
 
     let agent = Arc::new(Agent {
-        pool: Arc::new(MinerPool::new(
-            config.max_cached_miners,
-            config.call_timeout,
-        )),
-        priors: Priors::new(config.max_cached_miners),
+        miners: MinerPath::from_config(&config),
         inventory: Arc::new(Inventory::default()),
         cycle: AtomicU64::new(0),
         client: client.clone(),

@@ -122,7 +122,8 @@ async fn handle(agent: &Agent, message: jetstream::Message, shutdown: &Cancellat
 
     // Execute, telling JetStream it is still in progress now and then, or give the batch back
     // at once if the agent is shutting down.
-    let run = execute::execute(agent, &batch);
+    let inventory = agent.inventory.snapshot();
+    let run = execute::execute(&agent.miners, &batch, &inventory);
     tokio::pin!(run);
     let mut progress =
         tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);

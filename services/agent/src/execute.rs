@@ -10,11 +10,14 @@
 //!
 //! Batches that cannot be trusted (undecodable, out-of-range values, another site's) are
 //! rejected whole before any miner is contacted: see [`validate`] and [`poison`].
+//!
+//! Execution needs no NATS: it runs on a [`MinerPath`] and an inventory [`Snapshot`], and the
+//! caller (the command consumer, a test, a benchmark) decides what happens to the results.
 
-use crate::agent::Agent;
 use crate::driver::{self, MinerError, Reading};
 use crate::instruments::{self, Op};
 use crate::inventory::Snapshot;
+use crate::miner_path::MinerPath;
 use crate::telemetry::{self, Polled, Samples};
 use asic_rs::core::data::collector::DataField;
 use asic_rs::core::traits::miner::Miner;
@@ -27,6 +30,7 @@ use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// What executing a batch produced: the per-device results, in batch order, and the samples read
 /// right after the commands.
@@ -34,6 +38,17 @@ use std::sync::{Mutex, PoisonError};
 pub struct Executed {
     pub results: Vec<DeviceResult>,
     pub samples: Samples,
+}
+
+/// One device's part of an executed batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceRun {
+    pub result: DeviceResult,
+    /// The read right after the command, when the miner was reached (`None` when it was never
+    /// contacted or does not support the command).
+    pub sample: Option<Polled>,
+    /// From the device's turn to its last reply: handle, state read, command, read after.
+    pub took: Duration,
 }
 
 /// Checks what serde cannot: the command's ranges, the site, the per-device restore limits.
@@ -220,9 +235,28 @@ impl Priors {
     }
 }
 
-/// Executes `batch` (already validated). Devices listed twice are executed once.
-pub async fn execute(agent: &Agent, batch: &CommandBatch) -> Executed {
-    let inventory = agent.inventory.snapshot();
+/// Executes `batch` (already validated) on `path`'s miners, with `inventory` for the devices'
+/// capabilities and the addresses a batch leaves out. Devices listed twice are executed once.
+/// Counts every outcome.
+pub async fn execute(path: &MinerPath, batch: &CommandBatch, inventory: &Snapshot) -> Executed {
+    let mut out = Executed::default();
+    for run in execute_each(path, batch, inventory).await {
+        instruments::command_outcome(Some(&batch.command), &run.result.outcome);
+        out.results.push(run.result);
+        if let Some(s) = run.sample {
+            out.samples.push(s);
+        }
+    }
+    out
+}
+
+/// What [`execute`] does, device by device: each distinct device of `batch` in batch order,
+/// `max_in_flight` at a time, with how long it took. Counts nothing.
+pub async fn execute_each(
+    path: &MinerPath,
+    batch: &CommandBatch,
+    inventory: &Snapshot,
+) -> Vec<DeviceRun> {
     let mut seen = HashSet::new();
     let devices: Vec<&DeviceRef> = batch
         .devices
@@ -233,39 +267,41 @@ pub async fn execute(agent: &Agent, batch: &CommandBatch) -> Executed {
     // reference argument makes the spawned task's future fail the `Send` check.
     let mut runs = Vec::with_capacity(devices.len());
     for (i, d) in devices.into_iter().enumerate() {
-        runs.push(execute_indexed(agent, batch.command, d, &inventory, i));
+        runs.push(execute_indexed(path, batch.command, d, inventory, i));
     }
-    let mut done: Vec<(usize, DeviceResult, Option<Polled>)> = futures::stream::iter(runs)
-        .buffer_unordered(agent.config.max_in_flight)
+    let mut done: Vec<(usize, DeviceRun)> = futures::stream::iter(runs)
+        .buffer_unordered(path.settings().max_in_flight)
         .collect()
         .await;
-    done.sort_by_key(|(i, _, _)| *i);
-    let mut out = Executed::default();
-    for (_, result, sample) in done {
-        instruments::command_outcome(Some(&batch.command), &result.outcome);
-        out.results.push(result);
-        if let Some(s) = sample {
-            out.samples.push(s);
-        }
-    }
-    out
+    done.sort_by_key(|(i, _)| *i);
+    done.into_iter().map(|(_, run)| run).collect()
 }
 
+/// Times one device from its turn (the first poll, when `buffer_unordered` picks it up).
 async fn execute_indexed(
-    agent: &Agent,
+    path: &MinerPath,
     kind: CommandKind,
     dev: &DeviceRef,
     inventory: &Snapshot,
     i: usize,
-) -> (usize, DeviceResult, Option<Polled>) {
-    let (result, sample) = execute_device(agent, kind, dev, inventory).await;
-    (i, result, sample)
+) -> (usize, DeviceRun) {
+    let started = Instant::now();
+    let (result, sample) = execute_device(path, kind, dev, inventory).await;
+    let took = started.elapsed();
+    (
+        i,
+        DeviceRun {
+            result,
+            sample,
+            took,
+        },
+    )
 }
 
 /// Executes the command on one device and, when the miner was reached, reads it again at once
 /// so that confirmation does not wait for the next poll cycle.
 async fn execute_device(
-    agent: &Agent,
+    path: &MinerPath,
     kind: CommandKind,
     dev: &DeviceRef,
     inventory: &Snapshot,
@@ -296,11 +332,11 @@ async fn execute_device(
         let reason = format!("invalid address {address:?}");
         return (result(Outcome::Refused { reason }, None), None);
     };
-    let miner = match agent.pool.get(ip).await {
+    let miner = match path.pool.get(ip).await {
         Ok(m) => m,
         Err(e) => {
             if e.is_transport() {
-                agent.pool.forget(ip);
+                path.pool.forget(ip);
             }
             return (
                 result(e.outcome(), None),
@@ -308,13 +344,13 @@ async fn execute_device(
             );
         }
     };
-    match drive(agent, &*miner, kind, dev).await {
+    match drive(path, &*miner, kind, dev).await {
         Ok((outcome, prior)) => {
-            let sample = telemetry::poll_handle(agent, dev.device_id, ip, &*miner).await;
+            let sample = telemetry::poll_handle(path, dev.device_id, ip, &*miner).await;
             (result(outcome, prior), Some(sample))
         }
         Err(e) if e.is_transport() => {
-            agent.pool.forget(ip);
+            path.pool.forget(ip);
             (
                 result(e.outcome(), None),
                 Some(Polled::unreachable(dev.device_id)),
@@ -323,7 +359,7 @@ async fn execute_device(
         Err(MinerError::Unsupported) => (result(Outcome::Unsupported, None), None),
         Err(e) => {
             // It answered but would not do it: read what it is doing now.
-            let sample = telemetry::poll_handle(agent, dev.device_id, ip, &*miner).await;
+            let sample = telemetry::poll_handle(path, dev.device_id, ip, &*miner).await;
             (result(e.outcome(), None), Some(sample))
         }
     }
@@ -337,7 +373,7 @@ fn same_limit(a: f64, b: f64) -> bool {
 /// Reads the miner's state; a miner that answers with nothing usable is treated as in an
 /// unknown state (the command is sent), one that does not answer fails the command.
 async fn read_state(
-    agent: &Agent,
+    path: &MinerPath,
     miner: &dyn Miner,
     with_limit: bool,
 ) -> Result<Reading, MinerError> {
@@ -345,7 +381,7 @@ async fn read_state(
     if with_limit {
         fields.push(DataField::TuningTarget);
     }
-    match driver::read(miner, &fields, agent.config.call_timeout).await {
+    match driver::read(miner, &fields, path.settings().call_timeout).await {
         Ok(r) => Ok(r),
         Err(e) if e.is_transport() => Err(e),
         Err(e) => {
@@ -358,12 +394,12 @@ async fn read_state(
 /// Brings one miner to the state `kind` asks for. Returns `ok` or `already_in_state`, and the
 /// power limit the miner had before, when a curtail reads one.
 async fn drive(
-    agent: &Agent,
+    path: &MinerPath,
     miner: &dyn Miner,
     kind: CommandKind,
     dev: &DeviceRef,
 ) -> Result<(Outcome, Option<f64>), MinerError> {
-    let deadline = agent.config.control_timeout;
+    let deadline = path.settings().control_timeout;
     let id = dev.device_id;
     let can_limit = miner.supports_set_power_limit();
     match kind {
@@ -373,8 +409,8 @@ async fn drive(
             if !(miner.supports_pause() && miner.supports_resume()) {
                 return Err(MinerError::Unsupported);
             }
-            let state = read_state(agent, miner, can_limit).await?;
-            let prior = agent
+            let state = read_state(path, miner, can_limit).await?;
+            let prior = path
                 .priors
                 .get(&id)
                 .or(state.power_limit_w.filter(|_| can_limit));
@@ -391,8 +427,8 @@ async fn drive(
             if !can_limit {
                 return Err(MinerError::Unsupported);
             }
-            let state = read_state(agent, miner, true).await?;
-            let remembered = agent.priors.get(&id);
+            let state = read_state(path, miner, true).await?;
+            let remembered = path.priors.get(&id);
             let target = match kind {
                 CommandKind::SetPowerTarget { watts } => watts,
                 _ => {
@@ -405,7 +441,7 @@ async fn drive(
                                     .to_owned(),
                             )
                         })?;
-                    (base * agent.config.efficiency_limit_pct / 100.0)
+                    (base * path.settings().efficiency_limit_pct / 100.0)
                         .clamp(
                             CommandKind::MIN_POWER_TARGET_W,
                             CommandKind::MAX_POWER_TARGET_W,
@@ -426,7 +462,7 @@ async fn drive(
             .await?;
             let prior = remembered.or(state.power_limit_w);
             if let Some(p) = prior {
-                agent.priors.remember(id, p);
+                path.priors.remember(id, p);
             }
             Ok((Outcome::Ok, prior))
         }
@@ -435,14 +471,14 @@ async fn drive(
             // reconciler captured, else the one this agent remembers.
             let restore = dev
                 .restore_power_limit_w
-                .or(agent.priors.get(&id))
+                .or(path.priors.get(&id))
                 .filter(|_| can_limit);
-            let state = read_state(agent, miner, restore.is_some()).await?;
+            let state = read_state(path, miner, restore.is_some()).await?;
             let limit_ok =
                 restore.is_none_or(|w| state.power_limit_w.is_some_and(|l| same_limit(l, w)));
             let awake = state.awake(driver::trusts_mining_flag(miner));
             if limit_ok && awake {
-                agent.priors.forget(&id);
+                path.priors.forget(&id);
                 return Ok((Outcome::AlreadyInState, None));
             }
             if let Some(w) = restore.filter(|_| !limit_ok) {
@@ -461,7 +497,7 @@ async fn drive(
                     return Err(MinerError::Unsupported);
                 }
             }
-            agent.priors.forget(&id);
+            path.priors.forget(&id);
             Ok((Outcome::Ok, None))
         }
     }

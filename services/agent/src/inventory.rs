@@ -6,7 +6,7 @@
 //! forget its miners.
 
 use crate::agent::Agent;
-use crate::driver::MinerPool;
+use crate::miner_path::MinerPath;
 use ebb_bus::rpc::{self, CallError};
 use ebb_bus::{Inventory as InventoryReply, InventoryDevice, InventoryRequest};
 use ebb_domain::{DeviceId, SiteCode};
@@ -109,7 +109,7 @@ pub async fn fetch(
 pub async fn maintain(source: InventorySource, agent: Arc<Agent>, shutdown: CancellationToken) {
     if let InventorySource::Static(devices) = source {
         tracing::info!(site = %agent.site, devices = devices.len(), "static inventory installed");
-        install(&agent.inventory, &agent.pool, devices);
+        install(&agent.inventory, &agent.miners, devices);
         // Nothing to refresh, but the task lives as long as the agent: its supervisor takes an
         // early end for a failure.
         shutdown.cancelled().await;
@@ -131,7 +131,7 @@ pub async fn maintain(source: InventorySource, agent: Arc<Agent>, shutdown: Canc
             Ok(devices) => {
                 let n = devices.len();
                 let first = !agent.inventory.snapshot().loaded;
-                install(&agent.inventory, &agent.pool, devices);
+                install(&agent.inventory, &agent.miners, devices);
                 if first {
                     tracing::info!(%site, devices = n, "inventory loaded");
                 } else {
@@ -145,9 +145,9 @@ pub async fn maintain(source: InventorySource, agent: Arc<Agent>, shutdown: Canc
     }
 }
 
-fn install(inventory: &Inventory, pool: &MinerPool, devices: Vec<InventoryDevice>) {
+fn install(inventory: &Inventory, miners: &MinerPath, devices: Vec<InventoryDevice>) {
     let snapshot = Snapshot::new(devices);
-    pool.retain(&snapshot.addresses());
+    miners.retain(&snapshot.addresses());
     inventory.replace(snapshot);
 }
 

@@ -12,24 +12,32 @@
 //! Entry points: [`run`] (inventory from the planner) and [`run_with`] (any source), both until
 //! the shutdown token is cancelled; [`AgentConfig`] with [`AgentConfig::validate`] and
 //! [`AgentConfig::describe`] for the CLI.
+//!
+//! The miner path runs without NATS too: a [`MinerPath`] (handles, remembered power limits,
+//! deadlines) with an inventory [`Snapshot`] is all that [`execute()`] and [`poll()`] need, so
+//! tests and the benchmarks (`ebb bench`) drive miners with the agent's own code.
 
 #![forbid(unsafe_code)]
 
 mod agent;
-pub mod bench;
 pub mod config;
 mod consumer;
 mod driver;
 mod execute;
 pub mod instruments;
 mod inventory;
+mod miner_path;
 pub mod scan;
 mod telemetry;
 
 pub use agent::{AgentService, run_with};
 pub use config::{AgentConfig, ConfigError};
-pub use inventory::InventorySource;
+pub use driver::{HASHING_EPSILON_THS, MinerError};
+pub use execute::{DeviceRun, Executed, execute, execute_each};
+pub use inventory::{InventorySource, Snapshot};
+pub use miner_path::{MinerPath, MinerPathSettings};
 pub use scan::{ScanError, ScanOptions, ScanProgress, register, scan};
+pub use telemetry::{DevicePoll, Polled, Samples, poll, poll_address, poll_each};
 
 /// An error and its sources on one line: for log fields, and for reasons that travel to the
 /// reconciler.

@@ -6,10 +6,15 @@
 //! values, or carries a finite, non-negative power in watts and hashrate in TH/s. Anything else
 //! (NaN, infinite, negative, implausibly large or missing) is dropped here and counted, so it
 //! never reaches `device_state`. A miner that does not answer is never reported as zero power.
+//!
+//! Polling needs no NATS: [`poll`] and the per-miner functions run on a [`MinerPath`]; only
+//! [`publish`] and [`poll_loop`] belong to the running agent.
 
 use crate::agent::Agent;
 use crate::driver::{self, MinerError, Reading};
 use crate::instruments;
+use crate::inventory::Snapshot;
+use crate::miner_path::MinerPath;
 use ebb_bus::publish::{self, PublishError};
 use ebb_bus::split::{self, SplitError};
 use ebb_bus::{Envelope, TelemetryBatch, TelemetrySample, subjects};
@@ -17,7 +22,7 @@ use ebb_domain::{DeviceId, Watts};
 use futures::StreamExt;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// A hashrate above this (TH/s) is not a single miner's: the reading is garbage.
@@ -73,15 +78,21 @@ pub fn sample(device_id: DeviceId, reading: &Reading, sampled_at_ms: i64) -> Pol
 
 /// Reads one miner's power and hashrate through an existing handle.
 pub async fn poll_handle(
-    agent: &Agent,
+    path: &MinerPath,
     device_id: DeviceId,
     ip: IpAddr,
     miner: &dyn asic_rs::core::traits::miner::Miner,
 ) -> Polled {
-    match driver::read(miner, driver::TELEMETRY_FIELDS, agent.config.call_timeout).await {
+    match driver::read(
+        miner,
+        driver::TELEMETRY_FIELDS,
+        path.settings().call_timeout,
+    )
+    .await
+    {
         Ok(reading) => sample(device_id, &reading, now_ms()),
         Err(e) if e.is_transport() => {
-            agent.pool.forget(ip);
+            path.pool.forget(ip);
             Polled::unreachable(device_id)
         }
         // It answered, but with nothing usable (a reply that does not parse, an error status).
@@ -90,24 +101,36 @@ pub async fn poll_handle(
 }
 
 /// Reads one miner by address, identifying it first if needed.
-pub async fn poll_address(agent: &Agent, device_id: DeviceId, address: &str) -> Polled {
+pub async fn poll_address(path: &MinerPath, device_id: DeviceId, address: &str) -> Polled {
     let Ok(ip) = address.trim().parse::<IpAddr>() else {
         return Polled::unreachable(device_id);
     };
-    match agent.pool.get(ip).await {
-        Ok(miner) => poll_handle(agent, device_id, ip, &*miner).await,
+    match path.pool.get(ip).await {
+        Ok(miner) => poll_handle(path, device_id, ip, &*miner).await,
         Err(MinerError::Timeout | MinerError::Unreachable(_)) => Polled::unreachable(device_id),
         Err(_) => Polled::Invalid,
     }
 }
 
+/// One miner's part of a poll.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DevicePoll {
+    pub polled: Polled,
+    /// From the miner's turn to its reply (or to giving up on it).
+    pub took: Duration,
+}
+
+/// Times one miner from its turn (the first poll, when `buffer_unordered` picks it up).
 async fn poll_indexed(
-    agent: &Agent,
+    path: &MinerPath,
     device_id: DeviceId,
     address: &str,
     i: usize,
-) -> (usize, Polled) {
-    (i, poll_address(agent, device_id, address).await)
+) -> (usize, DevicePoll) {
+    let started = Instant::now();
+    let polled = poll_address(path, device_id, address).await;
+    let took = started.elapsed();
+    (i, DevicePoll { polled, took })
 }
 
 /// The samples of one pass over some miners, plus how many were dropped.
@@ -134,23 +157,29 @@ impl Samples {
     }
 }
 
-/// Polls every inventory miner once, `max_in_flight` at a time; samples keep inventory order.
-pub async fn poll_inventory(agent: &Agent) -> Samples {
-    let snapshot = agent.inventory.snapshot();
-    let mut polls = Vec::with_capacity(snapshot.devices.len());
-    for (i, d) in snapshot.devices.iter().enumerate() {
-        polls.push(poll_indexed(agent, d.device_id, &d.address, i));
+/// Polls every miner of `inventory` once, `max_in_flight` at a time; samples keep inventory
+/// order.
+pub async fn poll(path: &MinerPath, inventory: &Snapshot) -> Samples {
+    let mut out = Samples::default();
+    for p in poll_each(path, inventory).await {
+        out.push(p.polled);
     }
-    let mut polled: Vec<(usize, Polled)> = futures::stream::iter(polls)
-        .buffer_unordered(agent.config.max_in_flight)
+    out
+}
+
+/// What [`poll`] does, miner by miner: each inventory device in inventory order, with how long
+/// it took.
+pub async fn poll_each(path: &MinerPath, inventory: &Snapshot) -> Vec<DevicePoll> {
+    let mut polls = Vec::with_capacity(inventory.devices.len());
+    for (i, d) in inventory.devices.iter().enumerate() {
+        polls.push(poll_indexed(path, d.device_id, &d.address, i));
+    }
+    let mut polled: Vec<(usize, DevicePoll)> = futures::stream::iter(polls)
+        .buffer_unordered(path.settings().max_in_flight)
         .collect()
         .await;
     polled.sort_by_key(|(i, _)| *i);
-    let mut out = Samples::default();
-    for (_, p) in polled {
-        out.push(p);
-    }
-    out
+    polled.into_iter().map(|(_, p)| p).collect()
 }
 
 /// Publishes samples as one or more `TelemetryBatch` messages of one cycle, all sent before any
@@ -222,13 +251,14 @@ pub async fn poll_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
-        if agent.inventory.snapshot().devices.is_empty() {
+        let inventory = agent.inventory.snapshot();
+        if inventory.devices.is_empty() {
             continue;
         }
         let started = Instant::now();
         let samples = tokio::select! {
             () = shutdown.cancelled() => return,
-            s = poll_inventory(&agent) => s,
+            s = poll(&agent.miners, &inventory) => s,
         };
         let unreachable = samples.unreachable();
         instruments::poll_cycle(started.elapsed(), unreachable);

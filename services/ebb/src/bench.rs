@@ -1,11 +1,39 @@
-//! `ebb bench command|poll --miners N`: the agent's benchmarks (`ebb_agent::bench`). Each starts
-//! its own simulator, drives every miner the way the agent does, and prints one JSON object with
-//! at least `miners`, `seconds` and `per_second`. The simulator binds the miner ports on 0.0.0.0,
-//! so a benchmark runs alone: it fails, saying so, when anything else holds them (`ebb dev`
-//! included).
+//! `ebb bench command|poll --miners N`: benchmarks of the agent's miner path against a simulated
+//! fleet, for the figures in `docs/BENCHMARKS.md`. Each prints one JSON object with at least
+//! `miners`, `seconds` and `per_second`:
+//!
+//! - [`bench_command`]: one `curtail{full}` to every miner, with the latency of each miner and
+//!   the simulator's true state afterwards;
+//! - [`bench_poll`]: one full telemetry poll of every miner, with the CPU it costs and the
+//!   simulator's memory per miner.
+//!
+//! The miners are driven by the agent's own code, not a copy of it: a [`MinerPath`] built with
+//! the agent's settings, [`ebb_agent::execute_each`] and [`ebb_agent::poll_each`] (what the
+//! agent's `execute` and `poll` run, device by device, with how long each took). Only NATS is
+//! left out. The benchmarks live here, next to the binary, because they need the simulator and
+//! the agent crate does not link it.
+//!
+//! Each benchmark starts its own simulator (minersim in shared mode, instant physics), which
+//! binds ports 80, 4028 and 4433 on 0.0.0.0, so a benchmark runs alone: it fails, saying so,
+//! when anything else holds them (`ebb dev` included).
+//!
+//! [`MinerPath`]: ebb_agent::MinerPath
 
-use ebb_agent::bench::{self, BenchOptions};
+mod command;
+mod fleet;
+mod measure;
+mod poll;
+
+pub use command::{CommandReport, bench_command};
+pub use fleet::FirmwareFigures;
+pub use poll::{PollReport, bench_poll};
+
+use ebb_agent::MinerPathSettings;
 use std::process::ExitCode;
+
+/// The most miners one benchmark simulates: the simulator's address space from a random base
+/// holds a few hundred thousand, and 200,000 is twice the fleet the issue asks for.
+pub const MAX_MINERS: usize = 200_000;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchCommand {
@@ -26,24 +54,84 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    fn options(&self) -> BenchOptions {
-        let mut options = BenchOptions::default();
+    /// The agent's default settings, with `--max-in-flight` if given.
+    fn settings(&self) -> MinerPathSettings {
+        let mut settings = MinerPathSettings::default();
         if let Some(n) = self.max_in_flight {
-            options.max_in_flight = n;
+            settings.max_in_flight = n;
         }
-        options
+        settings
     }
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     let report = match command {
         BenchCommand::Command(args) => {
-            serde_json::to_string(&bench::bench_command(args.miners, args.options()).await?)?
+            serde_json::to_string(&bench_command(args.miners, args.settings()).await?)?
         }
         BenchCommand::Poll(args) => {
-            serde_json::to_string(&bench::bench_poll(args.miners, args.options()).await?)?
+            serde_json::to_string(&bench_poll(args.miners, args.settings()).await?)?
         }
     };
     println!("{report}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Checks the fleet size and the settings a benchmark was given, reporting every problem.
+fn validate(miners: usize, settings: &MinerPathSettings) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    if !(1..=MAX_MINERS).contains(&miners) {
+        problems.push(format!(
+            "miners must be between 1 and {MAX_MINERS}, got {miners}"
+        ));
+    }
+    if !(1..=10_000).contains(&settings.max_in_flight) {
+        problems.push(format!(
+            "max_in_flight must be between 1 and 10000, got {}",
+            settings.max_in_flight
+        ));
+    }
+    if settings.call_timeout.is_zero() || settings.control_timeout.is_zero() {
+        problems.push("call_timeout and control_timeout must be positive".to_owned());
+    }
+    if settings.max_cached_miners == 0 {
+        problems.push("max_cached_miners must be positive".to_owned());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("invalid benchmark options: {}", problems.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_default_to_the_agent_and_are_checked() {
+        let o = MinerPathSettings::default();
+        assert_eq!(o.max_in_flight, 256);
+        assert!(validate(100_000, &o).is_ok());
+        let err = validate(
+            0,
+            &MinerPathSettings {
+                max_in_flight: 0,
+                ..o
+            },
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("miners") && err.contains("max_in_flight"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn benchmarks_can_run_on_a_spawned_task() {
+        fn assert_send<T: Send>(_: T) {}
+        assert_send(bench_command(1, MinerPathSettings::default()));
+        assert_send(bench_poll(1, MinerPathSettings::default()));
+    }
 }

@@ -2,11 +2,13 @@
 //! simulator (ebb-minersim) speaking Whatsminer v3, Antminer stock and LuxOS on loopback.
 //!
 //! Each test spawns its own nats-server, simulator (on a random 127.x.y.0 block) and agent
-//! through [`spawn_agent`], so tests run side by side.
+//! through [`spawn_agent`], so tests run side by side. The tests in `miner_path` start only a
+//! simulator: they drive it through the agent's miner path without NATS.
 
 mod batch;
 mod faults;
 mod fleet;
+mod miner_path;
 mod scan;
 mod telemetry;
 

@@ -1,0 +1,128 @@
+//! The agent's miner path without NATS: the value that command execution
+//! ([`execute`](crate::execute())) and polling ([`poll`](crate::poll())) run on.
+//!
+//! It owns what talking to the site's miners needs and nothing about how batches arrive or where
+//! results and telemetry go: the handle pool, the power limits remembered from before
+//! power-limit curtails, the deadlines, the concurrency bound and the efficiency-limit
+//! percentage. The running agent holds one next to its NATS client; tests and the benchmarks
+//! build one directly and drive miners with the agent's own code.
+
+use crate::config::AgentConfig;
+use crate::driver::{MinerError, MinerPool};
+use crate::execute::Priors;
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// The settings a [`MinerPath`] runs with: the miner-facing part of [`AgentConfig`].
+///
+/// They are not checked here: [`AgentConfig::validate`] checks them for the agent, and a
+/// caller that builds them by hand keeps them in the same ranges (`max_in_flight` of 0 would
+/// never contact a miner).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MinerPathSettings {
+    /// Most miners driven at once, per batch and per poll.
+    pub max_in_flight: usize,
+    /// Deadline of each read and of each identification.
+    pub call_timeout: Duration,
+    /// Deadline of each control call (pause, resume, set a power limit).
+    pub control_timeout: Duration,
+    /// The power limit a `curtail{efficiency}` sets, in percent of the limit before it.
+    pub efficiency_limit_pct: f64,
+    /// Most miner handles (and remembered power limits) kept between calls.
+    pub max_cached_miners: usize,
+}
+
+impl From<&AgentConfig> for MinerPathSettings {
+    fn from(config: &AgentConfig) -> Self {
+        Self {
+            max_in_flight: config.max_in_flight,
+            call_timeout: config.call_timeout,
+            control_timeout: config.control_timeout,
+            efficiency_limit_pct: config.efficiency_limit_pct,
+            max_cached_miners: config.max_cached_miners,
+        }
+    }
+}
+
+/// The agent's defaults.
+impl Default for MinerPathSettings {
+    fn default() -> Self {
+        // The defaults live with the agent's configuration.
+        Self::from(&AgentConfig::default())
+    }
+}
+
+/// The agent's miner path: everything command execution and polling share, without NATS.
+#[derive(Debug)]
+pub struct MinerPath {
+    /// Miner handles by address, shared by commands and polls so a miner is identified once.
+    pub(crate) pool: MinerPool,
+    /// Power limits captured before power-limit curtails, for redeliveries and restores.
+    pub(crate) priors: Priors,
+    /// Deadlines, concurrency and the efficiency limit.
+    settings: MinerPathSettings,
+}
+
+impl MinerPath {
+    /// A miner path with an empty handle pool and nothing remembered.
+    pub fn new(settings: MinerPathSettings) -> Self {
+        Self {
+            pool: MinerPool::new(settings.max_cached_miners, settings.call_timeout),
+            priors: Priors::new(settings.max_cached_miners),
+            settings,
+        }
+    }
+
+    /// The miner path an agent with `config` runs.
+    pub fn from_config(config: &AgentConfig) -> Self {
+        Self::new(MinerPathSettings::from(config))
+    }
+
+    pub fn settings(&self) -> &MinerPathSettings {
+        &self.settings
+    }
+
+    /// Identifies the miner at `ip` into the handle pool, as the first command or poll of it
+    /// would; later calls reuse the handle. For warming the pool before a measurement.
+    pub async fn identify(&self, ip: IpAddr) -> Result<(), MinerError> {
+        self.pool.get(ip).await.map(drop)
+    }
+
+    /// Keeps only the handles of `addresses` (after an inventory refresh).
+    pub(crate) fn retain(&self, addresses: &HashSet<IpAddr>) {
+        self.pool.retain(addresses);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ebb_domain::SiteCode;
+
+    #[test]
+    fn settings_are_the_agents() {
+        let site = SiteCode::parse("site-a").unwrap();
+        let mut config = AgentConfig::new(site);
+        assert_eq!(
+            MinerPathSettings::default(),
+            MinerPathSettings::from(&config)
+        );
+        config.max_in_flight = 7;
+        config.call_timeout = Duration::from_millis(250);
+        config.control_timeout = Duration::from_secs(3);
+        config.efficiency_limit_pct = 60.0;
+        config.max_cached_miners = 9;
+        let path = MinerPath::from_config(&config);
+        assert_eq!(
+            path.settings(),
+            &MinerPathSettings {
+                max_in_flight: 7,
+                call_timeout: Duration::from_millis(250),
+                control_timeout: Duration::from_secs(3),
+                efficiency_limit_pct: 60.0,
+                max_cached_miners: 9,
+            }
+        );
+    }
+}
