@@ -66,6 +66,9 @@ pub enum Command {
 pub enum SimCommand {
     /// Serve a simulated fleet: prints one JSON line per miner once listening.
     Serve(ebb_minersim::SimConfig),
+    /// One site's simulator for `ebb dev`, which runs it as a child process.
+    #[command(hide = true)]
+    DevSite(dev::fleet::SiteArgs),
 }
 
 /// The clap definition of every command, for tests and completions.
@@ -89,6 +92,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ebb_minersim::run(config, signals.token()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sim {
+            command: SimCommand::DevSite(args),
+        } => dev::fleet::serve_site(args).await,
         Command::Admin(args) => admin::run(args).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Bench { command } => bench::run(command).await,
