@@ -224,7 +224,10 @@ pub fn find_postgres() -> anyhow::Result<PgBinaries> {
     )
 }
 
-/// Finds nats-server: `EBB_NATS_SERVER`, else `PATH`.
+/// Where nats-server may be off a normal user's `PATH`: Debian's package puts it in /usr/sbin.
+const NATS_SBIN_DIRS: [&str; 2] = ["/usr/sbin", "/usr/local/sbin"];
+
+/// Finds nats-server: `EBB_NATS_SERVER`, else `PATH`, else [`NATS_SBIN_DIRS`].
 pub fn find_nats_server() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("EBB_NATS_SERVER").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
@@ -236,10 +239,13 @@ pub fn find_nats_server() -> anyhow::Result<PathBuf> {
             path.display()
         );
     }
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("nats-server")).find(|p| is_executable(p)))
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(NATS_SBIN_DIRS.iter().map(PathBuf::from))
+        .map(|d| d.join("nats-server"))
+        .find(|p| is_executable(p))
         .context(
-            "nats-server was not found on PATH: install it (Debian/Ubuntu: `sudo apt-get install -y nats-server`; \
+            "nats-server was not found on PATH or in /usr/sbin: install it (Debian/Ubuntu: `sudo apt-get install -y nats-server`; \
              scripts/dev does it when run as root), set EBB_NATS_SERVER to its path, or set NATS_URL to a running \
              server with JetStream",
         )
