@@ -176,6 +176,42 @@ pub fn raise_fd_limit() -> anyhow::Result<u64> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Port 80
+
+/// The lowest port a process without `CAP_NET_BIND_SERVICE` may bind.
+const UNPRIVILEGED_PORT_START: &str = "/proc/sys/net/ipv4/ip_unprivileged_port_start";
+/// `CAP_NET_BIND_SERVICE`'s bit in the capability masks of `/proc/self/status`.
+const CAP_NET_BIND_SERVICE_BIT: u32 = 10;
+
+/// Whether a process with effective capabilities `cap_eff` may not bind port 80, given the
+/// lowest unprivileged port.
+fn port_80_denied(unprivileged_port_start: u32, cap_eff: u64) -> bool {
+    unprivileged_port_start > 80 && cap_eff & (1 << CAP_NET_BIND_SERVICE_BIT) == 0
+}
+
+/// Why this process may not bind port 80, which every simulated miner serves as real ones do (the
+/// agent finds and drives stock Antminers there), or `None` (also when it cannot tell).
+pub fn port_80_problem() -> Option<String> {
+    let start: u32 = std::fs::read_to_string(UNPRIVILEGED_PORT_START)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())?;
+    port_80_denied(start, cap_eff).then(|| {
+        format!(
+            "the simulated miners listen on port 80 as real ones do, and this user may not bind ports below {start} \
+             (net.ipv4.ip_unprivileged_port_start): allow it with `sudo sysctl -w net.ipv4.ip_unprivileged_port_start=80` \
+             (keep it with a line in /etc/sysctl.d/), or run ebb dev as root"
+        )
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
 // The simulator child process
 
 /// `ebb sim dev-site`: what `ebb dev` runs as one site's simulator (hidden, not for people).
@@ -476,6 +512,17 @@ mod tests {
         assert_eq!(counts, vec![17, 17, 16]);
         assert_eq!(site_fleet(&site_code(0), 0, 1).sites[0].groups.len(), 1);
         spec.validate().unwrap();
+    }
+
+    #[test]
+    fn port_80_needs_the_sysctl_or_the_capability() {
+        let cap = 1u64 << CAP_NET_BIND_SERVICE_BIT;
+        assert!(port_80_denied(1024, 0));
+        assert!(port_80_denied(81, cap - 1));
+        assert!(!port_80_denied(80, 0));
+        assert!(!port_80_denied(0, 0));
+        assert!(!port_80_denied(1024, cap));
+        assert!(!port_80_denied(1024, 0x1ff_feff_ffff));
     }
 
     #[test]

@@ -108,6 +108,9 @@ impl DevArgs {
         {
             bad.push(problem);
         }
+        if let Some(problem) = fleet::port_80_problem() {
+            bad.push(problem);
+        }
         if !(self.ramp_seconds.is_finite() && (0.0..=600.0).contains(&self.ramp_seconds)) {
             bad.push(format!(
                 "--ramp-seconds must be between 0 and 600, got {}",
