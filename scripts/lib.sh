@@ -54,16 +54,42 @@ ensure_rust() {
 		die "cargo not found; install Rust with rustup: curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh"
 }
 
-# ensure_nats_server: nats-server on PATH, or EBB_NATS_SERVER naming an executable.
+# find_nats_server: prints the nats-server to use: EBB_NATS_SERVER, else PATH, else /usr/sbin or
+# /usr/local/sbin (Debian's package puts it in /usr/sbin, which is not on a normal user's PATH).
+find_nats_server() {
+	local candidate
+	if [ -n "${EBB_NATS_SERVER:-}" ]; then
+		[ -x "$EBB_NATS_SERVER" ] || return 1
+		printf '%s\n' "$EBB_NATS_SERVER"
+		return 0
+	fi
+	if candidate=$(command -v nats-server); then
+		printf '%s\n' "$candidate"
+		return 0
+	fi
+	for candidate in /usr/sbin/nats-server /usr/local/sbin/nats-server; do
+		if [ -x "$candidate" ]; then
+			printf '%s\n' "$candidate"
+			return 0
+		fi
+	done
+	return 1
+}
+
+# ensure_nats_server: nats-server found by find_nats_server (installing it if need be); one off
+# PATH is exported as EBB_NATS_SERVER, which `ebb dev` and the test kit read.
 ensure_nats_server() {
+	local found
 	if [ -n "${EBB_NATS_SERVER:-}" ]; then
 		[ -x "$EBB_NATS_SERVER" ] ||
 			die "EBB_NATS_SERVER=$EBB_NATS_SERVER is not an executable file (unset it to use nats-server from PATH)"
 		return 0
 	fi
-	command -v nats-server >/dev/null && return 0
-	install_package nats-server nats-server
-	command -v nats-server >/dev/null || die "nats-server is still not on PATH after installing nats-server"
+	if ! found=$(find_nats_server); then
+		install_package nats-server nats-server
+		found=$(find_nats_server) || die "nats-server is still not found on PATH or in /usr/sbin after installing nats-server"
+	fi
+	command -v nats-server >/dev/null || export EBB_NATS_SERVER=$found
 }
 
 # The pyasic release services/minersim/tests/pyasic.rs is written against (PyPI).

@@ -57,6 +57,9 @@ pub enum Command {
 pub enum SimCommand {
     /// Serve a simulated fleet: prints one JSON line per miner once listening.
     Serve(ebb_minersim::SimConfig),
+    /// One site's simulator for `ebb dev`, which runs it as a child process.
+    #[command(hide = true)]
+    DevSite(dev::fleet::SiteArgs),
 }
 
 /// The clap definition of every command: the ones above and a subcommand per service of the
@@ -92,6 +95,9 @@ pub async fn run(matches: ArgMatches) -> anyhow::Result<ExitCode> {
             ebb_minersim::run(config, signals.token()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Sim {
+            command: SimCommand::DevSite(args),
+        } => dev::fleet::serve_site(args).await,
         Command::Admin(args) => admin::run(args).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Bench { command } => bench::run(command).await,

@@ -9,10 +9,16 @@
 //! drains its services before it lets the servers go.
 //!
 //! PostgreSQL refuses to run as root: when the effective uid is 0 it runs as `nobody`, like the
-//! test kit does, and its directory is handed to that user.
+//! test kit does, and its directory is handed to that user. `nobody` must be able to enter every
+//! directory above the cluster, which a clone in root's home or in a `mktemp -d` does not allow
+//! (mode 0700). Then the cluster lives in [`SHARED_PG_ROOT`] instead, in a directory named after
+//! the data directory's path and linked from `<data-dir>/pg`, so the next start finds it and
+//! removing the data directory still starts afresh ([`place_cluster`]).
 
 use anyhow::{Context, bail};
-use std::os::unix::fs::MetadataExt;
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -80,7 +86,7 @@ impl Server {
 }
 
 /// The last lines of a log file, for error messages.
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
@@ -218,7 +224,10 @@ pub fn find_postgres() -> anyhow::Result<PgBinaries> {
     )
 }
 
-/// Finds nats-server: `EBB_NATS_SERVER`, else `PATH`.
+/// Where nats-server may be off a normal user's `PATH`: Debian's package puts it in /usr/sbin.
+const NATS_SBIN_DIRS: [&str; 2] = ["/usr/sbin", "/usr/local/sbin"];
+
+/// Finds nats-server: `EBB_NATS_SERVER`, else `PATH`, else [`NATS_SBIN_DIRS`].
 pub fn find_nats_server() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("EBB_NATS_SERVER").filter(|p| !p.is_empty()) {
         let path = PathBuf::from(path);
@@ -230,17 +239,19 @@ pub fn find_nats_server() -> anyhow::Result<PathBuf> {
             path.display()
         );
     }
-    std::env::var_os("PATH")
-        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("nats-server")).find(|p| is_executable(p)))
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(NATS_SBIN_DIRS.iter().map(PathBuf::from))
+        .map(|d| d.join("nats-server"))
+        .find(|p| is_executable(p))
         .context(
-            "nats-server was not found on PATH: install it (Debian/Ubuntu: `sudo apt-get install -y nats-server`; \
+            "nats-server was not found on PATH or in /usr/sbin: install it (Debian/Ubuntu: `sudo apt-get install -y nats-server`; \
              scripts/dev does it when run as root), set EBB_NATS_SERVER to its path, or set NATS_URL to a running \
              server with JetStream",
         )
 }
 
 fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
@@ -259,6 +270,7 @@ pub async fn start_postgres(dir: &Path, port: u16) -> anyhow::Result<(Server, St
         "stop what holds it (another `ebb dev`?), pass --pg-port, or set DATABASE_URL",
     )?;
     let user = run_as()?;
+    let dir = &place_cluster(dir, user, Path::new(SHARED_PG_ROOT)).await?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     if let Some(u) = user {
         std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid)).with_context(|| {
@@ -366,6 +378,231 @@ async fn connect_with_retry(url: &str) -> anyhow::Result<ebb_store::PgPool> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Where the cluster lives
+
+/// Where clusters live that `nobody` could not reach under their data directory. Root-owned and
+/// not world-writable, so nobody else can plant a directory or a link there; under /var/lib rather
+/// than /tmp or /var/tmp, whose cleaners delete files of an idle cluster after some days.
+pub const SHARED_PG_ROOT: &str = "/var/lib/ebb-dev";
+
+/// What is at `<data-dir>/pg` before a start.
+#[derive(Debug, Clone, PartialEq)]
+enum PgDirState {
+    Missing,
+    /// A link to the cluster's directory elsewhere, made by an earlier start.
+    Link(PathBuf),
+    /// A directory, which may hold a cluster (`data/PG_VERSION`).
+    Dir {
+        cluster: bool,
+    },
+}
+
+/// Where a start puts the cluster.
+#[derive(Debug, Clone, PartialEq)]
+enum Placement {
+    /// In `<data-dir>/pg`, as always when postgres can reach it.
+    InPlace,
+    /// Where the link says.
+    Linked(PathBuf),
+    /// In [`SHARED_PG_ROOT`], linked from `<data-dir>/pg`; `clear` removes the directory there
+    /// first (what a failed start left, with no cluster in it).
+    Outside { clear: bool },
+    /// A cluster is in `<data-dir>/pg` and postgres cannot reach it: only the user can say
+    /// whether to open the way or start afresh.
+    Refuse,
+}
+
+/// `blocked` is the first directory on the way to the data directory that postgres's user cannot
+/// enter, `None` when it can enter them all (or postgres runs as this user).
+fn placement(state: &PgDirState, blocked: Option<&Path>) -> Placement {
+    match (state, blocked) {
+        (PgDirState::Link(target), _) => Placement::Linked(target.clone()),
+        (_, None) => Placement::InPlace,
+        (PgDirState::Missing, Some(_)) => Placement::Outside { clear: false },
+        (PgDirState::Dir { cluster: false }, Some(_)) => Placement::Outside { clear: true },
+        (PgDirState::Dir { cluster: true }, Some(_)) => Placement::Refuse,
+    }
+}
+
+/// The directory in `root` for the cluster of `pg_dir` (an absolute path): named by a hash of the
+/// path, so each clone has its own and a second start finds it again.
+fn outside_dir(root: &Path, pg_dir: &Path) -> PathBuf {
+    // FNV-1a: stable across Rust releases, unlike std's hasher.
+    let hash = pg_dir
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    root.join(format!("pg-{hash:016x}"))
+}
+
+/// Decides where the cluster of `pg_dir` (`<data-dir>/pg`, absolute) lives and prepares that
+/// directory's surroundings (the link, [`SHARED_PG_ROOT`]); returns the directory to use.
+async fn place_cluster(pg_dir: &Path, user: Option<User>, root: &Path) -> anyhow::Result<PathBuf> {
+    let state = match std::fs::symlink_metadata(pg_dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => PgDirState::Missing,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", pg_dir.display())),
+        Ok(m) if m.file_type().is_symlink() => PgDirState::Link(
+            std::fs::read_link(pg_dir).with_context(|| format!("reading {}", pg_dir.display()))?,
+        ),
+        Ok(m) if m.is_dir() => PgDirState::Dir {
+            cluster: pg_dir.join("data/PG_VERSION").exists(),
+        },
+        Ok(_) => bail!(
+            "{} is neither a directory nor a link to one: remove it",
+            pg_dir.display()
+        ),
+    };
+    let blocked = match (user, &state, pg_dir.parent()) {
+        (Some(u), PgDirState::Missing | PgDirState::Dir { .. }, Some(data_dir)) => {
+            first_blocked(u, data_dir).await?
+        }
+        _ => None,
+    };
+    match placement(&state, blocked.as_deref()) {
+        Placement::InPlace => Ok(pg_dir.to_path_buf()),
+        Placement::Linked(target) => {
+            check_linked(pg_dir, &target, user)?;
+            Ok(target)
+        }
+        Placement::Refuse => {
+            let blocked = blocked.as_deref().unwrap_or(Path::new("/"));
+            bail!(
+                "{dir} holds the dev PostgreSQL cluster, but postgres runs as `nobody` (ebb dev runs as root, which \
+                 postgres refuses) and `nobody` cannot enter {blocked}: let it in (`chmod o+x {blocked}`), pass \
+                 --data-dir somewhere it can reach, or remove {dir} to start a fresh cluster, which ebb dev then \
+                 keeps in {root}",
+                dir = pg_dir.display(),
+                blocked = blocked.display(),
+                root = root.display(),
+            )
+        }
+        Placement::Outside { clear } => {
+            let user = user.context("only postgres running as another user is placed outside")?;
+            if clear {
+                tracing::info!(dir = %pg_dir.display(), "removing a cluster directory without a cluster, which postgres could not reach");
+                std::fs::remove_dir_all(pg_dir)
+                    .with_context(|| format!("removing {}", pg_dir.display()))?;
+            }
+            let target = outside_dir(root, pg_dir);
+            prepare_root(root)?;
+            if std::fs::symlink_metadata(&target).is_ok() {
+                // Its link is gone: the data directory was removed or made anew since.
+                if let Some(pid) = live_postmaster(&target) {
+                    bail!(
+                        "{} holds a running PostgreSQL (pid {pid}) that {} no longer links to: stop it first",
+                        target.display(),
+                        pg_dir.display()
+                    );
+                }
+                tracing::info!(dir = %target.display(), "removing an earlier dev cluster that nothing links to");
+                std::fs::remove_dir_all(&target)
+                    .with_context(|| format!("removing {}", target.display()))?;
+            }
+            std::fs::create_dir(&target)
+                .with_context(|| format!("creating {}", target.display()))?;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("setting the mode of {}", target.display()))?;
+            std::os::unix::fs::chown(&target, Some(user.uid), Some(user.gid))
+                .with_context(|| format!("handing {} to nobody", target.display()))?;
+            std::os::unix::fs::symlink(&target, pg_dir)
+                .with_context(|| format!("linking {} to {}", pg_dir.display(), target.display()))?;
+            tracing::info!(
+                dir = %target.display(),
+                link = %pg_dir.display(),
+                blocked = %blocked.as_deref().unwrap_or(Path::new("/")).display(),
+                "postgres runs as nobody, which cannot reach the data directory: the cluster lives outside it"
+            );
+            Ok(target)
+        }
+    }
+}
+
+/// A linked cluster directory must be one this start may use: a real directory (or missing, then
+/// made anew) owned by the user postgres runs as.
+fn check_linked(pg_dir: &Path, target: &Path, user: Option<User>) -> anyhow::Result<()> {
+    let owner = user.map_or_else(effective_uid, |u| Ok(u.uid))?;
+    match std::fs::symlink_metadata(target) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(dir = %target.display(), link = %pg_dir.display(), "the linked cluster directory is gone: starting a fresh cluster there");
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", target.display())),
+        Ok(m) if m.is_dir() && m.uid() == owner => Ok(()),
+        Ok(m) if m.is_dir() => bail!(
+            "{} links to {}, a cluster owned by uid {} while postgres would run as uid {owner} (made by ebb dev \
+             run as another user?): run ebb dev as that user, or remove the link to start a fresh cluster",
+            pg_dir.display(),
+            target.display(),
+            m.uid()
+        ),
+        Ok(_) => bail!(
+            "{} links to {}, which is not a directory: remove the link to start a fresh cluster",
+            pg_dir.display(),
+            target.display()
+        ),
+    }
+}
+
+/// Creates `root` (mode 0755, so postgres's user can pass through) unless it exists, and refuses
+/// one that others could write to.
+fn prepare_root(root: &Path) -> anyhow::Result<()> {
+    if std::fs::symlink_metadata(root).is_err() {
+        std::fs::create_dir_all(root).with_context(|| format!("creating {}", root.display()))?;
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("setting the mode of {}", root.display()))?;
+    }
+    let meta =
+        std::fs::symlink_metadata(root).with_context(|| format!("reading {}", root.display()))?;
+    if !meta.is_dir() || meta.uid() != effective_uid()? || meta.mode() & 0o022 != 0 {
+        bail!(
+            "{} must be a directory owned by this user and writable by nobody else, since dev clusters \
+             live there: remove it, and ebb dev makes it anew",
+            root.display()
+        );
+    }
+    Ok(())
+}
+
+/// The pid in `data/postmaster.pid` if that process is alive.
+fn live_postmaster(cluster_dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(cluster_dir.join("data/postmaster.pid")).ok()?;
+    let pid: u32 = text.lines().next()?.trim().parse().ok()?;
+    Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+}
+
+/// `$@` are the directories from `/` down: prints the first one the caller cannot enter.
+const PROBE: &str =
+    r#"for d in "$@"; do cd -- "$d" 2>/dev/null || { printf '%s' "$d"; exit 0; }; done"#;
+
+/// The first directory from `/` down to `dir` (absolute) that `user` cannot enter, tried as that
+/// user, so permissions, ACLs and mounts all count; `None` when it can enter them all.
+async fn first_blocked(user: User, dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    let mut path: Vec<&Path> = dir.ancestors().collect();
+    path.reverse();
+    let out = Command::new("/bin/sh")
+        .args(["-c", PROBE, "ebb-dev-probe"])
+        .args(&path)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .uid(user.uid)
+        .gid(user.gid)
+        .output()
+        .await
+        .context("checking which directories postgres's user can enter")?;
+    if !out.status.success() {
+        bail!(
+            "checking which directories postgres's user can enter failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((!out.stdout.is_empty()).then(|| PathBuf::from(OsString::from_vec(out.stdout))))
+}
+
+// ---------------------------------------------------------------------------------------------
 // nats-server
 
 /// Starts `nats-server -js` with its store in `dir` on `127.0.0.1:port`; returns the server and
@@ -404,13 +641,16 @@ struct User {
     gid: u32,
 }
 
+/// The owner of /proc/self is the effective uid: no libc call, no unsafe.
+fn effective_uid() -> anyhow::Result<u32> {
+    Ok(std::fs::metadata("/proc/self")
+        .context("reading the effective uid from /proc/self")?
+        .uid())
+}
+
 /// `Some(nobody)` when this process is root, since postgres will not run as root.
 fn run_as() -> anyhow::Result<Option<User>> {
-    // The owner of /proc/self is the effective uid: no libc call, no unsafe.
-    let euid = std::fs::metadata("/proc/self")
-        .context("reading the effective uid from /proc/self")?
-        .uid();
-    if euid != 0 {
+    if effective_uid()? != 0 {
         return Ok(None);
     }
     let passwd = std::fs::read_to_string("/etc/passwd").context("reading /etc/passwd")?;
@@ -429,4 +669,136 @@ fn run_as() -> anyhow::Result<Option<User>> {
         .context(
             "running as root, which postgres refuses, and there is no `nobody` user to run it as",
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_moves_out_only_when_postgres_cannot_reach_it() {
+        use PgDirState::*;
+        use Placement::*;
+        let check = |state: PgDirState, blocked: Option<&str>, want: Placement| {
+            let got = placement(&state, blocked.map(Path::new));
+            assert_eq!(got, want, "{state:?} with {blocked:?} blocked");
+        };
+        let link = PathBuf::from("/var/lib/ebb-dev/pg-0123456789abcdef");
+        check(Missing, None, InPlace);
+        check(Dir { cluster: false }, None, InPlace);
+        check(Dir { cluster: true }, None, InPlace);
+        check(Link(link.clone()), None, Linked(link.clone()));
+        check(Link(link.clone()), Some("/root"), Linked(link));
+        check(Missing, Some("/root"), Outside { clear: false });
+        check(
+            Dir { cluster: false },
+            Some("/root"),
+            Outside { clear: true },
+        );
+        check(Dir { cluster: true }, Some("/root"), Refuse);
+    }
+
+    #[test]
+    fn each_data_dir_has_its_own_stable_outside_dir() {
+        let root = Path::new(SHARED_PG_ROOT);
+        let a = outside_dir(root, Path::new("/root/ebb/.ebb/pg"));
+        assert_eq!(a, outside_dir(root, Path::new("/root/ebb/.ebb/pg")));
+        assert_ne!(a, outside_dir(root, Path::new("/root/ebb2/.ebb/pg")));
+        // A second start (of any later release) must find the same directory.
+        assert_eq!(a, root.join("pg-3f79b02ddc538efa"));
+    }
+
+    /// Who to probe as, and a directory that user cannot enter: as root, `nobody` and a 0700
+    /// directory (root itself enters any); otherwise this user and a 0000 one.
+    fn locked_out() -> (User, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("clone/.ebb")).unwrap();
+        let (user, mode) = match run_as().unwrap() {
+            Some(nobody) => (nobody, 0o700),
+            None => {
+                let me = std::fs::metadata("/proc/self").unwrap();
+                let user = User {
+                    uid: me.uid(),
+                    gid: me.gid(),
+                };
+                (user, 0o000)
+            }
+        };
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+        (user, dir)
+    }
+
+    #[tokio::test]
+    async fn the_probe_names_the_first_directory_postgres_cannot_enter() {
+        let (user, locked) = locked_out();
+        let inner = locked.path().join("clone/.ebb");
+        let blocked = first_blocked(user, &inner).await.unwrap();
+        std::fs::set_permissions(locked.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert_eq!(blocked.as_deref(), Some(locked.path()));
+        assert_eq!(first_blocked(user, Path::new("/tmp")).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_cluster_out_of_postgres_reach_lives_outside_and_is_found_again() {
+        let clone = tempfile::tempdir().unwrap();
+        // Like root's home or a `mktemp -d`.
+        std::fs::set_permissions(clone.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+        let pg = clone.path().join(".ebb/pg");
+        std::fs::create_dir_all(pg.parent().unwrap()).unwrap();
+        let shared = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let root = shared.path().join("ebb-dev");
+        let Some(nobody) = run_as().unwrap() else {
+            // Postgres runs as this user, who can reach its own data directory.
+            let placed = place_cluster(&pg, None, &root).await.unwrap();
+            assert_eq!(placed, pg);
+            assert!(!root.exists());
+            return;
+        };
+        // As root: `nobody` cannot enter the clone.
+        let placed = place_cluster(&pg, Some(nobody), &root).await.unwrap();
+        assert_eq!(placed, outside_dir(&root, &pg));
+        assert_eq!(std::fs::read_link(&pg).unwrap(), placed);
+        let meta = std::fs::metadata(&placed).unwrap();
+        assert_eq!((meta.uid(), meta.mode() & 0o777), (nobody.uid, 0o700));
+        assert_eq!(std::fs::metadata(&root).unwrap().mode() & 0o777, 0o755);
+        assert_eq!(first_blocked(nobody, &placed).await.unwrap(), None);
+
+        // A second start uses the same cluster.
+        std::fs::write(placed.join("marker"), "kept").unwrap();
+        assert_eq!(
+            place_cluster(&pg, Some(nobody), &root).await.unwrap(),
+            placed
+        );
+        assert!(placed.join("marker").exists());
+
+        // With the data directory made anew (no link), the old cluster goes and a fresh one comes.
+        std::fs::remove_file(&pg).unwrap();
+        assert_eq!(
+            place_cluster(&pg, Some(nobody), &root).await.unwrap(),
+            placed
+        );
+        assert!(!placed.join("marker").exists());
+
+        // What a failed start left in place (no cluster) is cleared; a real cluster is not touched.
+        std::fs::remove_file(&pg).unwrap();
+        std::fs::create_dir_all(pg.join("data")).unwrap();
+        std::fs::write(pg.join("data/PG_VERSION"), "17").unwrap();
+        let refused = place_cluster(&pg, Some(nobody), &root).await.unwrap_err();
+        let message = format!("{refused:#}");
+        let chmod = format!("chmod o+x {}", clone.path().display());
+        assert!(message.contains(&chmod), "{message}");
+        assert!(pg.join("data/PG_VERSION").exists());
+        std::fs::remove_file(pg.join("data/PG_VERSION")).unwrap();
+        assert_eq!(
+            place_cluster(&pg, Some(nobody), &root).await.unwrap(),
+            placed
+        );
+        assert!(
+            std::fs::symlink_metadata(&pg)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
 }

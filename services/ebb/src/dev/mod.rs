@@ -5,8 +5,9 @@
 //!    on fixed loopback ports ([`infra`]).
 //! 2. Migrations, then (idempotently) a dev org with one site per simulated site and an admin API
 //!    key kept in `<data-dir>/dev-api-key` (mode 0600), so a second start prints the same key.
-//! 3. A simulated fleet, one simulator per site on a fixed address block ([`fleet`]), registered
-//!    as the sites' devices.
+//! 3. A simulated fleet, one simulator per site on a fixed address block, each in its own child
+//!    process so that big fleets fit the open-file limit ([`fleet`]), registered as the sites'
+//!    devices.
 //! 4. Every service in-process: gateway, planner, reconciler, worker and one agent per site.
 //! 5. Once the gateway is ready and every simulated miner has reported telemetry, it prints the
 //!    gateway URL, the key and curl lines that work as printed.
@@ -20,7 +21,6 @@ use crate::{admin, services};
 use anyhow::{Context as _, bail};
 use ebb_bus::{Inventory, InventoryRequest};
 use ebb_domain::{DeviceId, OrgId, SiteCode};
-use ebb_minersim::Simulator;
 use ebb_obs::Secret;
 use ebb_runtime::cli::report_invalid;
 use ebb_runtime::{Common, Context, Entry, Instances, Needs, Signals, Supervisor};
@@ -96,6 +96,15 @@ impl DevArgs {
                 self.sites, self.miners_per_site
             ));
         }
+        if (1..=5_000).contains(&self.miners_per_site)
+            && let Some(problem) =
+                fleet::fd_limit().and_then(|limit| fleet::fd_problem(self.miners_per_site, limit))
+        {
+            bad.push(problem);
+        }
+        if let Some(problem) = fleet::port_80_problem() {
+            bad.push(problem);
+        }
         if !(self.ramp_seconds.is_finite() && (0.0..=600.0).contains(&self.ramp_seconds)) {
             bad.push(format!(
                 "--ramp-seconds must be between 0 and 600, got {}",
@@ -135,6 +144,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     }
     let signals = Signals::install()?;
     let shutdown = signals.token();
+    // The agents' connections to their miners are descriptors too; the simulators have their own.
+    let fd_limit = fleet::raise_fd_limit()?;
+    tracing::debug!(fd_limit, "open-file limit");
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let dir = std::fs::canonicalize(&args.data_dir)
@@ -213,7 +225,7 @@ async fn run_with_servers(
 
     let mut sims = Vec::with_capacity(sites.len());
     let outcome = async {
-        let wanted = start_fleet(args, &pool, &sites, &mut sims).await?;
+        let wanted = start_fleet(args, dir, &pool, &sites, &mut sims).await?;
         run_services(
             args,
             &pool,
@@ -248,17 +260,31 @@ async fn cancellable<T>(
     }
 }
 
-/// Starts one simulator per site and registers its miners; returns the device ids to wait for.
+/// Starts one simulator process per site and registers its miners; returns the device ids to
+/// wait for. The simulators are pushed onto `sims` as they start, for the caller to stop.
 async fn start_fleet(
     args: &DevArgs,
+    dir: &Path,
     pool: &PgPool,
     sites: &[Site],
-    sims: &mut Vec<Simulator>,
+    sims: &mut Vec<fleet::SiteSim>,
 ) -> anyhow::Result<HashSet<DeviceId>> {
     let ramp = Duration::from_secs_f64(args.ramp_seconds);
-    let mut wanted = HashSet::new();
+    let exe = std::env::current_exe().context("finding this binary to run the simulators")?;
+    // Every child binds its listeners at the same time; then they are read one by one.
     for (index, site) in (0u32..).zip(sites) {
-        let sim = fleet::start_site(&site.code, index, args.miners_per_site, ramp)
+        let log = dir.join(format!("sim-{}.log", site.code));
+        sims.push(fleet::spawn_site(
+            &exe,
+            index,
+            args.miners_per_site,
+            ramp,
+            &log,
+        )?);
+    }
+    let mut wanted = HashSet::new();
+    for (sim, site) in sims.iter_mut().zip(sites) {
+        sim.wait_listening()
             .await
             .with_context(|| format!("starting the simulated miners of {}", site.code))?;
         let devices: Vec<_> = sim.miners().iter().map(fleet::device).collect();
@@ -283,10 +309,8 @@ async fn start_fleet(
                 "the site has devices that are not simulated now (an earlier --miners-per-site?): they will show as unreachable"
             );
         }
-        let first = sim.addresses().first().copied();
-        let last = sim.addresses().last().copied();
+        let (first, last) = sim.address_range().unzip();
         tracing::info!(site = %site.code, miners = sim.len(), ?first, ?last, "simulated miners listening");
-        sims.push(sim);
     }
     Ok(wanted)
 }
@@ -339,7 +363,7 @@ async fn run_services(
     org: OrgId,
     sites: &[Site],
     wanted: &HashSet<DeviceId>,
-    sims: &[Simulator],
+    sims: &[fleet::SiteSim],
     token: &str,
     key_file: &Path,
     database_url: &str,
@@ -488,7 +512,7 @@ fn print_banner(
     base: &str,
     token: &str,
     key_file: &Path,
-    sims: &[Simulator],
+    sims: &[fleet::SiteSim],
     sites: &[Site],
     args: &DevArgs,
     database_url: &str,
@@ -500,7 +524,7 @@ fn print_banner(
         .map(|m| m.nominal_power_w)
         .sum::<f64>()
         / 1000.0;
-    let miners: usize = sims.iter().map(Simulator::len).sum();
+    let miners: usize = sims.iter().map(fleet::SiteSim::len).sum();
     let target = example_target_kw(fleet_kw);
     let auth = format!("-H 'Authorization: Bearer {token}'");
     let codes: Vec<&str> = sites.iter().map(|s| s.code.as_str()).collect();

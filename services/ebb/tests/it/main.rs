@@ -1,8 +1,9 @@
 //! Integration tests of the deployment files the `ebb` binary is run with: `compose.yaml` names
 //! only real `ebb` commands and real files, and the `nats/` configs parse and enforce their
-//! subject permissions on a real nats-server.
+//! subject permissions on a real nats-server; and of `ebb dev`'s simulator child process.
 
 mod compose;
+mod dev_sim;
 mod nats_auth;
 
 use std::path::PathBuf;
