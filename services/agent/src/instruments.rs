@@ -17,6 +17,8 @@ pub const MINERS_UNREACHABLE: &str = "ebb_agent_miners_unreachable";
 pub const INVALID_SAMPLES_TOTAL: &str = "ebb_agent_invalid_samples_total";
 /// Command batches terminated as poison (undecodable or out of range).
 pub const POISON_BATCHES_TOTAL: &str = "ebb_agent_poison_batches_total";
+/// Restore limits outside what any miner supports, ignored: the miner was woken without it.
+pub const RESTORE_LIMITS_IGNORED_TOTAL: &str = "ebb_agent_restore_limits_ignored_total";
 
 /// The operations timed by [`MINER_CALL_SECONDS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,4 +66,8 @@ pub fn invalid_samples(n: u32) {
 
 pub fn poison_batch() {
     metrics::counter!(POISON_BATCHES_TOTAL).increment(1);
+}
+
+pub fn restore_limit_ignored() {
+    metrics::counter!(RESTORE_LIMITS_IGNORED_TOTAL).increment(1);
 }
