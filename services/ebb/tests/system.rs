@@ -4,9 +4,11 @@
 //! miner's true simulated power down; stop restores it in paced batches to COMPLETED with every
 //! miner hashing again; the list shows the event, terminal, with no per-target rows.
 
+use ebb_bus::Role;
 use ebb_domain::SiteCode;
 use ebb_minersim::{FleetSpec, GroupSpec, Model, SimOptions, SiteSpec};
 use ebb_runtime::{Common, Context, Entry, Instances, Needs, Supervisor};
+use ebb_testkit::world::World;
 use ebb_testkit::{NatsServer, TestDb};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -62,7 +64,6 @@ where
 async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
     ebb_testkit::init_tracing();
     let db = TestDb::new().await.unwrap();
-    ebb_store::migrate(db.pool()).await.unwrap();
     let nats = NatsServer::start().await.unwrap();
     let stop = CancellationToken::new();
     let _guard = stop.clone().drop_guard();
@@ -83,28 +84,15 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
     .await
     .unwrap();
 
-    // Tenancy and sites.
-    let org = ebb_store::fleet::create_org(db.pool(), "acme")
+    // Tenancy and sites; their miners are found by discovery below.
+    let world = SITES
+        .iter()
+        .fold(World::builder(), |w, code| {
+            w.site(code, |s| s.ramp_limit(1_000.0))
+        })
+        .build(&db)
         .await
         .unwrap();
-    let key = ebb_gateway::auth::generate();
-    ebb_store::fleet::insert_api_key(
-        db.pool(),
-        org,
-        &key.prefix,
-        &key.secret_hash,
-        "admin",
-        "system test",
-        None,
-    )
-    .await
-    .unwrap();
-    for code in SITES {
-        let code = SiteCode::parse(code).unwrap();
-        ebb_store::fleet::create_site(db.pool(), org, &code, code.as_str(), Some(1_000.0))
-            .await
-            .unwrap();
-    }
 
     // Services: every line of the one table, one process, as `ebb dev` runs them.
     let common = Common {
@@ -197,7 +185,7 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
     ebb::services::spawn(&mut services, &ctx, Instances::PerSite, &codes, &overrides).unwrap();
 
     let http = reqwest::Client::new();
-    let auth = format!("Bearer {}", key.token);
+    let auth = format!("Bearer {}", world.token(Role::Admin));
     let total = SITES.len() * PER_SITE as usize;
     wait_for(
         "telemetry from every miner",

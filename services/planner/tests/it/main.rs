@@ -3,75 +3,39 @@
 
 use ebb_bus::{Actor, Role, RpcErrorKind, Scope, StartRequest, StopRequest};
 use ebb_domain::selection::Mode;
-use ebb_domain::{Capabilities, DeviceId, Kw, OrgId, SiteCode};
+use ebb_domain::{DeviceId, Kw, OrgId, SiteCode};
 use ebb_planner::{Planner, PlannerConfig};
-use ebb_store::fleet;
 use ebb_testkit::TestDb;
+use ebb_testkit::world::World;
 use std::sync::Arc;
 
 struct Fixture {
     db: TestDb,
     org: OrgId,
     planner: Planner,
+    /// Least efficient first: miner `i` hashes at 80 + i TH/s on 3 kW.
     devices: Vec<DeviceId>,
 }
 
 /// An org with one site of `n` hashing miners (3 kW each, efficiency spread) with fresh telemetry.
 async fn fixture(n: usize) -> Fixture {
     let db = TestDb::new().await.unwrap();
-    ebb_store::migrate(db.pool()).await.unwrap();
-    let org = fleet::create_org(db.pool(), "acme").await.unwrap();
-    let code = SiteCode::parse("site-a").unwrap();
-    fleet::create_site(db.pool(), org, &code, "A", None)
-        .await
-        .unwrap();
-    let site = fleet::site_by_code(db.pool(), &code)
-        .await
-        .unwrap()
-        .unwrap();
-    let devs: Vec<fleet::NewDevice> = (0..n)
-        .map(|i| fleet::NewDevice {
-            address: format!("127.0.7.{i}"),
-            make: "AntMiner".into(),
-            model: "S19".into(),
-            firmware: None,
-            capabilities: Capabilities {
-                curtail_full: true,
-                ..Default::default()
-            },
-            nominal_power_w: Some(3000.0),
+    let world = World::builder()
+        .site("site-a", |s| {
+            s.miners(n)
+                .watts(3000.0)
+                .hashing()
+                .hashrate_each(|i| 80.0 + i as f64)
         })
-        .collect();
-    fleet::upsert_devices(db.pool(), &site, &devs)
-        .await
-        .unwrap();
-    let devices: Vec<DeviceId> = fleet::inventory(db.pool(), site.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.device_id)
-        .collect();
-    let now = chrono::Utc::now().timestamp_millis();
-    let samples: Vec<fleet::TelemetryRow> = devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| fleet::TelemetryRow {
-            device_id: *d,
-            reachable: true,
-            power_w: Some(3000.0),
-            hashrate_ths: Some(80.0 + i as f64),
-            sampled_at_ms: now,
-        })
-        .collect();
-    fleet::ingest_telemetry(db.pool(), site.id, &samples)
+        .build(&db)
         .await
         .unwrap();
     let planner = Planner::new(db.pool().clone(), PlannerConfig::default());
     Fixture {
+        org: world.org,
+        devices: world.site("site-a").devices.clone(),
         db,
-        org,
         planner,
-        devices,
     }
 }
 
