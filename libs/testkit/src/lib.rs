@@ -13,6 +13,7 @@
 //! - [`world`] declares an org with sites, racks, miners (with fresh telemetry when asked) and
 //!   API keys of each role, and writes it through the store's own functions: the one fixture the
 //!   store, planner, reconciler, gateway and system tests share.
+//! - [`api`] holds the assertions on the HTTP API's JSON that several suites make.
 //!
 //! `TestDb` knows nothing of Ebb's schema; [`world::WorldBuilder::build`] migrates it with the
 //! store's migrations. The testkit depends on libraries only (the store, the domain and the bus
@@ -22,6 +23,7 @@
 //! `/usr/lib/postgresql/*/bin`; a missing one is reported as [`Error::MissingBinary`], which names
 //! the Debian package to install.
 
+pub mod api;
 mod binary;
 mod cluster;
 mod db;

@@ -5,6 +5,7 @@ use chrono::{Duration, Utc};
 use ebb_bus::Role;
 use ebb_gateway::{Gateway, GatewayConfig};
 use ebb_planner::{Planner, PlannerConfig};
+use ebb_testkit::api::assert_event_summary;
 use ebb_testkit::world::{Key, World};
 use ebb_testkit::{NatsServer, TestDb};
 use reqwest::StatusCode;
@@ -287,6 +288,7 @@ async fn start_replay_list_get_stop() {
     let ev: Value = first.json().await.unwrap();
     assert_eq!(ev["state"], "pending");
     assert_eq!(ev["targets"]["pending"], 2);
+    assert_event_summary(&ev);
     let replay = send("evt-1").await.unwrap();
     assert_eq!(replay.status(), StatusCode::OK);
     let again: Value = replay.json().await.unwrap();
@@ -296,6 +298,7 @@ async fn start_replay_list_get_stop() {
     let (s, got) = app.get(&key, &format!("/v1/curtailments/{id}")).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(got["selection"]["selected_count"], 2);
+    assert_event_summary(&got);
 
     let (s, _, _) = app
         .post(
@@ -342,10 +345,13 @@ async fn start_replay_list_get_stop() {
         app.get(&key, "/v1/curtailments?page_size=201").await.0,
         StatusCode::BAD_REQUEST
     );
-    assert!(
-        page["items"][0].get("devices").is_none(),
-        "no per-target rows in lists"
-    );
+    // No per-target rows in lists: every item is the summary with counts.
+    for item in [&page, &page2]
+        .iter()
+        .flat_map(|p| p["items"].as_array().unwrap())
+    {
+        assert_event_summary(item);
+    }
 
     // Terminate is admin-only; this event never sent a command, so nothing is in flight.
     let (s, _, _) = app
