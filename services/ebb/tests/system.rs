@@ -4,10 +4,13 @@
 //! miner's true simulated power down; stop restores it in paced batches to COMPLETED with every
 //! miner hashing again; the list shows the event, terminal, with no per-target rows.
 
+use ebb_bus::Role;
 use ebb_domain::SiteCode;
 use ebb_minersim::{FleetSpec, GroupSpec, Model, SimOptions, SiteSpec};
 use ebb_natsauth::Identity;
 use ebb_runtime::{Common, Context, Entry, Instances, Needs, Supervisor};
+use ebb_testkit::api::assert_event_summary;
+use ebb_testkit::world::World;
 use ebb_testkit::{NatsServer, TestDb};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -63,7 +66,6 @@ where
 async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
     ebb_testkit::init_tracing();
     let db = TestDb::new().await.unwrap();
-    ebb_store::migrate(db.pool()).await.unwrap();
     let stop = CancellationToken::new();
     let _guard = stop.clone().drop_guard();
 
@@ -83,35 +85,17 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
     .await
     .unwrap();
 
-    // Tenancy and sites.
-    let org = ebb_store::fleet::create_org(db.pool(), "acme")
+    // Tenancy and sites; their miners are found by discovery below.
+    let world = SITES
+        .iter()
+        .fold(World::builder(), |w, code| {
+            w.site(code, |s| s.ramp_limit(1_000.0))
+        })
+        .build(&db)
         .await
         .unwrap();
-    let key = ebb_gateway::auth::generate();
-    ebb_store::fleet::insert_api_key(
-        db.pool(),
-        org,
-        &key.prefix,
-        &key.secret_hash,
-        "admin",
-        "system test",
-        None,
-    )
-    .await
-    .unwrap();
-    let mut sites = Vec::new();
-    for code in SITES {
-        let code = SiteCode::parse(code).unwrap();
-        ebb_store::fleet::create_site(db.pool(), org, &code, code.as_str(), Some(1_000.0))
-            .await
-            .unwrap();
-        sites.push(
-            ebb_store::fleet::site_by_code(db.pool(), &code)
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
+    let org = world.org;
+    let sites: Vec<ebb_store::fleet::Site> = world.sites.iter().map(|s| s.site.clone()).collect();
 
     // NATS as a deployment runs it (nats/hub.conf: operator-mode auth over TLS), every service
     // and site agent with its own credentials, as `ebb dev` runs it.
@@ -247,7 +231,7 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
         .unwrap();
 
     let http = reqwest::Client::new();
-    let auth = format!("Bearer {}", key.token);
+    let auth = format!("Bearer {}", world.token(Role::Admin));
     let total = SITES.len() * PER_SITE as usize;
     wait_for(
         "telemetry from every miner",
@@ -403,7 +387,7 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
     assert_eq!(items[0]["state"], "completed");
     let counts: HashMap<String, i64> = serde_json::from_value(items[0]["targets"].clone()).unwrap();
     assert_eq!(counts.get("restored").copied(), Some(selected.len() as i64));
-    assert!(items[0].get("devices").is_none() && items[0].get("target_rows").is_none());
+    assert_event_summary(&items[0]);
 
     // Integrations heard about it: the worker relayed the outbox onto the EVENT stream.
     wait_for("the outbox drained", Duration::from_secs(10), || async {
