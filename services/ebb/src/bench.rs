@@ -20,11 +20,13 @@
 //! [`MinerPath`]: ebb_agent::MinerPath
 
 mod command;
+mod curtail;
 mod fleet;
 mod measure;
 mod poll;
 
 pub use command::{CommandReport, bench_command};
+pub use curtail::{CurtailArgs, CurtailReport, bench_curtail};
 pub use fleet::FirmwareFigures;
 pub use poll::{PollReport, bench_poll};
 
@@ -41,6 +43,9 @@ pub enum BenchCommand {
     Command(BenchArgs),
     /// One full telemetry poll of every miner, with CPU seconds per 10,000 samples.
     Poll(BenchArgs),
+    /// The whole path end to end: one `full` curtailment of every miner through the gateway,
+    /// then its stop, with every service in this process.
+    Curtail(CurtailArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -72,6 +77,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         BenchCommand::Poll(args) => {
             serde_json::to_string(&bench_poll(args.miners, args.settings()).await?)?
         }
+        BenchCommand::Curtail(args) => serde_json::to_string(&bench_curtail(args).await?)?,
     };
     println!("{report}");
     Ok(ExitCode::SUCCESS)

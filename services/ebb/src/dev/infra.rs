@@ -260,9 +260,14 @@ const PG_SUPERUSER: &str = "postgres";
 /// The database `ebb dev` uses inside the cluster.
 pub const PG_DATABASE: &str = "ebb";
 
-/// Starts (initialising on first use) the cluster in `dir` on `127.0.0.1:port`; returns the
+/// Starts (initialising on first use) the cluster in `dir` on `127.0.0.1:port`, with the server
+/// `settings` (`name=value`, e.g. `shared_preload_libraries=pg_stat_statements`); returns the
 /// server and the URL of the `ebb` database, created if missing.
-pub async fn start_postgres(dir: &Path, port: u16) -> anyhow::Result<(Server, String)> {
+pub async fn start_postgres(
+    dir: &Path,
+    port: u16,
+    settings: &[&str],
+) -> anyhow::Result<(Server, String)> {
     let bins = find_postgres()?;
     ensure_port_free(
         port,
@@ -322,7 +327,7 @@ pub async fn start_postgres(dir: &Path, port: u16) -> anyhow::Result<(Server, St
             );
         }
     }
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "-D".to_owned(),
         data.display().to_string(),
         "-h".to_owned(),
@@ -334,6 +339,9 @@ pub async fn start_postgres(dir: &Path, port: u16) -> anyhow::Result<(Server, St
         String::new(),
     ]
     .into();
+    for s in settings {
+        args.extend(["-c".to_owned(), (*s).to_owned()]);
+    }
     let log = dir.join("postgres.log");
     let mut server = spawn_watched("postgres", &bins.postgres, &args, &log, dir, user)?;
     // Readiness: the port answers, then a real connection succeeds.
