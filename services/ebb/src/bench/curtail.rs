@@ -40,8 +40,9 @@ pub struct CurtailArgs {
     /// Sites, each with its own agent.
     #[arg(long, default_value_t = 1)]
     pub sites: u32,
-    /// Each site's ramp limit in kW per minute. By default six times the site's nameplate power,
-    /// so a whole site may come back in ten seconds: the restore measures Ebb, not the pacing.
+    /// Each site's ramp limit in kW per minute. By default twelve times the biggest site's
+    /// nameplate power, so a whole site may come back in five seconds: the restore measures
+    /// Ebb, not the pacing (pass a lower limit to watch the pacing hold).
     #[arg(long)]
     pub ramp_kw_per_min: Option<f64>,
     /// Where the benchmark's PostgreSQL cluster and NATS files live (kept between runs; the
@@ -201,7 +202,7 @@ async fn run(
         }
         let ramp = args
             .ramp_kw_per_min
-            .unwrap_or_else(|| 6.0 * site_kw.values().copied().fold(0.0, f64::max).ceil());
+            .unwrap_or_else(|| 12.0 * site_kw.values().copied().fold(0.0, f64::max).ceil());
         let named: Vec<(SiteCode, String)> =
             codes.iter().map(|c| (c.clone(), c.to_string())).collect();
         let (org, sites) = admin::ensure_org_and_sites(&pool, "bench", &named, Some(ramp)).await?;
