@@ -20,7 +20,7 @@
 //! [`MinerPath`]: ebb_agent::MinerPath
 
 mod command;
-mod curtail;
+pub(crate) mod curtail;
 mod fleet;
 mod measure;
 mod poll;

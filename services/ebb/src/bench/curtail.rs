@@ -282,7 +282,7 @@ async fn run(
 }
 
 /// Drops and creates `name` on the server of `url`; returns its URL.
-async fn fresh_database(url: &str, name: &str) -> anyhow::Result<String> {
+pub(crate) async fn fresh_database(url: &str, name: &str) -> anyhow::Result<String> {
     let admin = ebb_store::connect(url, 1).await?;
     sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .execute(&admin)
