@@ -655,12 +655,45 @@ impl Topology {
     }
 
     async fn start_postgres(&mut self) -> anyhow::Result<()> {
+        self.wait_for_dead_postmaster().await;
         let (server, url) = infra::start_postgres(&self.dir.join("pg"), self.pg_port, &[]).await?;
         self.running.insert("postgres".into(), server);
         if self.database_url.is_empty() {
             self.database_url = url;
         }
         Ok(())
+    }
+
+    /// A killed postmaster can outlive its SIGKILL for a moment (tearing down, or a zombie until
+    /// init reaps it), and a new one refuses to start while its lock file names a live PID.
+    /// Waits until the PID in the lock file is gone or a zombie (then the file is stale).
+    async fn wait_for_dead_postmaster(&self) {
+        let lock = self.dir.join("pg").join("data").join("postmaster.pid");
+        let Some(pid) = std::fs::read_to_string(&lock)
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u32>().ok()))
+        else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+                Err(_) => return,
+                Ok(stat)
+                    if stat
+                        .rsplit_once(") ")
+                        .is_some_and(|(_, s)| s.starts_with('Z')) =>
+                {
+                    tracing::info!(
+                        pid,
+                        "the killed postmaster is a zombie: its lock file is stale"
+                    );
+                    let _ = std::fs::remove_file(&lock);
+                    return;
+                }
+                Ok(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
     }
 
     async fn start_nats(&mut self) -> anyhow::Result<()> {
