@@ -10,7 +10,7 @@ use crate::intake::Incoming;
 use anyhow::Context;
 use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
-use ebb_bus::{BatchResult, CommandBatch, DeviceRef, Envelope, split, subjects};
+use ebb_bus::{BatchResult, DeviceRef, split, subjects};
 use ebb_domain::confirm::ConfirmPolicy;
 use ebb_domain::{
     BatchId, CommandKind, DeviceId, EventId, EventState, SiteCode, SiteId, StopCause, TargetState,
@@ -301,8 +301,21 @@ impl Reconciler {
         for t in targets {
             by_site.entry(t.site_id).or_default().push(t);
         }
-        for (_, site_targets) in by_site {
-            for chunk in site_targets.chunks(split::MAX_BATCH_DEVICES) {
+        let command = phase.command(ev.command);
+        for (site_id, site_targets) in by_site {
+            let Some((site, _)) = self.sites.get(&site_id) else {
+                anyhow::bail!("site {site_id} of event {} is unknown", ev.id);
+            };
+            let shape = split::CommandShape {
+                org: Some(ev.org_id),
+                site,
+                event: Some(ev.id),
+                command,
+            };
+            // Sized before the stamp: what is stamped is at most this chunk, so its batch fits.
+            let chunks = split::command_chunks(site_targets, &shape, |t| device_ref(t, command))
+                .context("splitting a command into batches")?;
+            for chunk in chunks {
                 let batch = BatchId::new();
                 let ids: Vec<DeviceId> = chunk.iter().map(|t| t.device_id).collect();
                 let evid = ev.id;
@@ -371,27 +384,15 @@ impl Reconciler {
         let Some((site, _)) = self.sites.get(&first.site_id) else {
             anyhow::bail!("site {} of event {} is unknown", first.site_id, ev.id);
         };
-        let devices: Vec<DeviceRef> = targets
-            .iter()
-            .map(|t| DeviceRef {
-                device_id: t.device_id,
-                address: t.address.clone(),
-                restore_power_limit_w: if command == CommandKind::Uncurtail {
-                    t.prior_power_limit_w
-                } else {
-                    None
-                },
-            })
-            .collect();
-        let body = CommandBatch {
-            batch_id: batch,
-            event_id: Some(ev.id),
-            site: site.clone(),
+        let devices: Vec<DeviceRef> = targets.iter().map(|t| device_ref(t, command)).collect();
+        let shape = split::CommandShape {
+            org: Some(ev.org_id),
+            site,
+            event: Some(ev.id),
             command,
-            devices,
         };
-        let payload = ebb_bus::encode(&Envelope::new(Some(ev.org_id), body))
-            .context("encoding a command batch")?;
+        let payload =
+            ebb_bus::encode(&shape.envelope(batch, devices)).context("encoding a command batch")?;
         if payload.len() > split::MAX_BATCH_BYTES {
             anyhow::bail!(
                 "command batch of {} devices encodes to {} bytes",
@@ -489,6 +490,20 @@ impl Reconciler {
                 .increment((wanted - moved) as u64);
             tracing::warn!(from = %from, to = %to, lost = wanted - moved, "targets were not in the expected state");
         }
+    }
+}
+
+/// What a target puts in a command batch: on uncurtail, the power limit its miner had before the
+/// event, so that restore never applies firmware defaults.
+fn device_ref(t: &TargetRow, command: CommandKind) -> DeviceRef {
+    DeviceRef {
+        device_id: t.device_id,
+        address: t.address.clone(),
+        restore_power_limit_w: if command == CommandKind::Uncurtail {
+            t.prior_power_limit_w
+        } else {
+            None
+        },
     }
 }
 
