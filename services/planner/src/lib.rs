@@ -568,7 +568,6 @@ impl Planner {
         }
     }
 
-    /// The devices of one site, for its agent.
     /// One page of `code`'s devices, in address order, for its agent.
     pub async fn inventory(
         &self,
@@ -602,22 +601,19 @@ impl Planner {
         let rows = fleet::inventory_page(&self.pool, site.id, req.after.as_deref(), limit)
             .await
             .map_err(internal)?;
-        let next = (rows.len() == limit as usize)
-            .then(|| rows.last().map(|d| d.address.clone()))
-            .flatten();
-        Ok(Inventory {
-            next,
-            devices: rows
-                .into_iter()
-                .map(|d| InventoryDevice {
-                    device_id: d.device_id,
-                    address: d.address,
-                    make: d.make,
-                    model: d.model,
-                    capabilities: d.capabilities,
-                })
-                .collect(),
-        })
+        let more = rows.len() == limit as usize;
+        let devices = rows
+            .into_iter()
+            .map(|d| InventoryDevice {
+                device_id: d.device_id,
+                address: d.address,
+                make: d.make,
+                model: d.model,
+                capabilities: d.capabilities,
+            })
+            .collect();
+        // Cut by encoded bytes as well as by count, so a reply always fits a NATS message.
+        Ok(Inventory::page(devices, more))
     }
 
     /// Adds or updates devices found by `code`'s agent's scan. Every field is checked first:

@@ -531,6 +531,58 @@ async fn served_over_nats() {
     server.await.unwrap().unwrap();
 }
 
+/// DESIGN §3: a site of 50,000 registered devices loads its inventory over NATS, page by page,
+/// through the same client the agent uses. One reply carrying them all would be ~5 MiB, five
+/// times nats-server's 1 MiB max_payload.
+#[tokio::test]
+async fn a_site_of_50_000_devices_loads_its_inventory_over_nats() {
+    const N: usize = 50_000;
+    let db = TestDb::new().await.unwrap();
+    let world = World::builder()
+        .site("big", |s| s.miners(N))
+        .build(&db)
+        .await
+        .unwrap();
+    let planner = Planner::new(db.pool().clone(), PlannerConfig::default());
+    let nats = ebb_testkit::NatsServer::start().await.unwrap();
+    let client = nats.client().await.unwrap();
+    assert!(
+        client.server_info().max_payload <= 1024 * 1024,
+        "the test needs the default payload limit"
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(ebb_planner::serve(
+        Arc::new(planner),
+        client.clone(),
+        stop.clone(),
+    ));
+    let site = SiteCode::parse("big").unwrap();
+    let timeout = Duration::from_secs(10);
+    let mut fetched = None;
+    for _ in 0..100 {
+        match ebb_bus::endpoints::fetch_inventory(&client, &site, timeout).await {
+            Ok(d) => {
+                fetched = Some(d);
+                break;
+            }
+            Err(ebb_bus::rpc::CallError::NoResponders(_)) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let fetched = fetched.expect("the planner never answered");
+    assert_eq!(fetched.len(), N);
+    let mut got: Vec<DeviceId> = fetched.iter().map(|d| d.device_id).collect();
+    got.sort();
+    got.dedup();
+    let mut want = world.site("big").devices.clone();
+    want.sort();
+    assert_eq!(got, want, "every device exactly once");
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
 /// DESIGN §5.1: terminate refuses while any miner may be curtailed or has a command in flight,
 /// refuses a different terminal state, and echoes the same one.
 #[tokio::test]
