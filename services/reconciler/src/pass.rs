@@ -11,7 +11,9 @@ use anyhow::Context;
 use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
 use ebb_bus::{BatchResult, DeviceRef, split, subjects};
+use ebb_domain::backoff::Backoff;
 use ebb_domain::confirm::ConfirmPolicy;
+use ebb_domain::pacing::{SiteBudget, SiteRamp};
 use ebb_domain::{
     BatchId, CommandKind, DeviceId, EventId, EventState, SiteCode, SiteId, StopCause, TargetState,
 };
@@ -35,6 +37,12 @@ pub struct Reconciler {
     fence: Option<i32>,
     /// Site id → (subject token, ramp limit), refreshed every pass.
     sites: HashMap<SiteId, (SiteCode, Option<f64>)>,
+    /// What each site was given back in the last minute, by every event: a site's ramp limit
+    /// holds across all the events restoring there. Seeded from the database when a term
+    /// starts, so a new leader does not hand out a minute twice.
+    ramp: std::sync::Mutex<SiteRamp<SiteId>>,
+    /// Whether `ramp` was seeded this term.
+    ramp_seeded: bool,
 }
 
 impl Reconciler {
@@ -54,9 +62,15 @@ impl Reconciler {
                 confirm_deadline: chrono::Duration::seconds(i64::from(cfg.confirm_deadline_s)),
                 result_deadline: chrono::Duration::seconds(i64::from(cfg.result_deadline_s)),
                 max_retries: cfg.max_retries,
+                backoff: Backoff {
+                    base: chrono::Duration::milliseconds(cfg.backoff_base_ms as i64),
+                    max: chrono::Duration::milliseconds(cfg.backoff_max_ms as i64),
+                },
             },
             fence,
             sites: HashMap::new(),
+            ramp: std::sync::Mutex::new(SiteRamp::default()),
+            ramp_seeded: false,
         }
     }
 
@@ -72,6 +86,20 @@ impl Reconciler {
                     .collect()
             }
             Err(e) => tracing::warn!(error = ?e, "loading sites"),
+        }
+        if !self.ramp_seeded {
+            let since = Utc::now() - chrono::Duration::minutes(1);
+            match events::recent_restore_sends(&self.pool, since).await {
+                Ok(sent) => {
+                    let mut ramp = self.ramp_ledger();
+                    for (site, at, kw) in sent {
+                        ramp.record(site, at, kw);
+                    }
+                    drop(ramp);
+                    self.ramp_seeded = true;
+                }
+                Err(e) => tracing::warn!(error = ?e, "loading the last minute's restores"),
+            }
         }
         for Incoming {
             result,
@@ -170,8 +198,17 @@ impl Reconciler {
         let view = EventView::from(&ev);
         let targets = events::targets(&self.pool, ev.id).await?;
         let now = Utc::now();
-        let ramp = |s: SiteId| self.sites.get(&s).and_then(|x| x.1);
-        let Some(d) = decide::decide(&view, &targets, now, &self.policy, ramp) else {
+        let budgets: HashMap<SiteId, SiteBudget> = {
+            let ramp = self.ramp_ledger();
+            self.sites
+                .iter()
+                .filter_map(|(id, (_, limit))| {
+                    limit.map(|kw| (*id, ramp.budget(*id, kw, &view.pacing, now)))
+                })
+                .collect()
+        };
+        let budget = |s: SiteId| budgets.get(&s).copied();
+        let Some(d) = decide::decide(&view, &targets, now, &self.policy, budget) else {
             return Ok(None);
         };
         self.execute(&ev, &targets, d, now).await
@@ -207,6 +244,12 @@ impl Reconciler {
         if !send.is_empty() {
             if d.sends_restore_batch() {
                 events::mark_restore_batch(&self.pool, ev.id, now).await?;
+                // Counted before the publish: a batch that then fails to go out only makes the
+                // site wait longer, never ramp faster.
+                let mut ramp = self.ramp_ledger();
+                for t in &send {
+                    ramp.record(t.site_id, now, t.baseline_power_w / 1000.0);
+                }
             }
             self.dispatch(ev, &send, d.phase).await?;
             if d.phase == Phase::Restore {
@@ -480,6 +523,12 @@ impl Reconciler {
         Ok(())
     }
 
+    fn ramp_ledger(&self) -> std::sync::MutexGuard<'_, SiteRamp<SiteId>> {
+        self.ramp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn count(&self, from: TargetState, to: TargetState, wanted: usize, moved: usize) {
         if moved > 0 {
             metrics::counter!(names::RECONCILER_TARGET_TRANSITIONS, "from" => from.as_str(), "to" => to.as_str())
@@ -529,6 +578,7 @@ fn change_for(m: &Move) -> TargetChange {
         Why::Spent(reason) => TargetChange {
             retry: Retry::Spend,
             failure: Failure::Set(reason),
+            next_attempt_at: m.retry_at.clone(),
             ..Default::default()
         },
     }
