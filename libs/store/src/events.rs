@@ -499,12 +499,25 @@ pub struct TargetRow {
     pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
-/// Every target of one event, loaded once per pass and passed through its phases.
+/// Every target of one event (the reconciler reads them once, then only what changed).
 pub async fn targets(
     db: impl PgExecutor<'_>,
     event: EventId,
 ) -> Result<Vec<TargetRow>, StoreError> {
-    targets_where(db, event, None).await
+    targets_where(db, event, None, None).await
+}
+
+/// The targets of one event on these devices: what the reconciler re-reads after a write, a
+/// result or telemetry named them. Query: the target primary key `(event_id, device_id)`.
+pub async fn targets_of_devices(
+    db: impl PgExecutor<'_>,
+    event: EventId,
+    devices: &[DeviceId],
+) -> Result<Vec<TargetRow>, StoreError> {
+    if devices.is_empty() {
+        return Ok(Vec::new());
+    }
+    targets_where(db, event, None, Some(devices)).await
 }
 
 /// The targets of one event whose latest batch is `batch` (the result handler's view).
@@ -512,7 +525,7 @@ pub async fn targets_of_batch(
     db: impl PgExecutor<'_>,
     scope: BatchScope,
 ) -> Result<Vec<TargetRow>, StoreError> {
-    targets_where(db, scope.event, Some((scope.site, scope.batch))).await
+    targets_where(db, scope.event, Some((scope.site, scope.batch)), None).await
 }
 
 /// What a site's result may touch: the targets of `event` at `site` whose latest batch is
@@ -530,7 +543,9 @@ async fn targets_where(
     db: impl PgExecutor<'_>,
     event: EventId,
     batch: Option<(SiteId, BatchId)>,
+    devices: Option<&[DeviceId]>,
 ) -> Result<Vec<TargetRow>, StoreError> {
+    let devices: Option<Vec<Uuid>> = devices.map(|d| d.iter().map(|d| d.0).collect());
     let rows = sqlx::query(
         "SELECT t.device_id, t.site_id, d.address, t.state, t.baseline_power_w, t.retry_count, t.last_spend_reason, t.last_batch_id,
                 t.prior_power_limit_w, t.dispatched_at, t.confirmed_at, t.result_at, t.updated_at,
@@ -540,11 +555,13 @@ async fn targets_where(
          LEFT JOIN device d ON d.id = t.device_id AND d.org_id = t.org_id
          LEFT JOIN device_state s ON s.device_id = t.device_id
          WHERE t.event_id = $1 AND ($2::uuid IS NULL OR (t.site_id = $3 AND t.last_batch_id = $2))
+           AND ($4::uuid[] IS NULL OR t.device_id = ANY($4))
          ORDER BY t.site_id, t.baseline_power_w DESC, t.device_id",
     )
     .bind(event.0)
     .bind(batch.map(|b| b.1.0))
     .bind(batch.map(|b| b.0.0))
+    .bind(devices)
     .fetch_all(db)
     .await?;
     rows.iter()

@@ -21,6 +21,9 @@ pub struct ReconcilerConfig {
     pub backoff_base_ms: u64,
     /// The longest wait between a target's attempts, in milliseconds.
     pub backoff_max_ms: u64,
+    /// How long the leader trusts the targets it holds in memory before reading an event whole
+    /// again, in milliseconds: a safety net for a write nobody announced.
+    pub resync_ms: u64,
     /// How often a standby retries the leader lock, in milliseconds.
     pub standby_poll_ms: u64,
     /// The name of this process in the heartbeat row (default: host and pid).
@@ -36,6 +39,7 @@ impl Default for ReconcilerConfig {
             max_retries: 3,
             backoff_base_ms: 5_000,
             backoff_max_ms: 300_000,
+            resync_ms: 300_000,
             standby_poll_ms: 2_000,
             holder: String::new(),
         }
@@ -67,6 +71,10 @@ impl Settings for ReconcilerConfig {
         Key::new(
             "backoff_max_ms",
             "the longest wait between a target's attempts (ms)",
+        ),
+        Key::new(
+            "resync_ms",
+            "how long cached targets are trusted before an event is read whole again (ms)",
         ),
         Key::new(
             "standby_poll_ms",
@@ -108,6 +116,12 @@ impl Settings for ReconcilerConfig {
             bad.push(format!(
                 "backoff_max_ms must be at most 86400000 (a day), got {}",
                 self.backoff_max_ms
+            ));
+        }
+        if !(1_000..=3_600_000).contains(&self.resync_ms) {
+            bad.push(format!(
+                "resync_ms must be between 1000 and 3600000, got {}",
+                self.resync_ms
             ));
         }
         if self.standby_poll_ms == 0 {

@@ -139,6 +139,7 @@ impl Harness {
             // Scaled down with the deadlines: attempts still wait, tests stay short.
             backoff_base_ms: 200,
             backoff_max_ms: 2_000,
+            resync_ms: 300_000,
             standby_poll_ms: 100,
             holder: holder.into(),
         }
