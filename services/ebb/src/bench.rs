@@ -23,10 +23,12 @@ mod command;
 mod fleet;
 mod measure;
 mod poll;
+mod reconcile_pass;
 
 pub use command::{CommandReport, bench_command};
 pub use fleet::FirmwareFigures;
 pub use poll::{PollReport, bench_poll};
+pub use reconcile_pass::{ReconcilePassReport, bench_reconcile_pass};
 
 use ebb_agent::MinerPathSettings;
 use std::process::ExitCode;
@@ -41,6 +43,16 @@ pub enum BenchCommand {
     Command(BenchArgs),
     /// One full telemetry poll of every miner, with CPU seconds per 10,000 samples.
     Poll(BenchArgs),
+    /// One reconciler pass over N live targets: the first, one with nothing new, one after a
+    /// telemetry batch (medians of --runs).
+    ReconcilePass {
+        /// Live targets, all confirmed in one active event.
+        #[arg(long, default_value_t = 100_000)]
+        targets: usize,
+        /// Timed runs of each pass.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,6 +83,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         }
         BenchCommand::Poll(args) => {
             serde_json::to_string(&bench_poll(args.miners, args.settings()).await?)?
+        }
+        BenchCommand::ReconcilePass { targets, runs } => {
+            serde_json::to_string(&bench_reconcile_pass(targets, runs).await?)?
         }
     };
     println!("{report}");
