@@ -126,6 +126,12 @@ pub const FAMILIES: &[Family] = &[
         "Telemetry samples the reconciler ingested.",
     ),
     family(
+        RECONCILER_SITE_SILENT,
+        Gauge,
+        Unit::Count,
+        "1 while a site's agent has sent neither results nor telemetry for longer than site_silent_after_s, else 0; its targets are charged no attempts meanwhile.",
+    ),
+    family(
         RECONCILER_RESULTS_REFUSED,
         Counter,
         Unit::Count,

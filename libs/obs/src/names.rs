@@ -27,6 +27,8 @@ pub const RECONCILER_BATCHES_PUBLISHED: &str = "ebb_reconciler_batches_published
 pub const RECONCILER_TARGET_TRANSITIONS: &str = "ebb_reconciler_target_transitions_total";
 pub const RECONCILER_IS_LEADER: &str = "ebb_reconciler_is_leader";
 pub const RECONCILER_TELEMETRY_SAMPLES: &str = "ebb_reconciler_telemetry_samples_total";
+/// 1 while a site's agent is silent (no results or telemetry), by site.
+pub const RECONCILER_SITE_SILENT: &str = "ebb_reconciler_site_silent";
 /// Results dropped unapplied, by reason (a body naming another site than its subject).
 pub const RECONCILER_RESULTS_REFUSED: &str = "ebb_reconciler_results_refused_total";
 

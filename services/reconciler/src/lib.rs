@@ -7,6 +7,7 @@
 pub mod config;
 mod decide;
 mod intake;
+mod liveness;
 mod pass;
 
 #[doc(hidden)]
@@ -178,6 +179,7 @@ async fn lead(
         js,
         pool.clone(),
         reconciler.telemetry_touched(),
+        reconciler.liveness(),
         wake.clone(),
         term.clone(),
     ));
