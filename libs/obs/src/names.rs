@@ -8,6 +8,10 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 // store
 pub const STORE_TX_RETRIES: &str = "ebb_store_tx_retries_total";
 pub const OUTBOX_PUBLISHED: &str = "ebb_worker_outbox_published_total";
+/// Outbox rows parked after failing `relay_max_attempts` times (each is also logged at WARN).
+pub const OUTBOX_PARKED: &str = "ebb_worker_outbox_parked_total";
+/// Published outbox rows deleted after the retention.
+pub const OUTBOX_PRUNED: &str = "ebb_worker_outbox_pruned_total";
 
 // gateway
 pub const GATEWAY_REQUESTS: &str = "ebb_gateway_requests_total";
