@@ -48,6 +48,10 @@ uuid_id!(
     SiteId
 );
 uuid_id!(
+    /// A rack: a group of a site's miners.
+    RackId
+);
+uuid_id!(
     /// A miner.
     DeviceId
 );

@@ -11,6 +11,6 @@ pub mod state;
 pub mod units;
 
 pub use command::{Capabilities, Capability, CommandKind, CurtailLevel, Outcome};
-pub use ids::{BatchId, DeviceId, EventId, OrgId, SiteCode, SiteId};
+pub use ids::{BatchId, DeviceId, EventId, OrgId, RackId, SiteCode, SiteId};
 pub use state::{EventState, SpendReason, StopCause, TargetState};
 pub use units::{Kw, Watts};

@@ -40,3 +40,7 @@ pub const AGENT_MINER_CALL_SECONDS: &str = "ebb_agent_miner_call_seconds";
 pub const AGENT_POLL_CYCLE_SECONDS: &str = "ebb_agent_poll_cycle_seconds";
 pub const AGENT_MINERS_UNREACHABLE: &str = "ebb_agent_miners_unreachable";
 pub const AGENT_INVALID_SAMPLES: &str = "ebb_agent_invalid_samples_total";
+/// Command batches terminated as poison (undecodable or out of range).
+pub const AGENT_POISON_BATCHES: &str = "ebb_agent_poison_batches_total";
+/// Restore limits outside what any miner supports, ignored: the miner was woken without it.
+pub const AGENT_RESTORE_LIMITS_IGNORED: &str = "ebb_agent_restore_limits_ignored_total";

@@ -79,6 +79,26 @@ impl Context {
         })
     }
 
+    /// The same pool, with a NATS connection of its own made with `common`'s NATS settings (a
+    /// service of a shared process connecting as itself).
+    pub async fn with_nats(&self, common: &Common, client_name: &str) -> anyhow::Result<Self> {
+        let nats = connect_nats(common, client_name).await?;
+        let js = jetstream::new(nats.clone());
+        let mut own = self.inner.common.clone();
+        own.nats_url = common.nats_url.clone();
+        own.nats_creds = common.nats_creds.clone();
+        own.nats_ca = common.nats_ca.clone();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                common: own,
+                pool: self.inner.pool.clone(),
+                nats,
+                js,
+            }),
+            shutdown: self.shutdown.clone(),
+        })
+    }
+
     /// The same connections under another shutdown token (a service a test stops alone).
     pub fn with_shutdown(&self, shutdown: CancellationToken) -> Self {
         Self {

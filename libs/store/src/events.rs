@@ -841,21 +841,28 @@ pub async fn announce(
 }
 
 /// How many targets of `event` may still be curtailed or have a command in flight: those block an
-/// admin terminate (DESIGN §5.1). A queued target that already received a command counts too.
+/// admin terminate (DESIGN §5.1). The states are the domain's
+/// ([`TargetState::blocks_terminate`]), so the rule is written once. A queued target that already
+/// received a command counts too.
 pub async fn targets_blocking_terminate(
     conn: &mut PgConnection,
     event: EventId,
 ) -> Result<i64, StoreError> {
+    let blocking: Vec<&str> = TargetState::ALL
+        .iter()
+        .filter(|s| s.blocks_terminate())
+        .map(|s| s.as_str())
+        .collect();
     let n: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM curtailment_target WHERE event_id = $1 AND (
-            state IN ('dispatching', 'dispatched', 'confirmed', 'drifted',
-                      'restore_pending', 'restore_dispatching', 'restore_dispatched')
+            state = ANY($2)
             OR (state IN ('pending', 'failed') AND last_batch_id IS NOT NULL
                 AND NOT EXISTS (SELECT 1 FROM curtailment_target o WHERE o.device_id = curtailment_target.device_id
                                 AND o.event_id <> curtailment_target.event_id
                                 AND o.state NOT IN ('failed', 'restored', 'restore_failed'))))",
     )
     .bind(event.0)
+    .bind(&blocking)
     .fetch_one(&mut *conn)
     .await?;
     Ok(n)

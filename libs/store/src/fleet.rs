@@ -4,7 +4,7 @@ use crate::error::StoreError;
 use chrono::{DateTime, Utc};
 use ebb_domain::confirm::Sample;
 use ebb_domain::selection::Candidate;
-use ebb_domain::{Capabilities, DeviceId, OrgId, SiteCode, SiteId};
+use ebb_domain::{Capabilities, DeviceId, OrgId, RackId, SiteCode, SiteId};
 use sqlx::{PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
@@ -137,6 +137,47 @@ pub async fn site_by_code(
     .fetch_optional(db)
     .await?;
     row.as_ref().map(site_from_row).transpose()
+}
+
+/// Creates a rack in a site. Rack names are unique within their site.
+pub async fn create_rack(
+    db: impl PgExecutor<'_>,
+    site: &Site,
+    name: &str,
+) -> Result<RackId, StoreError> {
+    let id = RackId::new();
+    sqlx::query("INSERT INTO rack (id, org_id, site_id, name) VALUES ($1, $2, $3, $4)")
+        .bind(id.0)
+        .bind(site.org_id.0)
+        .bind(site.id.0)
+        .bind(name)
+        .execute(db)
+        .await
+        .map_err(StoreError::classify)?;
+    Ok(id)
+}
+
+/// Puts devices in a rack, one statement for the list. Only devices of the rack's own site move;
+/// returns how many did.
+pub async fn place_in_rack(
+    db: impl PgExecutor<'_>,
+    org: OrgId,
+    rack: RackId,
+    devices: &[DeviceId],
+) -> Result<u64, StoreError> {
+    let ids: Vec<Uuid> = devices.iter().map(|d| d.0).collect();
+    let r = sqlx::query(
+        "UPDATE device d SET rack_id = r.id, updated_at = now()
+         FROM rack r
+         WHERE r.id = $2 AND r.org_id = $1 AND d.org_id = $1 AND d.site_id = r.site_id
+           AND d.id = ANY($3)",
+    )
+    .bind(org.0)
+    .bind(rack.0)
+    .bind(&ids)
+    .execute(db)
+    .await?;
+    Ok(r.rows_affected())
 }
 
 /// Adds or updates a site's devices by address, one statement for the whole list. Returns how many
@@ -353,26 +394,37 @@ pub struct ApiKeyRow {
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
+/// An API key to store: the prefix and hash of a [`crate::keys::NewKey`] and what it may do.
+#[derive(Clone, Debug)]
+pub struct NewApiKey<'a> {
+    pub org: OrgId,
+    pub prefix: &'a str,
+    pub secret_hash: &'a [u8],
+    pub role: &'a str,
+    pub name: &'a str,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// The sites the key reaches: `None` for every site of the org, `Some(&[])` for none.
+    pub site_ids: Option<&'a [SiteId]>,
+}
+
 pub async fn insert_api_key(
     db: impl PgExecutor<'_>,
-    org: OrgId,
-    prefix: &str,
-    secret_hash: &[u8],
-    role: &str,
-    name: &str,
-    expires_at: Option<DateTime<Utc>>,
+    key: &NewApiKey<'_>,
 ) -> Result<Uuid, StoreError> {
     let id = Uuid::now_v7();
+    let site_ids: Option<Vec<Uuid>> = key.site_ids.map(|s| s.iter().map(|s| s.0).collect());
     sqlx::query(
-        "INSERT INTO api_key (id, org_id, prefix, secret_hash, role, name, expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO api_key (id, org_id, prefix, secret_hash, role, name, expires_at, site_ids)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(id)
-    .bind(org.0)
-    .bind(prefix)
-    .bind(secret_hash)
-    .bind(role)
-    .bind(name)
-    .bind(expires_at)
+    .bind(key.org.0)
+    .bind(key.prefix)
+    .bind(key.secret_hash)
+    .bind(key.role)
+    .bind(key.name)
+    .bind(key.expires_at)
+    .bind(site_ids)
     .execute(db)
     .await
     .map_err(StoreError::classify)?;

@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod fleet;
 pub mod heartbeat;
+pub mod keys;
 pub mod natscreds;
 pub mod outbox;
 pub mod tx;

@@ -76,6 +76,21 @@ pub enum Error {
         /// How long it was given.
         after: std::time::Duration,
     },
+    /// Migrating a test database failed.
+    #[error("migrating the test database")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// Writing a test world through the store failed.
+    #[error("{context}")]
+    Store {
+        /// What was being written.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: ebb_store::StoreError,
+    },
+    /// A test world's declaration cannot be written (a bad site code, an unknown site, …).
+    #[error("test world: {0}")]
+    World(String),
     /// The process-wide throwaway cluster failed to start earlier; every later test gets this.
     #[error("the throwaway postgresql cluster is unavailable: {0}")]
     Cluster(Arc<Error>),
@@ -91,6 +106,13 @@ impl Error {
 
     pub(crate) fn pg(context: impl Into<String>, source: sqlx::Error) -> Self {
         Error::Postgres {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn store(context: impl Into<String>, source: ebb_store::StoreError) -> Self {
+        Error::Store {
             context: context.into(),
             source,
         }

@@ -10,18 +10,26 @@
 //!   drops. The server is the one named by `DATABASE_URL` if set (scripts/test starts one for the
 //!   whole run), else a throwaway cluster that this process starts once, on first use, and that
 //!   stops by itself when the process exits.
+//! - [`world`] declares an org with sites, racks, miners (with fresh telemetry when asked) and
+//!   API keys of each role, and writes it through the store's own functions: the one fixture the
+//!   store, planner, reconciler, gateway and system tests share.
+//! - [`api`] holds the assertions on the HTTP API's JSON that several suites make.
 //!
-//! Nothing here knows Ebb's schema: the store crate runs its migrations on [`TestDb::pool`].
+//! `TestDb` knows nothing of Ebb's schema; [`world::WorldBuilder::build`] migrates it with the
+//! store's migrations. The testkit depends on libraries only (the store, the domain and the bus
+//! types), never on a service.
 //!
 //! Binaries are found through `EBB_NATS_SERVER`, `EBB_PG_BINDIR`, `PATH` and
 //! `/usr/lib/postgresql/*/bin`; a missing one is reported as [`Error::MissingBinary`], which names
 //! the Debian package to install.
 
+pub mod api;
 mod binary;
 mod cluster;
 mod db;
 mod error;
 mod nats;
+pub mod world;
 
 pub use db::TestDb;
 pub use error::{Error, Result};

@@ -60,19 +60,16 @@ pub fn validate(batch: &CommandBatch, site: &SiteCode) -> Result<(), String> {
             batch.site
         ));
     }
-    for d in &batch.devices {
-        if let Some(w) = d.restore_power_limit_w
-            && !(w.is_finite()
-                && (CommandKind::MIN_POWER_TARGET_W..=CommandKind::MAX_POWER_TARGET_W).contains(&w))
-        {
-            return Err(format!(
-                "restore_power_limit_w must be a finite number between {} and {}",
-                CommandKind::MIN_POWER_TARGET_W,
-                CommandKind::MAX_POWER_TARGET_W
-            ));
-        }
-    }
+    // A bad restore limit is one device's problem, handled when that device is restored
+    // (`usable_restore_limit`): it never fails the batch and leaves no other miner asleep.
     Ok(())
+}
+
+/// Whether a restore limit is one any miner could have had. One that is not (corrupt, forged) is
+/// ignored: the miner is woken without it rather than left asleep or set to nonsense.
+pub fn usable_restore_limit(w: f64) -> bool {
+    w.is_finite()
+        && (CommandKind::MIN_POWER_TARGET_W..=CommandKind::MAX_POWER_TARGET_W).contains(&w)
 }
 
 /// The result for a batch that will not be executed: `invalid_command` for every device it can
@@ -469,10 +466,15 @@ async fn drive(
         CommandKind::Uncurtail => {
             // Restore the limit from before the event, never a firmware default: the one the
             // reconciler captured, else the one this agent remembers.
-            let restore = dev
-                .restore_power_limit_w
-                .or(path.priors.get(&id))
-                .filter(|_| can_limit);
+            let given = match dev.restore_power_limit_w {
+                Some(w) if !usable_restore_limit(w) => {
+                    tracing::warn!(device_id = %id, restore_power_limit_w = w, "ignoring an impossible restore limit; waking the miner without it");
+                    instruments::restore_limit_ignored();
+                    None
+                }
+                other => other,
+            };
+            let restore = given.or(path.priors.get(&id)).filter(|_| can_limit);
             let state = read_state(path, miner, restore.is_some()).await?;
             let limit_ok =
                 restore.is_none_or(|w| state.power_limit_w.is_some_and(|l| same_limit(l, w)));
@@ -540,9 +542,12 @@ mod tests {
                 .unwrap_err()
                 .contains("site")
         );
-        let mut restore = batch(CommandKind::Uncurtail, 1);
+        // A bad restore limit is handled per device when it is restored, never for the batch.
+        let mut restore = batch(CommandKind::Uncurtail, 2);
         restore.devices[0].restore_power_limit_w = Some(f64::NAN);
-        assert!(validate(&restore, &site()).is_err());
+        assert!(validate(&restore, &site()).is_ok());
+        assert!(!usable_restore_limit(f64::NAN) && !usable_restore_limit(1e9));
+        assert!(!usable_restore_limit(-1.0) && usable_restore_limit(3_000.0));
     }
 
     #[test]

@@ -6,17 +6,19 @@ use ebb_domain::{CommandKind, Outcome};
 use std::time::Duration;
 
 /// Per-device outcomes of executed commands, labelled `kind` and `outcome`.
-pub const COMMANDS_TOTAL: &str = "ebb_agent_commands_total";
+pub const COMMANDS_TOTAL: &str = ebb_obs::names::AGENT_COMMANDS;
 /// Duration of each call to a miner, labelled `op` (identify, read, pause, resume, set_power_limit).
-pub const MINER_CALL_SECONDS: &str = "ebb_agent_miner_call_seconds";
+pub const MINER_CALL_SECONDS: &str = ebb_obs::names::AGENT_MINER_CALL_SECONDS;
 /// Duration of a complete telemetry poll cycle (cycles cut short by shutdown record nothing).
-pub const POLL_CYCLE_SECONDS: &str = "ebb_agent_poll_cycle_seconds";
+pub const POLL_CYCLE_SECONDS: &str = ebb_obs::names::AGENT_POLL_CYCLE_SECONDS;
 /// Miners that did not answer in the last poll cycle.
-pub const MINERS_UNREACHABLE: &str = "ebb_agent_miners_unreachable";
+pub const MINERS_UNREACHABLE: &str = ebb_obs::names::AGENT_MINERS_UNREACHABLE;
 /// Telemetry samples dropped because a value was NaN, infinite, negative or missing.
-pub const INVALID_SAMPLES_TOTAL: &str = "ebb_agent_invalid_samples_total";
+pub const INVALID_SAMPLES_TOTAL: &str = ebb_obs::names::AGENT_INVALID_SAMPLES;
 /// Command batches terminated as poison (undecodable or out of range).
-pub const POISON_BATCHES_TOTAL: &str = "ebb_agent_poison_batches_total";
+pub const POISON_BATCHES_TOTAL: &str = ebb_obs::names::AGENT_POISON_BATCHES;
+/// Restore limits outside what any miner supports, ignored: the miner was woken without it.
+pub const RESTORE_LIMITS_IGNORED_TOTAL: &str = ebb_obs::names::AGENT_RESTORE_LIMITS_IGNORED;
 
 /// The operations timed by [`MINER_CALL_SECONDS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,4 +66,8 @@ pub fn invalid_samples(n: u32) {
 
 pub fn poison_batch() {
     metrics::counter!(POISON_BATCHES_TOTAL).increment(1);
+}
+
+pub fn restore_limit_ignored() {
+    metrics::counter!(RESTORE_LIMITS_IGNORED_TOTAL).increment(1);
 }

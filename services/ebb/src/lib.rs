@@ -18,6 +18,7 @@ pub mod admin;
 pub mod agent;
 pub mod bench;
 pub mod dev;
+pub mod localhub;
 pub mod services;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};

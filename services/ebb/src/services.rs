@@ -4,6 +4,7 @@
 //! `ebb_worker::JOBS`.
 
 use ebb_domain::SiteCode;
+use ebb_natsauth::Identity;
 use ebb_runtime::{Context, Entry, Instances, Problems, Sources, Supervisor, entry};
 
 /// Every long-running service, in start order.
@@ -36,16 +37,30 @@ where
     }
 }
 
+/// The NATS identity an instance of `entry` connects as.
+pub fn identity(entry: &Entry, site: Option<&SiteCode>) -> Identity {
+    match (entry.name, site) {
+        ("gateway", _) => Identity::Gateway,
+        ("planner", _) => Identity::Planner,
+        ("reconciler", _) => Identity::Reconciler,
+        ("worker", _) => Identity::Worker,
+        (_, Some(site)) => Identity::Agent(site.clone()),
+        // A service of the table without an identity of its own runs as the operator.
+        _ => Identity::Ops,
+    }
+}
+
 /// Loads and starts, on `ctx` under `supervisor`, every entry of the table with `instances`: one
 /// task per entry, or one per site of `sites` for per-site services (named `agent site-a`).
-/// Settings come from `overrides`; nothing starts unless every one is valid.
-pub fn spawn(
+/// Settings come from `overrides`; nothing starts unless every one is valid. An instance whose
+/// NATS credentials differ from `ctx`'s connects to NATS as itself (sharing `ctx`'s pool).
+pub async fn spawn(
     supervisor: &mut Supervisor,
     ctx: &Context,
     instances: Instances,
     sites: &[SiteCode],
     overrides: &impl Overrides,
-) -> Result<(), Problems> {
+) -> anyhow::Result<()> {
     let mut loaded = Vec::new();
     let mut problems = Vec::new();
     for entry in SERVICES.iter().filter(|e| e.instances == instances) {
@@ -65,10 +80,15 @@ pub fn spawn(
         }
     }
     if !problems.is_empty() {
-        return Err(Problems(problems));
+        return Err(Problems(problems).into());
     }
     for (name, l) in loaded {
-        supervisor.spawn(name, l.start(ctx.clone()));
+        let own = if l.common.nats_creds == ctx.common().nats_creds {
+            ctx.clone()
+        } else {
+            ctx.with_nats(&l.common, &format!("ebb-{name}")).await?
+        };
+        supervisor.spawn(name, l.start(own));
     }
     Ok(())
 }

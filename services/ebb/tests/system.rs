@@ -4,9 +4,13 @@
 //! miner's true simulated power down; stop restores it in paced batches to COMPLETED with every
 //! miner hashing again; the list shows the event, terminal, with no per-target rows.
 
+use ebb_bus::Role;
 use ebb_domain::SiteCode;
 use ebb_minersim::{FleetSpec, GroupSpec, Model, SimOptions, SiteSpec};
+use ebb_natsauth::Identity;
 use ebb_runtime::{Common, Context, Entry, Instances, Needs, Supervisor};
+use ebb_testkit::api::assert_event_summary;
+use ebb_testkit::world::World;
 use ebb_testkit::{NatsServer, TestDb};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -62,8 +66,6 @@ where
 async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
     ebb_testkit::init_tracing();
     let db = TestDb::new().await.unwrap();
-    ebb_store::migrate(db.pool()).await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
     let stop = CancellationToken::new();
     let _guard = stop.clone().drop_guard();
 
@@ -83,35 +85,52 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
     .await
     .unwrap();
 
-    // Tenancy and sites.
-    let org = ebb_store::fleet::create_org(db.pool(), "acme")
+    // Tenancy and sites; their miners are found by discovery below.
+    let world = SITES
+        .iter()
+        .fold(World::builder(), |w, code| {
+            w.site(code, |s| s.ramp_limit(1_000.0))
+        })
+        .build(&db)
         .await
         .unwrap();
-    let key = ebb_gateway::auth::generate();
-    ebb_store::fleet::insert_api_key(
-        db.pool(),
-        org,
-        &key.prefix,
-        &key.secret_hash,
-        "admin",
-        "system test",
-        None,
-    )
-    .await
-    .unwrap();
-    for code in SITES {
-        let code = SiteCode::parse(code).unwrap();
-        ebb_store::fleet::create_site(db.pool(), org, &code, code.as_str(), Some(1_000.0))
-            .await
-            .unwrap();
-    }
+    let org = world.org;
+    let sites: Vec<ebb_store::fleet::Site> = world.sites.iter().map(|s| s.site.clone()).collect();
+
+    // NATS as a deployment runs it (nats/hub.conf: operator-mode auth over TLS), every service
+    // and site agent with its own credentials, as `ebb dev` runs it.
+    let nats_dir = tempfile::tempdir().unwrap();
+    let hub = ebb::localhub::prepare(db.pool(), nats_dir.path(), org, &sites)
+        .await
+        .unwrap();
+    let conf = hub
+        .write_conf(&ebb::localhub::Local {
+            listen: "127.0.0.1:-1",
+            http: "127.0.0.1:-1",
+            leaf: "127.0.0.1:-1",
+            store: None,
+            tls: &hub.tls,
+        })
+        .unwrap();
+    let nats = NatsServer::builder()
+        .arg("-c")
+        .arg(&conf)
+        .start()
+        .await
+        .unwrap();
+    let nats_url = format!("tls://127.0.0.1:{}", nats.port());
+    let as_identity = |identity: &Identity| Common {
+        nats_url: nats_url.as_str().into(),
+        nats_creds: hub.creds(identity).display().to_string(),
+        nats_ca: hub.tls.ca.display().to_string(),
+        ..Common::default()
+    };
 
     // Services: every line of the one table, one process, as `ebb dev` runs them.
     let common = Common {
         database_url: db.url().into(),
-        nats_url: nats.url().into(),
         db_connections: 16,
-        ..Common::default()
+        ..as_identity(&Identity::Ops)
     };
     let ctx = Context::connect(&common, Needs::DatabaseAndNats, "system-test", stop.clone())
         .await
@@ -120,9 +139,14 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let (db_url, nats_url) = (db.url().to_owned(), nats.url().to_owned());
-    let overrides = move |entry: &Entry, site: Option<&SiteCode>| {
-        let mut s: Vec<(String, String)> = vec![("nats_url".into(), nats_url.clone())];
+    let db_url = db.url().to_owned();
+    let overrides = |entry: &Entry, site: Option<&SiteCode>| {
+        let own = as_identity(&ebb::services::identity(entry, site));
+        let mut s: Vec<(String, String)> = vec![
+            ("nats_url".into(), own.nats_url.as_str().to_owned()),
+            ("nats_creds".into(), own.nats_creds),
+            ("nats_ca".into(), own.nats_ca),
+        ];
         if entry.needs == Needs::DatabaseAndNats {
             s.push(("database_url".into(), db_url.clone()));
         }
@@ -150,11 +174,13 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
     };
     let codes: Vec<SiteCode> = SITES.iter().map(|c| SiteCode::parse(c).unwrap()).collect();
     let mut services = Supervisor::new(&stop);
-    ebb::services::spawn(&mut services, &ctx, Instances::One, &codes, &overrides).unwrap();
+    ebb::services::spawn(&mut services, &ctx, Instances::One, &codes, &overrides)
+        .await
+        .unwrap();
     let base = format!("http://{listen}");
 
-    // Discovery over the real protocols registers each site's miners through the planner.
-    let client = nats.client().await.unwrap();
+    // Discovery over the real protocols registers each site's miners through the planner, each
+    // site as its own agent.
     let miners = sim.miners();
     for code in SITES {
         let addrs: Vec<Ipv4Addr> = miners
@@ -180,6 +206,12 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
             "every simulated miner is identified"
         );
         let site = SiteCode::parse(code).unwrap();
+        let client = ebb_runtime::context::connect_nats(
+            &as_identity(&Identity::Agent(site.clone())),
+            "system-test-register",
+        )
+        .await
+        .unwrap();
         let mut registered = 0;
         for _ in 0..50 {
             match ebb_agent::register(&client, &site, &found.devices, Duration::from_secs(5)).await
@@ -194,10 +226,12 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
         assert_eq!(registered as usize, addrs.len());
     }
     // The per-site services (the agents) start once their sites' miners are registered.
-    ebb::services::spawn(&mut services, &ctx, Instances::PerSite, &codes, &overrides).unwrap();
+    ebb::services::spawn(&mut services, &ctx, Instances::PerSite, &codes, &overrides)
+        .await
+        .unwrap();
 
     let http = reqwest::Client::new();
-    let auth = format!("Bearer {}", key.token);
+    let auth = format!("Bearer {}", world.token(Role::Admin));
     let total = SITES.len() * PER_SITE as usize;
     wait_for(
         "telemetry from every miner",
@@ -353,7 +387,7 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
     assert_eq!(items[0]["state"], "completed");
     let counts: HashMap<String, i64> = serde_json::from_value(items[0]["targets"].clone()).unwrap();
     assert_eq!(counts.get("restored").copied(), Some(selected.len() as i64));
-    assert!(items[0].get("devices").is_none() && items[0].get("target_rows").is_none());
+    assert_event_summary(&items[0]);
 
     // Integrations heard about it: the worker relayed the outbox onto the EVENT stream.
     wait_for("the outbox drained", Duration::from_secs(10), || async {
@@ -364,7 +398,7 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
         n == 0
     })
     .await;
-    let js = async_nats::jetstream::new(client);
+    let js = async_nats::jetstream::new(ctx.nats().clone());
     let info = js
         .get_stream(ebb_bus::streams::EVENT)
         .await

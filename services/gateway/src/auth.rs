@@ -1,45 +1,14 @@
-//! Bearer API keys: `ebb_<prefix>_<secret>`. The prefix finds the row; only a SHA-256 of the
-//! secret is stored (keys are 256-bit random, so a slow hash adds nothing). Both cut-offs are
-//! half-open: a key is valid strictly before `expires_at` and strictly before `revoked_at`.
+//! Bearer API keys: who a request acts as. The token format and its stored hash are the store's
+//! (`ebb_store::keys`); this module checks a presented secret against the row its prefix found.
+//! Both cut-offs are half-open: a key is valid strictly before `expires_at` and strictly before
+//! `revoked_at`.
 
 use chrono::{DateTime, Utc};
 use ebb_bus::Role;
 use ebb_domain::OrgId;
 use ebb_store::fleet::ApiKeyRow;
-use rand::Rng;
-use sha2::{Digest, Sha256};
+use ebb_store::keys::hash;
 use uuid::Uuid;
-
-/// A freshly generated key: show `token` once, store `prefix` and `secret_hash`.
-#[derive(Debug, Clone)]
-pub struct NewKey {
-    pub token: String,
-    pub prefix: String,
-    pub secret_hash: Vec<u8>,
-}
-
-pub fn generate() -> NewKey {
-    let mut rng = rand::rng();
-    let prefix = hex::encode(rng.random::<[u8; 6]>());
-    let secret = hex::encode(rng.random::<[u8; 32]>());
-    NewKey {
-        token: format!("ebb_{prefix}_{secret}"),
-        secret_hash: hash(&secret),
-        prefix,
-    }
-}
-
-pub fn hash(secret: &str) -> Vec<u8> {
-    Sha256::digest(secret.as_bytes()).to_vec()
-}
-
-/// Splits a token into (prefix, secret), or `None` if it is not shaped like a key.
-pub fn parse(token: &str) -> Option<(&str, &str)> {
-    let rest = token.strip_prefix("ebb_")?;
-    let (prefix, secret) = rest.split_once('_')?;
-    let hexy = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    (hexy(prefix, 12) && hexy(secret, 64)).then_some((prefix, secret))
-}
 
 /// Who a request acts as.
 #[derive(Clone, Debug, PartialEq)]
@@ -86,8 +55,8 @@ mod tests {
 
     #[test]
     fn generated_keys_parse_and_verify() {
-        let k = generate();
-        let (prefix, secret) = parse(&k.token).unwrap();
+        let k = ebb_store::keys::generate();
+        let (prefix, secret) = ebb_store::keys::parse(&k.token).unwrap();
         assert_eq!(prefix, k.prefix);
         let now = Utc::now();
         let r = ApiKeyRow {
@@ -103,7 +72,7 @@ mod tests {
             "Bearer x",
             &format!("{}x", k.token),
         ] {
-            assert!(parse(bad).is_none(), "{bad}");
+            assert!(ebb_store::keys::parse(bad).is_none(), "{bad}");
         }
     }
 

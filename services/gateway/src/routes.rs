@@ -66,7 +66,7 @@ impl FromRequestParts<AppState> for Principal {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(unauth)?;
         let token = header.strip_prefix("Bearer ").ok_or_else(unauth)?;
-        let (prefix, secret) = auth::parse(token.trim()).ok_or_else(unauth)?;
+        let (prefix, secret) = ebb_store::keys::parse(token.trim()).ok_or_else(unauth)?;
         let row = ebb_store::fleet::api_key_by_prefix(&state.pool, prefix)
             .await
             .map_err(Problem::internal)?;

@@ -1,8 +1,10 @@
-//! Shared set-up: a migrated database with an org, a site and some devices.
+//! Shared set-up: a migrated database, and the test world (`ebb_testkit::world`) cut down to what
+//! these tests use: one site of miners without telemetry.
 
-use ebb_domain::{Capabilities, DeviceId, OrgId, SiteCode};
-use ebb_store::fleet::{self, NewDevice, Site};
+use ebb_domain::{DeviceId, OrgId};
+use ebb_store::fleet::Site;
 use ebb_testkit::TestDb;
+use ebb_testkit::world::World;
 
 pub struct Fleet {
     pub db: TestDb,
@@ -17,47 +19,19 @@ pub async fn migrated() -> TestDb {
     db
 }
 
+/// An org with one site of `n` miners.
 pub async fn fleet(n: usize) -> Fleet {
-    let db = migrated().await;
-    let org = fleet::create_org(db.pool(), "acme").await.unwrap();
-    let code = SiteCode::parse(&format!(
-        "s{}",
-        &uuid::Uuid::now_v7().simple().to_string()[20..]
-    ))
-    .unwrap();
-    fleet::create_site(db.pool(), org, &code, "site", None)
+    let db = TestDb::new().await.expect("test database");
+    let mut world = World::builder()
+        .site("site-a", |s| s.miners(n))
+        .build(&db)
         .await
-        .unwrap();
-    let site = fleet::site_by_code(db.pool(), &code)
-        .await
-        .unwrap()
-        .unwrap();
-    let devs: Vec<NewDevice> = (0..n)
-        .map(|i| NewDevice {
-            address: format!("127.0.9.{i}"),
-            make: "WhatsMiner".into(),
-            model: "M60S".into(),
-            firmware: None,
-            capabilities: Capabilities {
-                curtail_full: true,
-                ..Default::default()
-            },
-            nominal_power_w: Some(3400.0),
-        })
-        .collect();
-    fleet::upsert_devices(db.pool(), &site, &devs)
-        .await
-        .unwrap();
-    let devices = fleet::inventory(db.pool(), site.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.device_id)
-        .collect();
+        .expect("test world");
+    let site = world.sites.remove(0);
     Fleet {
+        org: world.org,
+        site: site.site,
+        devices: site.devices,
         db,
-        org,
-        site,
-        devices,
     }
 }

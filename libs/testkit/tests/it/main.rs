@@ -1,4 +1,6 @@
-//! Integration tests of the testkit against real nats-server and PostgreSQL binaries.
+//! Integration tests of the testkit against real nats-server and PostgreSQL binaries, and of the
+//! test world it writes.
 
 mod db;
 mod nats;
+mod world;

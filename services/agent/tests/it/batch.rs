@@ -211,6 +211,51 @@ async fn capability_table_unknown_devices_and_bad_addresses() {
     h.stop().await;
 }
 
+/// Issue 7: a restore batch carrying one impossible prior limit (a corrupt or forged value)
+/// restores every other miner as asked, and wakes that one without the bad limit: nothing is
+/// left asleep and no batch fails for one device.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_bad_restore_limit_fails_no_batch() {
+    let mut h = spawn_agent("badlimit", mixed(3, 0, 0), instant_paused(), vec![], |c| {
+        c.efficiency_limit_pct = 70.0
+    })
+    .await;
+    let wm = h.devices.clone();
+    let r = h.run(&h.batch(EFFICIENCY, &wm)).await;
+    assert_all(&r, "efficiency curtail", |o| *o == Outcome::Ok);
+    let priors: Vec<f64> = r
+        .results
+        .iter()
+        .map(|d| d.prior_power_limit_w.expect("a prior"))
+        .collect();
+    let full = h.run(&h.batch(FULL, &wm)).await;
+    assert_all(&full, "full curtail", |o| *o == Outcome::Ok);
+
+    let mut b = h.batch(CommandKind::Uncurtail, &wm);
+    for (d, prior) in b.devices.iter_mut().zip(&priors) {
+        d.restore_power_limit_w = Some(*prior);
+    }
+    b.devices[1].restore_power_limit_w = Some(1e9);
+    let restored = h.run(&b).await;
+    assert_all(&restored, "restore with one bad limit", |o| {
+        *o == Outcome::Ok
+    });
+    for (i, d) in wm.iter().enumerate() {
+        let t = h.sim.truth(h.address(d)).unwrap();
+        assert_eq!(t.mode, Mode::Hashing, "miner {i} is awake");
+        if i != 1 {
+            assert_eq!(
+                t.power_limit_w,
+                Some(priors[i]),
+                "miner {i}'s limit is restored"
+            );
+        } else {
+            assert_ne!(t.power_limit_w, Some(1e9), "the bad limit is never set");
+        }
+    }
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_limits_are_captured_and_restored() {
     let mut h = spawn_agent("limits", mixed(2, 0, 0), instant_paused(), vec![], |c| {

@@ -418,18 +418,19 @@ pub async fn create_key(
     role: Role,
     name: &str,
 ) -> anyhow::Result<String> {
-    let key = ebb_gateway::auth::generate();
-    fleet::insert_api_key(
-        pool,
+    let key = ebb_store::keys::generate();
+    let row = fleet::NewApiKey {
         org,
-        &key.prefix,
-        &key.secret_hash,
-        role.as_str(),
+        prefix: &key.prefix,
+        secret_hash: &key.secret_hash,
+        role: role.as_str(),
         name,
-        None,
-    )
-    .await
-    .context("creating the api key")?;
+        expires_at: None,
+        site_ids: None,
+    };
+    fleet::insert_api_key(pool, &row)
+        .await
+        .context("creating the api key")?;
     Ok(key.token)
 }
 
@@ -516,7 +517,7 @@ pub async fn ensure_admin_key(pool: &PgPool, org: OrgId, path: &Path) -> anyhow:
 }
 
 async fn key_works(pool: &PgPool, org: OrgId, token: &str) -> anyhow::Result<bool> {
-    let Some((prefix, secret)) = ebb_gateway::auth::parse(token) else {
+    let Some((prefix, secret)) = ebb_store::keys::parse(token) else {
         return Ok(false);
     };
     let row = fleet::api_key_by_prefix(pool, prefix)

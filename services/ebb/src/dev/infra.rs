@@ -607,7 +607,14 @@ async fn first_blocked(user: User, dir: &Path) -> anyhow::Result<Option<PathBuf>
 
 /// Starts `nats-server -js` with its store in `dir` on `127.0.0.1:port`; returns the server and
 /// its URL.
-pub async fn start_nats(dir: &Path, log: &Path, port: u16) -> anyhow::Result<(Server, String)> {
+/// Starts nats-server with `conf` (the local hub: operator-mode auth and TLS, listening on
+/// `127.0.0.1:<port>`); `dir` is its working directory. Returns the server and its `tls://` URL.
+pub async fn start_nats(
+    dir: &Path,
+    conf: &Path,
+    log: &Path,
+    port: u16,
+) -> anyhow::Result<(Server, String)> {
     let program = find_nats_server()?;
     ensure_port_free(
         port,
@@ -615,21 +622,11 @@ pub async fn start_nats(dir: &Path, log: &Path, port: u16) -> anyhow::Result<(Se
         "stop what holds it (another `ebb dev` or nats-server?), pass --nats-port, or set NATS_URL",
     )?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let args: Vec<String> = vec![
-        "-n".into(),
-        "ebb-dev".into(),
-        "-a".into(),
-        "127.0.0.1".into(),
-        "-p".into(),
-        port.to_string(),
-        "-js".into(),
-        "-sd".into(),
-        dir.display().to_string(),
-    ];
+    let args: Vec<String> = vec!["-c".into(), conf.display().to_string()];
     let mut server = spawn_watched("nats-server", &program, &args, log, dir, None)?;
     wait_until_ready(&mut server, port, |log| log.contains("Server is ready")).await?;
     tracing::info!(port, log = %log.display(), "nats-server is ready");
-    Ok((server, format!("nats://127.0.0.1:{port}")))
+    Ok((server, format!("tls://127.0.0.1:{port}")))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@
 pub mod fleet;
 pub mod infra;
 
-use crate::{admin, services};
+use crate::{admin, localhub, services};
 use anyhow::{Context as _, bail};
 use ebb_bus::{Inventory, InventoryRequest};
 use ebb_domain::{DeviceId, OrgId, SiteCode};
@@ -186,22 +186,6 @@ async fn run_with_servers(
             url
         }
     };
-    let nats_url = match &args.nats_url {
-        Some(url) => {
-            tracing::info!(url, "using NATS_URL");
-            url.clone()
-        }
-        None => {
-            let (server, url) = cancellable(
-                &shutdown,
-                infra::start_nats(&dir.join("nats"), &dir.join("nats.log"), args.nats_port),
-            )
-            .await??;
-            servers.push(server);
-            url
-        }
-    };
-
     let pool = ebb_store::connect(&database_url, 4)
         .await
         .context("connecting to postgresql")?;
@@ -223,6 +207,42 @@ async fn run_with_servers(
     let key = admin::ensure_admin_key(&pool, org, &key_file).await?;
     tracing::info!(%org, key_file = %key_file.display(), reused = !key.created, "dev org, sites and admin key ready");
 
+    // NATS runs the production auth: nats/hub.conf in operator mode with TLS, one credential per
+    // service and per site agent under <data-dir>/nats (unless NATS_URL names another server).
+    let nats = match &args.nats_url {
+        Some(url) => {
+            tracing::info!(url = %ebb_obs::CredUrl::from(url.as_str()).redacted(), "using NATS_URL");
+            DevNats {
+                url: url.clone(),
+                hub: None,
+            }
+        }
+        None => {
+            let nats_dir = dir.join("nats");
+            let hub = localhub::prepare(&pool, &nats_dir, org, &sites).await?;
+            let listen = format!("127.0.0.1:{}", args.nats_port);
+            let store = nats_dir.join("store");
+            let conf = hub.write_conf(&localhub::Local {
+                listen: &listen,
+                http: "127.0.0.1:-1",
+                leaf: "127.0.0.1:-1",
+                store: Some(&store),
+                tls: &hub.tls,
+            })?;
+            let (server, url) = cancellable(
+                &shutdown,
+                infra::start_nats(&nats_dir, &conf, &dir.join("nats.log"), args.nats_port),
+            )
+            .await??;
+            servers.push(server);
+            tracing::info!(creds = %nats_dir.display(), "nats runs operator-mode auth over tls; each service has its own credentials");
+            DevNats {
+                url,
+                hub: Some(hub),
+            }
+        }
+    };
+
     let mut sims = Vec::with_capacity(sites.len());
     let outcome = async {
         let wanted = start_fleet(args, dir, &pool, &sites, &mut sims).await?;
@@ -236,7 +256,7 @@ async fn run_with_servers(
             &key.token,
             &key_file,
             &database_url,
-            &nats_url,
+            &nats,
             shutdown,
         )
         .await
@@ -315,16 +335,38 @@ async fn start_fleet(
     Ok(wanted)
 }
 
+/// The NATS `ebb dev` runs on: its own local hub (with every credential), or `NATS_URL`'s.
+#[derive(Debug)]
+struct DevNats {
+    url: String,
+    hub: Option<localhub::Prepared>,
+}
+
+impl DevNats {
+    /// The settings that make a service connect as itself: its own credentials and the CA.
+    fn settings(&self, identity: &ebb_natsauth::Identity) -> Vec<(String, String)> {
+        let mut s = vec![("nats_url".to_owned(), self.url.clone())];
+        if let Some(hub) = &self.hub {
+            s.push((
+                "nats_creds".into(),
+                hub.creds(identity).display().to_string(),
+            ));
+            s.push(("nats_ca".into(), hub.tls.ca.display().to_string()));
+        }
+        s
+    }
+}
+
 /// The settings `ebb dev` gives each service of the table, on top of its defaults.
 struct DevSettings<'a> {
     args: &'a DevArgs,
     database_url: &'a str,
-    nats_url: &'a str,
+    nats: &'a DevNats,
 }
 
 impl services::Overrides for DevSettings<'_> {
     fn settings(&self, entry: &Entry, site: Option<&SiteCode>) -> Vec<(String, String)> {
-        let mut s: Vec<(String, String)> = vec![("nats_url".into(), self.nats_url.into())];
+        let mut s = self.nats.settings(&services::identity(entry, site));
         if entry.needs == Needs::DatabaseAndNats {
             s.push(("database_url".into(), self.database_url.into()));
         }
@@ -367,34 +409,41 @@ async fn run_services(
     token: &str,
     key_file: &Path,
     database_url: &str,
-    nats_url: &str,
+    nats: &DevNats,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let settings = DevSettings {
         args,
         database_url,
-        nats_url,
+        nats,
     };
-    let common = Common {
+    // The process's own connections: one pool for every service, and NATS as the operator (each
+    // service connects again as itself).
+    let mut common = Common {
         database_url: database_url.into(),
-        nats_url: nats_url.into(),
         // One pool for every service of the process.
         db_connections: 24,
         ..Common::default()
     };
+    for (k, v) in nats.settings(&ebb_natsauth::Identity::Ops) {
+        match k.as_str() {
+            "nats_url" => common.nats_url = v.as_str().into(),
+            "nats_creds" => common.nats_creds = v,
+            "nats_ca" => common.nats_ca = v,
+            _ => {}
+        }
+    }
     let ctx =
         Context::connect(&common, Needs::DatabaseAndNats, "ebb-dev", shutdown.clone()).await?;
     let mut tasks = Supervisor::new(&shutdown).with_drain(DRAIN_TIMEOUT);
     let codes: Vec<SiteCode> = sites.iter().map(|s| s.code.clone()).collect();
     let outcome = async {
-        services::spawn(&mut tasks, &ctx, Instances::One, &codes, &settings)
-            .map_err(|p| anyhow::anyhow!("invalid dev settings: {p}"))?;
+        services::spawn(&mut tasks, &ctx, Instances::One, &codes, &settings).await?;
         // Agents learn their miners from the planner: start them once it answers.
         tasks
             .watch(wait_for_planner(ctx.nats(), &sites[0].code))
             .await??;
-        services::spawn(&mut tasks, &ctx, Instances::PerSite, &codes, &settings)
-            .map_err(|p| anyhow::anyhow!("invalid dev settings: {p}"))?;
+        services::spawn(&mut tasks, &ctx, Instances::PerSite, &codes, &settings).await?;
         let base = format!("http://{}", args.listen);
         tasks.watch(wait_for_gateway(&base)).await??;
         let started = Instant::now();
@@ -408,7 +457,7 @@ async fn run_services(
             sites,
             args,
             database_url,
-            nats_url,
+            nats,
         );
         Ok::<(), anyhow::Error>(())
     }
@@ -516,7 +565,7 @@ fn print_banner(
     sites: &[Site],
     args: &DevArgs,
     database_url: &str,
-    nats_url: &str,
+    nats: &DevNats,
 ) {
     let fleet_kw: f64 = sims
         .iter()
@@ -544,7 +593,16 @@ fn print_banner(
     println!("  api key   {token}");
     println!("            (admin; kept in {})", key_file.display());
     println!("  postgres  {database}");
-    println!("  nats      {nats_url}");
+    match &nats.hub {
+        Some(hub) => {
+            println!("  nats      {} (operator-mode auth over tls)", nats.url);
+            println!(
+                "            credentials and CA in {} (ops.creds: every subject)",
+                hub.dir.display()
+            );
+        }
+        None => println!("  nats      {}", nats.url),
+    }
     println!("  metrics   {base}/metrics");
     println!();
     println!("Start a curtailment of {target} kW:");

@@ -1,10 +1,12 @@
 //! Integration tests of the deployment files the `ebb` binary is run with: `compose.yaml` names
 //! only real `ebb` commands and real files, and the `nats/` configs parse and enforce their
-//! subject permissions on a real nats-server; and of `ebb dev`'s simulator child process.
+//! subject permissions on a real nats-server; of `ebb dev`'s simulator child process; and the
+//! tidy test, which reads the whole repository for what no compiler checks.
 
 mod compose;
 mod dev_sim;
 mod nats_auth;
+mod tidy;
 
 use std::path::PathBuf;
 

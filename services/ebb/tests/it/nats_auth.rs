@@ -43,25 +43,18 @@ struct Hub {
     minted: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
-/// Writes hub.conf into `dir` with its ports and paths made local; returns its path.
+/// Writes hub.conf into `dir` with its ports and paths made local (as `ebb dev` does); returns
+/// its path.
 fn local_hub_conf(dir: &Path, tls: &TlsFiles) -> PathBuf {
-    let mut text = std::fs::read_to_string(repo_root().join("nats/hub.conf")).unwrap();
-    let cert = format!("\"{}\"", tls.cert.display());
-    let key = format!("\"{}\"", tls.key.display());
-    for (from, to) in [
-        ("http: 127.0.0.1:8222", "http: \"127.0.0.1:-1\""),
-        ("listen: 0.0.0.0:7422", "listen: \"127.0.0.1:-1\""),
+    let text = ebb::localhub::hub_conf(&ebb::localhub::Local {
+        listen: "127.0.0.1:-1",
+        http: "127.0.0.1:-1",
+        leaf: "127.0.0.1:-1",
         // The kit's -sd names the store; nats-server refuses a second one in the file.
-        ("store_dir: \"/data/nats\"", ""),
-        ("\"/etc/nats/tls/server.pem\"", cert.as_str()),
-        ("\"/etc/nats/tls/server-key.pem\"", key.as_str()),
-    ] {
-        assert!(
-            text.contains(from),
-            "nats/hub.conf no longer has {from:?}: update this test"
-        );
-        text = text.replace(from, to);
-    }
+        store: None,
+        tls,
+    })
+    .unwrap();
     let conf = dir.join("hub.conf");
     std::fs::write(&conf, text).unwrap();
     conf

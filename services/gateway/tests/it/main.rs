@@ -2,10 +2,11 @@
 //! real PostgreSQL database.
 
 use chrono::{Duration, Utc};
-use ebb_domain::{Capabilities, OrgId, SiteCode};
-use ebb_gateway::{Gateway, GatewayConfig, auth};
+use ebb_bus::Role;
+use ebb_gateway::{Gateway, GatewayConfig};
 use ebb_planner::{Planner, PlannerConfig};
-use ebb_store::fleet;
+use ebb_testkit::api::assert_event_summary;
+use ebb_testkit::world::{Key, World};
 use ebb_testkit::{NatsServer, TestDb};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -17,7 +18,7 @@ struct App {
     _nats: NatsServer,
     base: String,
     http: reqwest::Client,
-    org: OrgId,
+    world: World,
     stop: CancellationToken,
 }
 
@@ -28,20 +29,9 @@ impl Drop for App {
 }
 
 impl App {
-    async fn key(&self, role: &str, expires: Option<chrono::DateTime<Utc>>) -> String {
-        let k = auth::generate();
-        fleet::insert_api_key(
-            self.db.pool(),
-            self.org,
-            &k.prefix,
-            &k.secret_hash,
-            role,
-            "test",
-            expires,
-        )
-        .await
-        .unwrap();
-        k.token
+    /// The bearer token of the world's key with this name.
+    fn key(&self, name: &str) -> String {
+        self.world.key(name).token.clone()
     }
 
     fn url(&self, path: &str) -> String {
@@ -78,50 +68,19 @@ impl App {
     }
 }
 
-/// Gateway + planner over NATS, one site of 4 hashing miners at 3 kW.
+/// Gateway + planner over NATS, one site of 4 hashing miners at 3 kW. Besides the org-wide key of
+/// each role, the world has an `expired` admin key, a `valid` viewer key that expires in an hour,
+/// an operator key `limited` to site-a and one that reaches `nowhere`.
 async fn spawn_app() -> App {
     let db = TestDb::new().await.unwrap();
-    ebb_store::migrate(db.pool()).await.unwrap();
     let nats = NatsServer::start().await.unwrap();
-    let org = fleet::create_org(db.pool(), "acme").await.unwrap();
-    let code = SiteCode::parse("site-a").unwrap();
-    fleet::create_site(db.pool(), org, &code, "A", None)
-        .await
-        .unwrap();
-    let site = fleet::site_by_code(db.pool(), &code)
-        .await
-        .unwrap()
-        .unwrap();
-    let devs: Vec<fleet::NewDevice> = (0..4)
-        .map(|i| fleet::NewDevice {
-            address: format!("127.0.6.{i}"),
-            make: "AntMiner".into(),
-            model: "S19".into(),
-            firmware: None,
-            capabilities: Capabilities {
-                curtail_full: true,
-                ..Default::default()
-            },
-            nominal_power_w: None,
-        })
-        .collect();
-    fleet::upsert_devices(db.pool(), &site, &devs)
-        .await
-        .unwrap();
-    let now = Utc::now().timestamp_millis();
-    let samples: Vec<fleet::TelemetryRow> = fleet::inventory(db.pool(), site.id)
-        .await
-        .unwrap()
-        .iter()
-        .map(|d| fleet::TelemetryRow {
-            device_id: d.device_id,
-            reachable: true,
-            power_w: Some(3000.0),
-            hashrate_ths: Some(100.0),
-            sampled_at_ms: now,
-        })
-        .collect();
-    fleet::ingest_telemetry(db.pool(), site.id, &samples)
+    let world = World::builder()
+        .site("site-a", |s| s.name("A").miners(4).watts(3000.0).hashing())
+        .api_key(Key::new("expired", Role::Admin).expires_at(Utc::now() - Duration::seconds(1)))
+        .api_key(Key::new("valid", Role::Viewer).expires_at(Utc::now() + Duration::hours(1)))
+        .api_key(Key::new("limited", Role::Operator).sites(&["site-a"]))
+        .api_key(Key::new("nowhere", Role::Operator).sites(&[]))
+        .build(&db)
         .await
         .unwrap();
 
@@ -158,11 +117,11 @@ async fn spawn_app() -> App {
         _nats: nats,
         base,
         http: reqwest::Client::new(),
-        org,
+        world,
         stop,
     };
     // The planner's service may take a moment to subscribe.
-    let key = app.key("viewer", None).await;
+    let key = app.key("viewer");
     for _ in 0..100 {
         let (s, _, _) = app
             .post(
@@ -192,12 +151,8 @@ async fn health_readiness_and_metrics() {
 #[tokio::test]
 async fn keys_are_checked() {
     let app = spawn_app().await;
-    let expired = app
-        .key("admin", Some(Utc::now() - Duration::seconds(1)))
-        .await;
-    let valid = app
-        .key("viewer", Some(Utc::now() + Duration::hours(1)))
-        .await;
+    let expired = app.key("expired");
+    let valid = app.key("valid");
     let r = app
         .http
         .get(app.url("/v1/curtailments"))
@@ -206,7 +161,10 @@ async fn keys_are_checked() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-    for bad in ["nope", &expired, &format!("{}0", &valid[..valid.len() - 1])] {
+    // The valid key with its last hex digit changed (to one it is not).
+    let last = if valid.ends_with('0') { '1' } else { '0' };
+    let altered = format!("{}{last}", &valid[..valid.len() - 1]);
+    for bad in ["nope", &expired, &altered] {
         assert_eq!(
             app.get(bad, "/v1/curtailments").await.0,
             StatusCode::UNAUTHORIZED,
@@ -228,7 +186,7 @@ async fn keys_are_checked() {
 #[tokio::test]
 async fn bad_input_names_the_field_and_changes_nothing() {
     let app = spawn_app().await;
-    let key = app.key("operator", None).await;
+    let key = app.key("operator");
     let cases = [
         (json!({"mode":"kw","reason":"x"}), "target_kw"),
         (
@@ -315,7 +273,7 @@ async fn bad_input_names_the_field_and_changes_nothing() {
 #[tokio::test]
 async fn start_replay_list_get_stop() {
     let app = spawn_app().await;
-    let key = app.key("operator", None).await;
+    let key = app.key("operator");
     let body = json!({"mode":"kw","target_kw":5,"reason":"grid event 1"});
     let send = |k: &'static str| {
         app.http
@@ -330,6 +288,7 @@ async fn start_replay_list_get_stop() {
     let ev: Value = first.json().await.unwrap();
     assert_eq!(ev["state"], "pending");
     assert_eq!(ev["targets"]["pending"], 2);
+    assert_event_summary(&ev);
     let replay = send("evt-1").await.unwrap();
     assert_eq!(replay.status(), StatusCode::OK);
     let again: Value = replay.json().await.unwrap();
@@ -339,6 +298,7 @@ async fn start_replay_list_get_stop() {
     let (s, got) = app.get(&key, &format!("/v1/curtailments/{id}")).await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(got["selection"]["selected_count"], 2);
+    assert_event_summary(&got);
 
     let (s, _, _) = app
         .post(
@@ -385,10 +345,13 @@ async fn start_replay_list_get_stop() {
         app.get(&key, "/v1/curtailments?page_size=201").await.0,
         StatusCode::BAD_REQUEST
     );
-    assert!(
-        page["items"][0].get("devices").is_none(),
-        "no per-target rows in lists"
-    );
+    // No per-target rows in lists: every item is the summary with counts.
+    for item in [&page, &page2]
+        .iter()
+        .flat_map(|p| p["items"].as_array().unwrap())
+    {
+        assert_event_summary(item);
+    }
 
     // Terminate is admin-only; this event never sent a command, so nothing is in flight.
     let (s, _, _) = app
@@ -399,7 +362,7 @@ async fn start_replay_list_get_stop() {
         )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let admin = app.key("admin", None).await;
+    let admin = app.key("admin");
     let (s, p, _) = app
         .post(
             &admin,
@@ -413,25 +376,9 @@ async fn start_replay_list_get_stop() {
 #[tokio::test]
 async fn site_limited_keys_see_and_touch_only_their_sites() {
     let app = spawn_app().await;
-    let org_key = app.key("operator", None).await;
-    let limited = app.key("operator", None).await;
-    let nowhere = app.key("operator", None).await;
-    let site: uuid::Uuid = sqlx::query_scalar("SELECT id FROM site")
-        .fetch_one(app.db.pool())
-        .await
-        .unwrap();
-    let prefix = |t: &str| t.split('_').nth(1).unwrap().to_owned();
-    sqlx::query("UPDATE api_key SET site_ids = $2 WHERE prefix = $1")
-        .bind(prefix(&limited))
-        .bind(vec![site])
-        .execute(app.db.pool())
-        .await
-        .unwrap();
-    sqlx::query("UPDATE api_key SET site_ids = '{}' WHERE prefix = $1")
-        .bind(prefix(&nowhere))
-        .execute(app.db.pool())
-        .await
-        .unwrap();
+    let org_key = app.key("operator");
+    let limited = app.key("limited");
+    let nowhere = app.key("nowhere");
 
     // A key that reaches no site cannot curtail the whole org.
     let (s, _, _) = app

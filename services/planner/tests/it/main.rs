@@ -1,77 +1,50 @@
 //! Planner behaviour against a real PostgreSQL (and nats-server for the service wiring):
-//! previews and refused starts write nothing, starts are idempotent, privileges are enforced.
+//! previews and refused starts write nothing, starts are idempotent (the replay lookup first, the
+//! key before the reference), concurrent starts never share a miner, privileges are enforced,
+//! and terminate waits until nothing may still be curtailed or in flight.
 
 use ebb_bus::{Actor, Role, RpcErrorKind, Scope, StartRequest, StopRequest};
 use ebb_domain::selection::Mode;
-use ebb_domain::{Capabilities, DeviceId, Kw, OrgId, SiteCode};
+use ebb_domain::selection::Selected;
+use ebb_domain::{CommandKind, CurtailLevel, EventId};
+use ebb_domain::{DeviceId, Kw, OrgId, SiteCode, SiteId};
 use ebb_planner::{Planner, PlannerConfig};
-use ebb_store::fleet;
+use ebb_store::events::{self, NewEvent};
 use ebb_testkit::TestDb;
+use ebb_testkit::world::World;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 struct Fixture {
     db: TestDb,
     org: OrgId,
     planner: Planner,
+    site: SiteId,
+    /// Least efficient first: miner `i` hashes at 80 + i TH/s on 3 kW.
     devices: Vec<DeviceId>,
 }
 
 /// An org with one site of `n` hashing miners (3 kW each, efficiency spread) with fresh telemetry.
 async fn fixture(n: usize) -> Fixture {
     let db = TestDb::new().await.unwrap();
-    ebb_store::migrate(db.pool()).await.unwrap();
-    let org = fleet::create_org(db.pool(), "acme").await.unwrap();
-    let code = SiteCode::parse("site-a").unwrap();
-    fleet::create_site(db.pool(), org, &code, "A", None)
-        .await
-        .unwrap();
-    let site = fleet::site_by_code(db.pool(), &code)
-        .await
-        .unwrap()
-        .unwrap();
-    let devs: Vec<fleet::NewDevice> = (0..n)
-        .map(|i| fleet::NewDevice {
-            address: format!("127.0.7.{i}"),
-            make: "AntMiner".into(),
-            model: "S19".into(),
-            firmware: None,
-            capabilities: Capabilities {
-                curtail_full: true,
-                ..Default::default()
-            },
-            nominal_power_w: Some(3000.0),
+    let world = World::builder()
+        .site("site-a", |s| {
+            s.miners(n)
+                .watts(3000.0)
+                .hashing()
+                .hashrate_each(|i| 80.0 + i as f64)
         })
-        .collect();
-    fleet::upsert_devices(db.pool(), &site, &devs)
-        .await
-        .unwrap();
-    let devices: Vec<DeviceId> = fleet::inventory(db.pool(), site.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.device_id)
-        .collect();
-    let now = chrono::Utc::now().timestamp_millis();
-    let samples: Vec<fleet::TelemetryRow> = devices
-        .iter()
-        .enumerate()
-        .map(|(i, d)| fleet::TelemetryRow {
-            device_id: *d,
-            reachable: true,
-            power_w: Some(3000.0),
-            hashrate_ths: Some(80.0 + i as f64),
-            sampled_at_ms: now,
-        })
-        .collect();
-    fleet::ingest_telemetry(db.pool(), site.id, &samples)
+        .build(&db)
         .await
         .unwrap();
     let planner = Planner::new(db.pool().clone(), PlannerConfig::default());
+    let site = world.site("site-a");
     Fixture {
+        org: world.org,
+        site: site.site.id,
+        devices: site.devices.clone(),
         db,
-        org,
         planner,
-        devices,
     }
 }
 
@@ -224,6 +197,66 @@ async fn start_is_idempotent_on_key_and_external_reference() {
     assert_eq!(audits, 2, "a replay writes no audit row");
 }
 
+/// DESIGN §5.8: a replay returns the persisted event and never runs selection again. Here a
+/// selection could not succeed any more (every miner is busy in the very events being replayed),
+/// so only the lookup before selection can answer; the unique indexes would replay a retry only
+/// if it got as far as the insert.
+#[tokio::test]
+async fn a_replay_is_answered_before_selection() {
+    let f = fixture(4).await;
+    let keyed = StartRequest {
+        idempotency_key: Some("k1".into()),
+        ..req(&f, Role::Operator, 6.0)
+    };
+    let referenced = StartRequest {
+        external_source: Some("ercot".into()),
+        external_reference: Some("r-1".into()),
+        ..req(&f, Role::Operator, 6.0)
+    };
+    let k = f.planner.start(&keyed).await.unwrap();
+    let r = f.planner.start(&referenced).await.unwrap();
+    assert_ne!(k.event_id, r.event_id);
+    // Every miner is in one of the two events: a fresh selection finds nothing to shed.
+    let fresh = f
+        .planner
+        .start(&req(&f, Role::Operator, 3.0))
+        .await
+        .unwrap_err();
+    assert_eq!(fresh.kind, RpcErrorKind::InsufficientLoad, "{fresh:?}");
+    let before = written(&f.db).await;
+    for (retry, first) in [(&keyed, &k), (&referenced, &r)] {
+        let again = f.planner.start(retry).await.unwrap();
+        assert_eq!((again.event_id, again.replayed), (first.event_id, true));
+    }
+    assert_eq!(written(&f.db).await, before, "a replay writes nothing");
+}
+
+/// DESIGN §5.8: the idempotency key is checked first. A request whose key names one event and
+/// whose external reference names another gets the key's event.
+#[tokio::test]
+async fn the_key_takes_precedence_over_the_reference() {
+    let f = fixture(4).await;
+    let both = |key: &str, reference: &str| StartRequest {
+        idempotency_key: Some(key.into()),
+        external_source: Some("ercot".into()),
+        external_reference: Some(reference.into()),
+        ..req(&f, Role::Operator, 3.0)
+    };
+    let e1 = f.planner.start(&both("k1", "r1")).await.unwrap();
+    let e2 = f.planner.start(&both("k2", "r2")).await.unwrap();
+    assert_ne!(e1.event_id, e2.event_id);
+    let before = written(&f.db).await;
+    for (key, reference, want) in [("k1", "r2", e1.event_id), ("k2", "r1", e2.event_id)] {
+        let got = f.planner.start(&both(key, reference)).await.unwrap();
+        assert_eq!(
+            (got.event_id, got.replayed),
+            (want, true),
+            "key {key} with reference {reference}"
+        );
+    }
+    assert_eq!(written(&f.db).await, before, "a replay writes nothing");
+}
+
 #[tokio::test]
 async fn concurrent_duplicates_converge_on_one_event() {
     let f = Arc::new(fixture(10).await);
@@ -249,20 +282,173 @@ async fn concurrent_duplicates_converge_on_one_event() {
     assert_eq!(events, 1);
 }
 
+/// A rival event on `devices`, inserted by the store in `tx` and left uncommitted.
+async fn claim_uncommitted(
+    f: &Fixture,
+    tx: &mut sqlx::PgConnection,
+    devices: &[DeviceId],
+) -> EventId {
+    let new = NewEvent {
+        id: EventId::new(),
+        org_id: f.org,
+        mode: "kw".into(),
+        mode_params: serde_json::json!({"mode": "kw", "target_kw": 6.0}),
+        command: CommandKind::Curtail {
+            level: CurtailLevel::Full,
+        },
+        scope: serde_json::json!({"sites": []}),
+        priority: 0,
+        reason: "rival".into(),
+        target_kw: Some(6.0),
+        selection: serde_json::json!({}),
+        restore_batch_size: 10,
+        restore_batch_interval_s: 30,
+        max_duration_s: Some(3600),
+        idempotency_key: None,
+        external_source: None,
+        external_reference: None,
+        created_by: None,
+        source_actor: "api_key".into(),
+    };
+    let selected: Vec<Selected> = devices
+        .iter()
+        .map(|d| Selected {
+            device_id: *d,
+            site_id: f.site,
+            baseline_power_w: 3000.0,
+            efficiency_j_per_th: 37.5,
+            shed_w: 3000.0,
+        })
+        .collect();
+    events::insert_event(tx, &new, &selected).await.unwrap().id
+}
+
+/// The devices of an event's targets, sorted.
+async fn event_devices(f: &Fixture, id: EventId) -> Vec<DeviceId> {
+    let mut d: Vec<DeviceId> = events::targets(f.db.pool(), id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.device_id)
+        .collect();
+    d.sort();
+    d
+}
+
+/// DESIGN §5.7: a Start whose miners are claimed by a concurrent Start selects again. The race is
+/// forced rather than hoped for: a rival claims the two least efficient miners in a transaction
+/// it keeps open, the Start (which cannot see the claim) chooses the same two and waits on the
+/// exclusivity index, and only then does the rival commit, so the Start's insert always loses.
 #[tokio::test]
 async fn concurrent_starts_split_the_fleet() {
-    // Two different starts race for the same least-efficient miners: the loser re-selects.
     let f = Arc::new(fixture(4).await);
-    let (ra, rb) = (req(&f, Role::Operator, 5.0), req(&f, Role::Operator, 5.0));
-    let (a, b) = tokio::join!(f.planner.start(&ra), f.planner.start(&rb));
-    let (a, b) = (a.unwrap(), b.unwrap());
-    assert_ne!(a.event_id, b.event_id);
+    let mut rival = f.db.pool().begin().await.unwrap();
+    let a = claim_uncommitted(&f, &mut rival, &f.devices[0..2]).await;
+    let start = tokio::spawn({
+        let f = f.clone();
+        async move { f.planner.start(&req(&f, Role::Operator, 5.0)).await }
+    });
+    // Waiting for a state, not for a time: the Start's insert blocks on the rival's claim.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(f.db.pool())
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            !start.is_finished(),
+            "the start ended before meeting the rival's claim"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the start never waited on the rival's claim"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    rival.commit().await.unwrap();
+    let b = start.await.unwrap().unwrap();
+    assert_ne!(a, b.event_id);
+    assert!(!b.replayed);
+    assert_eq!(event_devices(&f, a).await, sorted(&f.devices[0..2]));
+    assert_eq!(
+        event_devices(&f, b.event_id).await,
+        sorted(&f.devices[2..4]),
+        "the loser selected the next least efficient miners"
+    );
     let targets: i64 =
         sqlx::query_scalar("SELECT count(DISTINCT device_id) FROM curtailment_target")
             .fetch_one(f.db.pool())
             .await
             .unwrap();
     assert_eq!(targets, 4);
+}
+
+fn sorted(d: &[DeviceId]) -> Vec<DeviceId> {
+    let mut d = d.to_vec();
+    d.sort();
+    d
+}
+
+/// DESIGN §5.7, whatever the interleaving: many Starts released at once, asking for more than the
+/// fleet holds, never put a miner in two live events. Each either gets miners no other Start got
+/// or fails cleanly (no load left, or claimed too often) and persists nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_never_share_a_miner() {
+    const MINERS: usize = 12;
+    const STARTS: usize = 8;
+    let f = Arc::new(fixture(MINERS).await);
+    let barrier = Arc::new(tokio::sync::Barrier::new(STARTS));
+    let handles: Vec<_> = (0..STARTS)
+        .map(|_| {
+            let (f, barrier) = (f.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                // Two miners each: 16 wanted of 12.
+                f.planner.start(&req(&f, Role::Operator, 5.0)).await
+            })
+        })
+        .collect();
+    let mut claimed: Vec<DeviceId> = Vec::new();
+    let mut started: i64 = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(reply) => {
+                assert!(!reply.replayed);
+                let devices = event_devices(&f, reply.event_id).await;
+                assert_eq!(devices.len(), 2, "a start gets what it asked for");
+                claimed.extend(devices);
+                started += 1;
+            }
+            Err(e) => assert!(
+                matches!(
+                    e.kind,
+                    RpcErrorKind::InsufficientLoad | RpcErrorKind::Conflict
+                ),
+                "a start that loses fails cleanly: {e:?}"
+            ),
+        }
+    }
+    let distinct: std::collections::BTreeSet<_> = claimed.iter().collect();
+    assert_eq!(distinct.len(), claimed.len(), "no miner in two events");
+    assert!(claimed.len() <= MINERS);
+    assert!(started >= 1, "somebody wins");
+    let (events, targets): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM curtailment_event), (SELECT count(*) FROM curtailment_target)",
+    )
+    .fetch_one(f.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        (events, targets),
+        (started, claimed.len() as i64),
+        "a failed start persists nothing"
+    );
 }
 
 #[tokio::test]
@@ -451,4 +637,153 @@ async fn terminate_refuses_while_anything_is_in_flight() {
             .await
             .unwrap();
     assert!(states.iter().all(|s| s == "restored"), "{states:?}");
+}
+
+/// DESIGN §5.1, the restore half: a target queued for restore, stamped or sent is a miner that may
+/// still be curtailed, so terminate refuses a restoring event until every target has settled
+/// (`restored` or `restore_failed`). Each state is reached through the store's own
+/// compare-and-set, and at each check it is the only unsettled state in the event.
+#[tokio::test]
+async fn terminate_refuses_until_a_restore_has_settled() {
+    use ebb_bus::TerminateRequest;
+    use ebb_domain::{BatchId, EventState, TargetState};
+    use ebb_store::events::{Retry, TargetChange};
+    let f = fixture(2).await;
+    let id = f
+        .planner
+        .start(&req(&f, Role::Operator, 6.0))
+        .await
+        .unwrap()
+        .event_id;
+    let admin = Actor::ApiKey {
+        key_id: uuid::Uuid::nil(),
+        role: Role::Admin,
+    };
+    let d = f.devices.clone();
+    let pool = f.db.pool();
+    let stamp = |from, to| {
+        let d = d.clone();
+        async move {
+            let mut conn = pool.acquire().await.unwrap();
+            let moved = events::stamp_dispatching(
+                &mut conn,
+                id,
+                &d,
+                from,
+                to,
+                BatchId::new(),
+                Retry::Keep,
+                "t",
+            )
+            .await
+            .unwrap();
+            assert_eq!(moved.len(), d.len(), "{from} -> {to}");
+        }
+    };
+    let go = |devices: Vec<DeviceId>, from, to| async move {
+        let moved =
+            events::transition_targets(pool, id, &devices, from, to, &TargetChange::default(), "t")
+                .await
+                .unwrap();
+        assert_eq!(moved.len(), devices.len(), "{from} -> {to}");
+    };
+    let states = || async move {
+        let mut s: Vec<TargetState> = events::targets(pool, id)
+            .await
+            .unwrap()
+            .iter()
+            .map(|t| t.state)
+            .collect();
+        s.sort_by_key(|s| s.as_str());
+        s
+    };
+    let term = TerminateRequest {
+        org: f.org,
+        actor: admin.clone(),
+        event_id: id,
+        target_state: EventState::Cancelled,
+        reason: "stuck restore".into(),
+    };
+    let refused = |unsettled: TargetState| {
+        let term = term.clone();
+        let planner = f.planner.clone();
+        async move {
+            let err = match planner.terminate(&term).await {
+                Ok(r) => panic!("terminate went through with a target {unsettled}: {r:?}"),
+                Err(e) => e,
+            };
+            assert_eq!(
+                err.kind,
+                RpcErrorKind::FailedPrecondition,
+                "with a target {unsettled}: {err:?}"
+            );
+            assert!(err.message.contains("stop"), "{}", err.message);
+        }
+    };
+
+    // Curtailed and confirmed, then stopped: both miners are queued for restore.
+    stamp(TargetState::Pending, TargetState::Dispatching).await;
+    go(d.clone(), TargetState::Dispatching, TargetState::Dispatched).await;
+    go(d.clone(), TargetState::Dispatched, TargetState::Confirmed).await;
+    let stop = StopRequest {
+        org: f.org,
+        actor: admin.clone(),
+        event_id: id,
+        reason: Some("grid relief over".into()),
+    };
+    assert!(f.planner.stop(&stop).await.unwrap().changed);
+    assert_eq!(states().await, vec![TargetState::RestorePending; 2]);
+    refused(TargetState::RestorePending).await;
+
+    stamp(TargetState::RestorePending, TargetState::RestoreDispatching).await;
+    assert_eq!(states().await, vec![TargetState::RestoreDispatching; 2]);
+    refused(TargetState::RestoreDispatching).await;
+
+    go(
+        d.clone(),
+        TargetState::RestoreDispatching,
+        TargetState::RestoreDispatched,
+    )
+    .await;
+    assert_eq!(states().await, vec![TargetState::RestoreDispatched; 2]);
+    refused(TargetState::RestoreDispatched).await;
+
+    // One settles; the other is still sent, so still refused.
+    go(
+        d[..1].to_vec(),
+        TargetState::RestoreDispatched,
+        TargetState::Restored,
+    )
+    .await;
+    refused(TargetState::RestoreDispatched).await;
+
+    // Both settled, one of them failed: an admin may now end the event.
+    go(
+        d[1..].to_vec(),
+        TargetState::RestoreDispatched,
+        TargetState::RestoreFailed,
+    )
+    .await;
+    assert_eq!(
+        events::get_event(pool, f.org, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        EventState::Restoring
+    );
+    assert!(f.planner.terminate(&term).await.unwrap().changed);
+    assert_eq!(
+        events::get_event(pool, f.org, id)
+            .await
+            .unwrap()
+            .unwrap()
+            .state,
+        EventState::Cancelled
+    );
+    assert_eq!(
+        states().await,
+        vec![TargetState::RestoreFailed, TargetState::Restored],
+        "terminate leaves settled targets as they are"
+    );
 }

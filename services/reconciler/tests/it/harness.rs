@@ -6,12 +6,10 @@ use ebb_bus::{
     TelemetryBatch, TelemetrySample, streams, subjects,
 };
 use ebb_domain::selection::Mode;
-use ebb_domain::{
-    Capabilities, CommandKind, DeviceId, EventId, EventState, Kw, Outcome, SiteCode, TargetState,
-};
+use ebb_domain::{CommandKind, DeviceId, EventId, EventState, Kw, Outcome, SiteCode, TargetState};
 use ebb_planner::{Planner, PlannerConfig};
 use ebb_reconciler::{Hooks, ReconcilerConfig};
-use ebb_store::fleet;
+use ebb_testkit::world::World;
 use ebb_testkit::{NatsServer, TestDb};
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -85,78 +83,44 @@ pub async fn harness(n: usize) -> Harness {
     harness_sites(&[n]).await
 }
 
-/// One site per entry (`site-a`, `site-b`, …) with that many miners, each with its agent.
+/// One site per entry (`site-a`, `site-b`, …) with that many miners, each with its agent. The
+/// miners have no telemetry until their scripted agent reports it.
 pub async fn harness_sites(sizes: &[usize]) -> Harness {
     ebb_testkit::init_tracing();
     let db = TestDb::new().await.unwrap();
-    ebb_store::migrate(db.pool()).await.unwrap();
     let nats = NatsServer::start().await.unwrap();
     let js = jetstream::new(nats.client().await.unwrap());
     streams::ensure_streams(&js).await.unwrap();
-    let org = fleet::create_org(db.pool(), "acme").await.unwrap();
+    let world = sizes
+        .iter()
+        .enumerate()
+        .fold(World::builder(), |w, (k, n)| {
+            let letter = char::from(b'a' + k as u8);
+            w.site(&format!("site-{letter}"), |s| {
+                s.name(&format!("Site {letter}"))
+                    .miners(*n)
+                    .watts(BASELINE_W)
+            })
+        })
+        .build(&db)
+        .await
+        .unwrap();
     let shutdown = CancellationToken::new();
-    let mut devices = Vec::new();
     let mut agents = Vec::new();
-    for (k, n) in sizes.iter().enumerate() {
-        let (site_devices, agent) = add_site(&db, &js, org, k, *n, shutdown.clone()).await;
-        devices.extend(site_devices);
-        agents.push(agent);
+    for site in &world.sites {
+        agents.push(scripted_site(&js, &site.site.code, &site.devices, shutdown.clone()).await);
     }
     let planner = Planner::new(db.pool().clone(), PlannerConfig::default());
     Harness {
         db,
         nats,
-        org,
-        devices,
+        org: world.org,
+        devices: world.devices(),
         planner,
         site_agent: agents[0].clone(),
         agents,
         shutdown,
     }
-}
-
-/// Registers site number `k` with `n` miners and starts its scripted agent.
-async fn add_site(
-    db: &TestDb,
-    js: &jetstream::Context,
-    org: ebb_domain::OrgId,
-    k: usize,
-    n: usize,
-    shutdown: CancellationToken,
-) -> (Vec<DeviceId>, ScriptedSite) {
-    let letter = char::from(b'a' + k as u8);
-    let code = SiteCode::parse(&format!("site-{letter}")).unwrap();
-    fleet::create_site(db.pool(), org, &code, &format!("Site {letter}"), None)
-        .await
-        .unwrap();
-    let site = fleet::site_by_code(db.pool(), &code)
-        .await
-        .unwrap()
-        .unwrap();
-    let devs: Vec<fleet::NewDevice> = (0..n)
-        .map(|i| fleet::NewDevice {
-            address: format!("127.0.{}.{i}", 8 + k),
-            make: "WhatsMiner".into(),
-            model: "M60S".into(),
-            firmware: None,
-            capabilities: Capabilities {
-                curtail_full: true,
-                ..Default::default()
-            },
-            nominal_power_w: Some(BASELINE_W),
-        })
-        .collect();
-    fleet::upsert_devices(db.pool(), &site, &devs)
-        .await
-        .unwrap();
-    let devices: Vec<DeviceId> = fleet::inventory(db.pool(), site.id)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|d| d.device_id)
-        .collect();
-    let agent = scripted_site(js, &code, &devices, shutdown).await;
-    (devices, agent)
 }
 
 impl Drop for Harness {
