@@ -21,11 +21,13 @@
 
 mod command;
 mod fleet;
+mod gateway_flood;
 mod measure;
 mod poll;
 
 pub use command::{CommandReport, bench_command};
 pub use fleet::FirmwareFigures;
+pub use gateway_flood::{FloodArgs, FloodReport, bench_gateway_flood};
 pub use poll::{PollReport, bench_poll};
 
 use ebb_agent::MinerPathSettings;
@@ -41,6 +43,9 @@ pub enum BenchCommand {
     Command(BenchArgs),
     /// One full telemetry poll of every miner, with CPU seconds per 10,000 samples.
     Poll(BenchArgs),
+    /// The gateway under a flood of bad tokens, with a valid key's latency meanwhile (needs
+    /// DATABASE_URL; see `bench/gateway_flood.rs`).
+    GatewayFlood(FloodArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -71,6 +76,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         }
         BenchCommand::Poll(args) => {
             serde_json::to_string(&bench_poll(args.miners, args.settings()).await?)?
+        }
+        BenchCommand::GatewayFlood(args) => {
+            serde_json::to_string(&bench_gateway_flood(&args).await?)?
         }
     };
     println!("{report}");
