@@ -7,6 +7,9 @@
 //! - [`bench_poll`]: one full telemetry poll of every miner, with the CPU it costs and the
 //!   simulator's memory per miner.
 //!
+//! `ebb bench gateway-flood` ([`bench_gateway_flood`]) is not the agent's: the gateway under a
+//! flood of bad tokens, without the simulator; see its module.
+//!
 //! The miners are driven by the agent's own code, not a copy of it: a [`MinerPath`] built with
 //! the agent's settings, [`ebb_agent::execute_each`] and [`ebb_agent::poll_each`] (what the
 //! agent's `execute` and `poll` run, device by device, with how long each took). Only NATS is

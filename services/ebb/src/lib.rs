@@ -8,7 +8,8 @@
 //! - `ebb agent scan <range>` identifies the miners in an address range.
 //! - `ebb sim serve` runs the miner simulator.
 //! - `ebb admin …` migrates the database and creates orgs, sites and API keys.
-//! - `ebb bench command|poll --miners N` runs the agent's benchmarks against a simulator.
+//! - `ebb bench command|poll --miners N` runs the agent's benchmarks against a simulator;
+//!   `ebb bench gateway-flood` the gateway under a flood of bad tokens.
 //! - `ebb dev` runs every service of the table in one process against a throwaway PostgreSQL and
 //!   nats-server under `.ebb/`, with a simulated fleet (see [`dev`]).
 //!
