@@ -47,6 +47,33 @@ macro_rules! planner_site_endpoint {
 planner_site_endpoint!(InventoryRequest => Inventory, "inventory");
 planner_site_endpoint!(RegisterDevicesRequest => RegisterDevicesReply, "register");
 
+/// Every device of `site`, asked of the planner page by page: each reply is one page that fits
+/// a NATS message whatever the site's size ([`Inventory::page`]), each under `timeout`. A page
+/// whose cursor does not move forward is an error, never an endless loop.
+pub async fn fetch_inventory(
+    client: &async_nats::Client,
+    site: &SiteCode,
+    timeout: std::time::Duration,
+) -> Result<Vec<InventoryDevice>, crate::rpc::CallError> {
+    let mut devices = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let request = InventoryRequest { after, limit: None };
+        let page: Inventory = crate::rpc::call(client, site, None, &request, timeout).await?;
+        devices.extend(page.devices);
+        match page.next {
+            Some(next) if request.after.as_ref() != Some(&next) => after = Some(next),
+            Some(_) => {
+                return Err(crate::rpc::CallError::Remote(RpcError::new(
+                    RpcErrorKind::Internal,
+                    "the inventory cursor did not move forward",
+                )));
+            }
+            None => return Ok(devices),
+        }
+    }
+}
+
 /// The site of a per-site planner endpoint's subject (`ebb.svc.planner.<verb>.<site>`).
 pub fn site_of_planner_subject(verb: &str, subject: &str) -> Option<SiteCode> {
     let token = subject

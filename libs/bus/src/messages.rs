@@ -106,12 +106,42 @@ pub struct InventoryRequest {
 /// 1 MiB payload limit (each device is a few hundred bytes encoded).
 pub const INVENTORY_PAGE_MAX: u32 = 1_000;
 
+/// Most encoded bytes of the devices in one inventory page: a quarter of NATS's 1 MiB payload
+/// limit, whatever the devices' text fields hold.
+pub const INVENTORY_PAGE_BYTES: usize = 256 * 1024;
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Inventory {
     pub devices: Vec<InventoryDevice>,
-    /// The cursor of the next page; `None` on the last.
+    /// The cursor of the next page (the last device's address); `None` on the last.
     #[serde(default)]
     pub next: Option<String>,
+}
+
+impl Inventory {
+    /// A page of `rows`, the devices after the cursor in address order: as many as fit in
+    /// [`INVENTORY_PAGE_BYTES`] (at least one). `more` says whether the store holds devices after
+    /// the last row; the page has a `next` cursor if it does or if some rows did not fit.
+    pub fn page(rows: Vec<InventoryDevice>, more: bool) -> Inventory {
+        let mut used: usize = 0;
+        let mut fit = 0;
+        for d in &rows {
+            // A device that cannot be encoded is counted as too large, so the page ends before it.
+            let size = rmp_serde::to_vec_named(d).map_or(usize::MAX, |b| b.len());
+            if fit > 0 && used.saturating_add(size) > INVENTORY_PAGE_BYTES {
+                break;
+            }
+            used = used.saturating_add(size);
+            fit += 1;
+        }
+        let truncated = fit < rows.len();
+        let mut devices = rows;
+        devices.truncate(fit);
+        let next = (more || truncated)
+            .then(|| devices.last().map(|d| d.address.clone()))
+            .flatten();
+        Inventory { devices, next }
+    }
 }
 
 /// Who asked for something; recorded on events and audit rows.
@@ -330,6 +360,52 @@ mod tests {
         };
         let env = Envelope::new(None, r);
         assert_eq!(decode::<BatchResult>(&encode(&env).unwrap()).unwrap(), env);
+    }
+
+    #[test]
+    fn an_inventory_page_fits_whatever_its_devices_hold() {
+        let dev = |i: usize, text: usize| InventoryDevice {
+            device_id: DeviceId::new(),
+            address: format!("10.0.{}.{}", i / 256, i % 256),
+            make: "m".repeat(text),
+            model: "x".repeat(text),
+            capabilities: ebb_domain::Capabilities::default(),
+        };
+        let check = |rows: Vec<InventoryDevice>, more: bool| {
+            let page = Inventory::page(rows.clone(), more);
+            let bytes = encode(&Envelope::new(
+                None,
+                Reply::Ok {
+                    value: page.clone(),
+                },
+            ))
+            .unwrap();
+            assert!(
+                bytes.len() <= INVENTORY_PAGE_BYTES + 1024,
+                "{} bytes",
+                bytes.len()
+            );
+            assert!(!page.devices.is_empty());
+            assert_eq!(page.devices[..], rows[..page.devices.len()]);
+            page
+        };
+        // Small devices: the whole page, with a cursor only if the store has more.
+        let small: Vec<_> = (0..1_000).map(|i| dev(i, 10)).collect();
+        assert_eq!(check(small.clone(), false).next, None);
+        assert_eq!(
+            check(small.clone(), true).next.as_deref(),
+            Some("10.0.3.231")
+        );
+        // 1,000 devices of ~8 KiB each (~8 MiB) are cut short, and the cursor resumes after the
+        // last one sent.
+        let large: Vec<_> = (0..1_000).map(|i| dev(i, 4096)).collect();
+        let page = check(large.clone(), false);
+        assert!(page.devices.len() < 40, "{}", page.devices.len());
+        assert_eq!(page.next, page.devices.last().map(|d| d.address.clone()));
+        // One device larger than a page still goes, alone: a page always advances.
+        let page = Inventory::page(vec![dev(0, INVENTORY_PAGE_BYTES / 2), dev(1, 1)], false);
+        assert_eq!(page.devices.len(), 1);
+        assert!(page.next.is_some());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! confirmation rules. No I/O lives here (no sqlx, async-nats or axum), so every rule is tested by
 //! fast unit and property tests.
 
+pub mod backoff;
 pub mod command;
 pub mod confirm;
 pub mod ids;

@@ -145,6 +145,8 @@ impl Identity {
                 subscribe: allow(vec![
                     format!("{}.>", subjects::PLANNER_GROUP),
                     "$SRV.>".into(),
+                    // Live telemetry feeds the fleet snapshot (read only; core NATS, no consumer).
+                    format!("{}.*", subjects::TELEMETRY_PREFIX),
                     inbox,
                 ]),
                 responses: true,

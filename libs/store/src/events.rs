@@ -453,7 +453,8 @@ pub async fn sweep_targets_for_restore(
             UPDATE curtailment_target t SET
                 state = CASE WHEN t.state = 'pending' AND t.last_batch_id IS NULL THEN 'restored'
                              ELSE 'restore_pending' END,
-                retry_count = 0, updated_at = now()
+                -- Restore is a new episode: no curtail backoff carries over.
+                retry_count = 0, next_attempt_at = NULL, updated_at = now()
             FROM curtailment_target old
             WHERE t.event_id = $1 AND old.event_id = t.event_id AND old.device_id = t.device_id
               AND (t.state IN ('pending', 'dispatching', 'dispatched', 'confirmed', 'drifted')
@@ -494,14 +495,29 @@ pub struct TargetRow {
     pub sample: Option<Sample>,
     /// The device row is gone or moved out of the event's org.
     pub device_missing: bool,
+    /// After a spent attempt: not sent again before this (its backoff).
+    pub next_attempt_at: Option<DateTime<Utc>>,
 }
 
-/// Every target of one event, loaded once per pass and passed through its phases.
+/// Every target of one event (the reconciler reads them once, then only what changed).
 pub async fn targets(
     db: impl PgExecutor<'_>,
     event: EventId,
 ) -> Result<Vec<TargetRow>, StoreError> {
-    targets_where(db, event, None).await
+    targets_where(db, event, None, None).await
+}
+
+/// The targets of one event on these devices: what the reconciler re-reads after a write, a
+/// result or telemetry named them. Query: the target primary key `(event_id, device_id)`.
+pub async fn targets_of_devices(
+    db: impl PgExecutor<'_>,
+    event: EventId,
+    devices: &[DeviceId],
+) -> Result<Vec<TargetRow>, StoreError> {
+    if devices.is_empty() {
+        return Ok(Vec::new());
+    }
+    targets_where(db, event, None, Some(devices)).await
 }
 
 /// The targets of one event whose latest batch is `batch` (the result handler's view).
@@ -509,7 +525,7 @@ pub async fn targets_of_batch(
     db: impl PgExecutor<'_>,
     scope: BatchScope,
 ) -> Result<Vec<TargetRow>, StoreError> {
-    targets_where(db, scope.event, Some((scope.site, scope.batch))).await
+    targets_where(db, scope.event, Some((scope.site, scope.batch)), None).await
 }
 
 /// What a site's result may touch: the targets of `event` at `site` whose latest batch is
@@ -527,20 +543,25 @@ async fn targets_where(
     db: impl PgExecutor<'_>,
     event: EventId,
     batch: Option<(SiteId, BatchId)>,
+    devices: Option<&[DeviceId]>,
 ) -> Result<Vec<TargetRow>, StoreError> {
+    let devices: Option<Vec<Uuid>> = devices.map(|d| d.iter().map(|d| d.0).collect());
     let rows = sqlx::query(
         "SELECT t.device_id, t.site_id, d.address, t.state, t.baseline_power_w, t.retry_count, t.last_spend_reason, t.last_batch_id,
                 t.prior_power_limit_w, t.dispatched_at, t.confirmed_at, t.result_at, t.updated_at,
-                s.reachable, s.power_w, s.hashrate_ths, s.sampled_at, d.id IS NULL AS missing
+                s.reachable, s.power_w, s.hashrate_ths, s.sampled_at, d.id IS NULL AS missing,
+                t.next_attempt_at
          FROM curtailment_target t
          LEFT JOIN device d ON d.id = t.device_id AND d.org_id = t.org_id
          LEFT JOIN device_state s ON s.device_id = t.device_id
          WHERE t.event_id = $1 AND ($2::uuid IS NULL OR (t.site_id = $3 AND t.last_batch_id = $2))
+           AND ($4::uuid[] IS NULL OR t.device_id = ANY($4))
          ORDER BY t.site_id, t.baseline_power_w DESC, t.device_id",
     )
     .bind(event.0)
     .bind(batch.map(|b| b.1.0))
     .bind(batch.map(|b| b.0.0))
+    .bind(devices)
     .fetch_all(db)
     .await?;
     rows.iter()
@@ -579,6 +600,7 @@ async fn targets_where(
                 updated_at: r.get("updated_at"),
                 sample,
                 device_missing: r.get("missing"),
+                next_attempt_at: r.get("next_attempt_at"),
             })
         })
         .collect()
@@ -596,6 +618,9 @@ pub struct TargetChange {
     pub failure: Failure,
     /// Only move targets whose latest batch is this one (a result for an older batch is stale).
     pub expect_batch: Option<BatchId>,
+    /// When each of these devices may be sent again (a spend back into the queue); the others
+    /// keep theirs.
+    pub next_attempt_at: Vec<(DeviceId, DateTime<Utc>)>,
 }
 
 /// What happens to a target's last failure: the typed `last_spend_reason`, with its description
@@ -651,7 +676,11 @@ pub async fn transition_targets(
                 retry_count = CASE $8 WHEN 'spend' THEN retry_count + 1 WHEN 'reset' THEN 0 ELSE retry_count END,
                 flap_count = flap_count + CASE WHEN $9 THEN 1 ELSE 0 END,
                 last_error = CASE WHEN $10 THEN $11 ELSE last_error END,
-                last_spend_reason = CASE WHEN $10 THEN $14 ELSE last_spend_reason END
+                last_spend_reason = CASE WHEN $10 THEN $14 ELSE last_spend_reason END,
+                next_attempt_at = COALESCE(
+                    (SELECT u.at FROM unnest($15::uuid[], $16::timestamptz[]) AS u(id, at)
+                     WHERE u.id = curtailment_target.device_id LIMIT 1),
+                    next_attempt_at)
             WHERE event_id = $1 AND device_id = ANY($2) AND state = $3
               AND ($13::uuid IS NULL OR last_batch_id = $13)
             RETURNING org_id, device_id)
@@ -677,6 +706,20 @@ pub async fn transition_targets(
     .bind(actor)
     .bind(change.expect_batch.map(|b| b.0))
     .bind(failure.map(SpendReason::as_str))
+    .bind(
+        change
+            .next_attempt_at
+            .iter()
+            .map(|(d, _)| d.0)
+            .collect::<Vec<Uuid>>(),
+    )
+    .bind(
+        change
+            .next_attempt_at
+            .iter()
+            .map(|(_, at)| *at)
+            .collect::<Vec<DateTime<Utc>>>(),
+    )
     .fetch_all(db)
     .await?;
     Ok(rows.iter().map(|r| DeviceId(r.get(0))).collect())
@@ -802,6 +845,28 @@ pub async fn mark_restore_batch(
     .execute(db)
     .await?;
     Ok(())
+}
+
+/// The restores sent since `since`, by site: when each target's restore batch went out and the
+/// kW it draws again. Read once when a reconciler becomes leader, so that a site's ramp limit
+/// also holds across a change of leader. Query: a scan of the live events' restore targets.
+pub async fn recent_restore_sends(
+    db: impl PgExecutor<'_>,
+    since: DateTime<Utc>,
+) -> Result<Vec<(SiteId, DateTime<Utc>, f64)>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT t.site_id, t.dispatched_at, t.baseline_power_w FROM curtailment_target t
+         JOIN curtailment_event e ON e.id = t.event_id
+         WHERE (e.state = 'restoring' OR e.ended_at > $1) AND t.dispatched_at > $1
+           AND t.state IN ('restore_dispatching', 'restore_dispatched', 'restored', 'restore_failed')",
+    )
+    .bind(since)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| (SiteId(r.get(0)), r.get(1), r.get::<f64, _>(2) / 1000.0))
+        .collect())
 }
 
 /// The event a batch belongs to, found from a result message.

@@ -22,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long one pull waits for a batch; also the longest shutdown waits for an idle pull.
 const PULL_WAIT: Duration = Duration::from_secs(2);
-/// How often a long batch tells JetStream it is still being worked on.
-const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+/// How often a long batch tells JetStream it is still being worked on (well inside the consumer's
+/// short ack wait, which is what makes a dead agent's batch come back within seconds).
+const PROGRESS_EVERY: Duration = ebb_bus::streams::AGENT_PROGRESS_EVERY;
 /// Publish attempts for a batch's results before the batch is nak'ed for later.
 const RESULT_ATTEMPTS: u32 = 5;
 /// Delay before a batch whose results could not be published is delivered again.

@@ -7,8 +7,8 @@
 
 use crate::agent::Agent;
 use crate::miner_path::MinerPath;
-use ebb_bus::rpc::{self, CallError};
-use ebb_bus::{Inventory as InventoryReply, InventoryDevice, InventoryRequest};
+use ebb_bus::InventoryDevice;
+use ebb_bus::rpc::CallError;
 use ebb_domain::{DeviceId, SiteCode};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -86,23 +86,13 @@ impl Inventory {
 }
 
 /// Asks the planner for `site`'s devices, page by page (each page fits a NATS message whatever
-/// the site's size), each page under `timeout`.
+/// the site's size), each page under `timeout`. The paging protocol is the bus's.
 pub async fn fetch(
     client: &async_nats::Client,
     site: &SiteCode,
     timeout: Duration,
 ) -> Result<Vec<InventoryDevice>, CallError> {
-    let mut devices = Vec::new();
-    let mut after = None;
-    loop {
-        let request = InventoryRequest { after, limit: None };
-        let page: InventoryReply = rpc::call(client, site, None, &request, timeout).await?;
-        devices.extend(page.devices);
-        match page.next {
-            Some(next) => after = Some(next),
-            None => return Ok(devices),
-        }
-    }
+    ebb_bus::endpoints::fetch_inventory(client, site, timeout).await
 }
 
 /// Keeps the agent's inventory current until `shutdown`. A static source is installed once.

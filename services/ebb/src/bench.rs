@@ -1,5 +1,7 @@
 //! `ebb bench command|poll --miners N`: benchmarks of the agent's miner path against a simulated
-//! fleet, for the figures in `docs/BENCHMARKS.md`. Each prints one JSON object with at least
+//! fleet, for the figures in `docs/BENCHMARKS.md` (and `ebb bench preview`, `ebb bench
+//! reconcile-pass`: the planner's and the reconciler's own code against real PostgreSQL and NATS,
+//! in their own modules). Each prints one JSON object; the miner-path ones have at least
 //! `miners`, `seconds` and `per_second`:
 //!
 //! - [`bench_command`]: one `curtail{full}` to every miner, with the latency of each miner and
@@ -23,15 +25,22 @@
 //! [`MinerPath`]: ebb_agent::MinerPath
 
 mod command;
+pub(crate) mod curtail;
 mod fleet;
 mod gateway_flood;
 mod measure;
 mod poll;
+mod preview;
+mod reconcile_pass;
+mod throwaway;
 
 pub use command::{CommandReport, bench_command};
+pub use curtail::{CurtailArgs, CurtailReport, bench_curtail};
 pub use fleet::FirmwareFigures;
 pub use gateway_flood::{FloodArgs, FloodReport, bench_gateway_flood};
 pub use poll::{PollReport, bench_poll};
+pub use preview::{PreviewReport, bench_preview};
+pub use reconcile_pass::{ReconcilePassReport, bench_reconcile_pass};
 
 use ebb_agent::MinerPathSettings;
 use std::process::ExitCode;
@@ -46,6 +55,29 @@ pub enum BenchCommand {
     Command(BenchArgs),
     /// One full telemetry poll of every miner, with CPU seconds per 10,000 samples.
     Poll(BenchArgs),
+    /// The whole path end to end: one `full` curtailment of every miner through the gateway,
+    /// then its stop, with every service in this process.
+    Curtail(CurtailArgs),
+    /// Previews over N candidates asked of the planner over NATS: the first, then the median
+    /// of --runs sequential ones and of --runs rounds of 8 concurrent ones.
+    Preview {
+        /// Candidates (hashing miners with fresh telemetry) in the preview's scope.
+        #[arg(long, default_value_t = 100_000)]
+        miners: usize,
+        /// Sequential previews, and rounds of concurrent ones.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// One reconciler pass over N live targets: the first, one with nothing new, one after a
+    /// telemetry batch (medians of --runs).
+    ReconcilePass {
+        /// Live targets, all confirmed in one active event.
+        #[arg(long, default_value_t = 100_000)]
+        targets: usize,
+        /// Timed runs of each pass.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// The gateway under a flood of bad tokens, with a valid key's latency meanwhile (needs
     /// DATABASE_URL; see `bench/gateway_flood.rs`).
     GatewayFlood(FloodArgs),
@@ -79,6 +111,13 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         }
         BenchCommand::Poll(args) => {
             serde_json::to_string(&bench_poll(args.miners, args.settings()).await?)?
+        }
+        BenchCommand::Curtail(args) => serde_json::to_string(&bench_curtail(args).await?)?,
+        BenchCommand::Preview { miners, runs } => {
+            serde_json::to_string(&bench_preview(miners, runs).await?)?
+        }
+        BenchCommand::ReconcilePass { targets, runs } => {
+            serde_json::to_string(&bench_reconcile_pass(targets, runs).await?)?
         }
         BenchCommand::GatewayFlood(args) => {
             serde_json::to_string(&bench_gateway_flood(&args).await?)?

@@ -17,6 +17,9 @@ pub struct PlannerConfig {
     pub restore_batch_interval_s: u32,
     /// The longest restore interval a non-admin may ask for.
     pub non_admin_max_interval_s: u32,
+    /// How long the fleet snapshot is used before it is read from the database again, in
+    /// milliseconds (telemetry keeps its samples current meanwhile).
+    pub snapshot_max_age_ms: u64,
 }
 
 impl Default for PlannerConfig {
@@ -27,6 +30,7 @@ impl Default for PlannerConfig {
             restore_batch_size: 100,
             restore_batch_interval_s: 30,
             non_admin_max_interval_s: 300,
+            snapshot_max_age_ms: 10_000,
         }
     }
 }
@@ -53,6 +57,10 @@ impl Settings for PlannerConfig {
             "non_admin_max_interval_s",
             "the longest restore interval (seconds) a non-admin may ask for",
         ),
+        Key::new(
+            "snapshot_max_age_ms",
+            "how long the fleet snapshot is used before it is read again (ms)",
+        ),
     ];
 
     fn problems(&self) -> Vec<String> {
@@ -76,6 +84,12 @@ impl Settings for PlannerConfig {
             bad.push(
                 "non_admin_max_interval_s must be at least restore_batch_interval_s".to_owned(),
             );
+        }
+        if !(100..=600_000).contains(&self.snapshot_max_age_ms) {
+            bad.push(format!(
+                "snapshot_max_age_ms must be between 100 and 600000, got {}",
+                self.snapshot_max_age_ms
+            ));
         }
         bad
     }

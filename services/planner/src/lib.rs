@@ -3,6 +3,7 @@
 //! [`Planner`] methods are called directly by tests.
 
 pub mod config;
+pub mod snapshot;
 mod validate;
 
 pub use config::PlannerConfig;
@@ -17,8 +18,10 @@ use ebb_domain::{EventId, EventState, SiteCode, SiteId, StopCause};
 use ebb_store::events::{self, NewEvent};
 use ebb_store::{PgPool, StoreError, fleet, tx::with_tx};
 use futures::StreamExt;
+use snapshot::Snapshot;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// The planner as a service of the runtime: answers `ebb.svc.planner.*` until shutdown.
@@ -38,9 +41,53 @@ impl ebb_runtime::Service for PlannerService {
     }
 }
 
-/// Serves the planner's endpoints on `client` until `shutdown`. Requests are handled
-/// concurrently, at most [`MAX_CONCURRENT_REQUESTS`] at a time.
+/// Serves the planner's endpoints on `client` until `shutdown`, and feeds the fleet snapshot
+/// from live telemetry meanwhile. Requests are handled concurrently, at most
+/// [`MAX_CONCURRENT_REQUESTS`] at a time.
 pub async fn serve(
+    planner: Arc<Planner>,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let telemetry = client
+        .subscribe(format!("{}.*", subjects::TELEMETRY_PREFIX))
+        .await
+        .map_err(|e| anyhow::anyhow!("subscribing to telemetry: {e}"))?;
+    let feed = feed_telemetry(planner.snapshot.clone(), telemetry, shutdown.clone());
+    let (served, ()) = tokio::join!(serve_requests(planner, client, shutdown), feed);
+    served
+}
+
+/// Applies every telemetry message to the snapshot until `shutdown`. The site is the subject's
+/// (NATS permissions bind it to the agent that published), never the body's.
+async fn feed_telemetry(
+    snapshot: Arc<Snapshot>,
+    mut messages: async_nats::Subscriber,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => return,
+            m = messages.next() => match m {
+                Some(m) => m,
+                None => return,
+            },
+        };
+        let Some(site) = subjects::site_of(subjects::TELEMETRY_PREFIX, &message.subject)
+            .and_then(|s| SiteCode::parse(s).ok())
+        else {
+            continue;
+        };
+        match ebb_bus::decode::<ebb_bus::TelemetryBatch>(&message.payload) {
+            Ok(env) => {
+                snapshot.apply_telemetry(&site, &env.body);
+            }
+            Err(e) => tracing::debug!(%site, error = %e, "undecodable telemetry ignored"),
+        }
+    }
+}
+
+async fn serve_requests(
     planner: Arc<Planner>,
     client: async_nats::Client,
     shutdown: CancellationToken,
@@ -106,16 +153,34 @@ pub const MAX_CONCURRENT_REQUESTS: usize = 64;
 /// Start retries when a concurrent Start claimed some of the selected devices first.
 const EXCLUSIVITY_RETRIES: u32 = 3;
 
-/// The planner's logic over the database.
+/// A refusal (not enough load, nothing to select) decided on a snapshot older than this is
+/// checked against a fresh one before it is returned.
+const RECHECK_REFUSAL_AFTER: Duration = Duration::from_secs(1);
+
+/// The planner's logic over the database and its fleet snapshot.
 #[derive(Clone)]
 pub struct Planner {
     pool: PgPool,
     config: PlannerConfig,
+    /// The live fleet, shared by every request (and every clone of this planner).
+    snapshot: Arc<Snapshot>,
 }
 
 impl Planner {
     pub fn new(pool: PgPool, config: PlannerConfig) -> Self {
-        Self { pool, config }
+        let snapshot = Arc::new(Snapshot::new(Duration::from_millis(
+            config.snapshot_max_age_ms,
+        )));
+        Self {
+            pool,
+            config,
+            snapshot,
+        }
+    }
+
+    /// The live fleet snapshot (benchmarks and tests feed and inspect it).
+    pub fn snapshot(&self) -> &Arc<Snapshot> {
+        &self.snapshot
     }
 
     /// Decodes a request for `verb` that arrived on `subject`, runs it, and encodes the reply;
@@ -179,7 +244,7 @@ impl Planner {
     /// What a Start would select, with no side effects (no rows, no metrics).
     pub async fn preview(&self, req: &StartRequest) -> Result<PlanView, RpcError> {
         let valid = validate::start(req, &self.config, None)?;
-        let (plan, codes) = self.plan(req, &valid).await?;
+        let (plan, codes, _) = self.plan_checked(req, &valid, None).await?;
         Ok(plan_view(req, &plan, &codes))
     }
 
@@ -210,10 +275,14 @@ impl Planner {
             })?;
         let valid = validate::start(req, &self.config, Some(&org))?;
 
+        let mut not_before = None;
         for _ in 0..EXCLUSIVITY_RETRIES {
-            let (plan, codes) = self.plan(req, &valid).await?;
+            let (plan, codes, built) = self.plan_checked(req, &valid, not_before).await?;
             match self.persist(req, &valid, &plan, &codes).await {
                 Ok(id) => {
+                    let chosen: Vec<ebb_domain::DeviceId> =
+                        plan.selected.iter().map(|s| s.device_id).collect();
+                    self.snapshot.mark_busy(req.org, &chosen);
                     for (reason, n) in &plan.skipped {
                         metrics::counter!(ebb_obs::names::PLANNER_CANDIDATES_EXCLUDED, "reason" => reason.label())
                             .increment(u64::from(*n));
@@ -231,6 +300,8 @@ impl Planner {
                     if constraint == "curtailment_target_device_exclusive" =>
                 {
                     tracing::info!("selected devices were claimed concurrently; selecting again");
+                    // The snapshot did not know of that claim: select from a fresh one.
+                    not_before = Some(built);
                     continue;
                 }
                 Err(StoreError::Unique { constraint })
@@ -279,11 +350,42 @@ impl Planner {
         Ok(found.map(|e| e.id))
     }
 
+    /// [`Self::plan`], with a refusal decided on a snapshot older than
+    /// [`RECHECK_REFUSAL_AFTER`] checked once more against a fresh one: what the snapshot cannot
+    /// know yet (devices freed by an event that ended) never refuses a request.
+    async fn plan_checked(
+        &self,
+        req: &StartRequest,
+        valid: &validate::ValidStart,
+        not_before: Option<Instant>,
+    ) -> Result<(Plan, BTreeMap<SiteId, String>, Instant), RpcError> {
+        let (planned, built) = self.plan(req, valid, not_before).await?;
+        match planned {
+            Err(SelectionError::InsufficientLoad { .. } | SelectionError::EmptyPlan { .. })
+                if built.elapsed() > RECHECK_REFUSAL_AFTER =>
+            {
+                let (again, built) = self.plan(req, valid, Some(built)).await?;
+                again.map(|(p, c)| (p, c, built)).map_err(selection_error)
+            }
+            other => other.map(|(p, c)| (p, c, built)).map_err(selection_error),
+        }
+    }
+
+    /// Selects from the snapshot (rebuilt first if older than `not_before`); returns the
+    /// selection and when the snapshot it used was built.
+    #[allow(clippy::type_complexity)] // reason: one private helper; the tuple is unpacked at once
     async fn plan(
         &self,
         req: &StartRequest,
         valid: &validate::ValidStart,
-    ) -> Result<(Plan, BTreeMap<SiteId, String>), RpcError> {
+        not_before: Option<Instant>,
+    ) -> Result<
+        (
+            Result<(Plan, BTreeMap<SiteId, String>), SelectionError>,
+            Instant,
+        ),
+        RpcError,
+    > {
         let sites = fleet::sites(&self.pool, req.org).await.map_err(internal)?;
         let mut scope = Vec::new();
         for code in &req.scope.sites {
@@ -299,17 +401,21 @@ impl Planner {
         }
         let codes: BTreeMap<SiteId, String> =
             sites.iter().map(|s| (s.id, s.code.to_string())).collect();
-        let candidates = fleet::candidates(&self.pool, req.org, &scope)
-            .await
-            .map_err(internal)?;
         let params = SelectionParams {
             now: chrono::Utc::now(),
             stale_after: chrono::Duration::seconds(i64::from(self.config.stale_after_s)),
             min_power_w: valid.min_power_w,
             force_include_maintenance: req.force_include_maintenance,
         };
-        let plan = select(&req.mode, &candidates, &params).map_err(selection_error)?;
-        Ok((plan, codes))
+        let fleet = self
+            .snapshot
+            .org(&self.pool, req.org, not_before)
+            .await
+            .map_err(internal)?;
+        let fleet = snapshot::read(&fleet);
+        let built = fleet.built;
+        let plan = fleet.with_scope(&scope, |candidates| select(&req.mode, candidates, &params));
+        Ok((plan.map(|p| (p, codes)), built))
     }
 
     async fn persist(
@@ -568,7 +674,6 @@ impl Planner {
         }
     }
 
-    /// The devices of one site, for its agent.
     /// One page of `code`'s devices, in address order, for its agent.
     pub async fn inventory(
         &self,
@@ -602,22 +707,19 @@ impl Planner {
         let rows = fleet::inventory_page(&self.pool, site.id, req.after.as_deref(), limit)
             .await
             .map_err(internal)?;
-        let next = (rows.len() == limit as usize)
-            .then(|| rows.last().map(|d| d.address.clone()))
-            .flatten();
-        Ok(Inventory {
-            next,
-            devices: rows
-                .into_iter()
-                .map(|d| InventoryDevice {
-                    device_id: d.device_id,
-                    address: d.address,
-                    make: d.make,
-                    model: d.model,
-                    capabilities: d.capabilities,
-                })
-                .collect(),
-        })
+        let more = rows.len() == limit as usize;
+        let devices = rows
+            .into_iter()
+            .map(|d| InventoryDevice {
+                device_id: d.device_id,
+                address: d.address,
+                make: d.make,
+                model: d.model,
+                capabilities: d.capabilities,
+            })
+            .collect();
+        // Cut by encoded bytes as well as by count, so a reply always fits a NATS message.
+        Ok(Inventory::page(devices, more))
     }
 
     /// Adds or updates devices found by `code`'s agent's scan. Every field is checked first:
@@ -644,6 +746,8 @@ impl Planner {
         let n = fleet::upsert_devices(&self.pool, &site, &devices)
             .await
             .map_err(internal)?;
+        // New devices are selectable from the next request on.
+        self.snapshot.invalidate(site.org_id);
         Ok(RegisterDevicesReply {
             registered: n as u32,
         })

@@ -16,6 +16,14 @@ pub struct ReconcilerConfig {
     pub result_deadline_s: u32,
     /// Attempts per target per episode before it fails.
     pub max_retries: u32,
+    /// The wait before a target's second attempt, in milliseconds (jittered, doubling with each
+    /// further attempt), counted from when the failed attempt went out.
+    pub backoff_base_ms: u64,
+    /// The longest wait between a target's attempts, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// How long the leader trusts the targets it holds in memory before reading an event whole
+    /// again, in milliseconds: a safety net for a write nobody announced.
+    pub resync_ms: u64,
     /// How often a standby retries the leader lock, in milliseconds.
     pub standby_poll_ms: u64,
     /// The name of this process in the heartbeat row (default: host and pid).
@@ -29,6 +37,9 @@ impl Default for ReconcilerConfig {
             confirm_deadline_s: 90,
             result_deadline_s: 600,
             max_retries: 3,
+            backoff_base_ms: 5_000,
+            backoff_max_ms: 300_000,
+            resync_ms: 300_000,
             standby_poll_ms: 2_000,
             holder: String::new(),
         }
@@ -52,6 +63,18 @@ impl Settings for ReconcilerConfig {
         Key::new(
             "max_retries",
             "attempts per target per episode before it fails",
+        ),
+        Key::new(
+            "backoff_base_ms",
+            "the wait before a target's second attempt (ms), jittered and doubling after",
+        ),
+        Key::new(
+            "backoff_max_ms",
+            "the longest wait between a target's attempts (ms)",
+        ),
+        Key::new(
+            "resync_ms",
+            "how long cached targets are trusted before an event is read whole again (ms)",
         ),
         Key::new(
             "standby_poll_ms",
@@ -81,6 +104,24 @@ impl Settings for ReconcilerConfig {
             bad.push(format!(
                 "max_retries must be between 1 and 100, got {}",
                 self.max_retries
+            ));
+        }
+        if self.backoff_base_ms > self.backoff_max_ms {
+            bad.push(format!(
+                "backoff_base_ms ({}) must not exceed backoff_max_ms ({})",
+                self.backoff_base_ms, self.backoff_max_ms
+            ));
+        }
+        if self.backoff_max_ms > 86_400_000 {
+            bad.push(format!(
+                "backoff_max_ms must be at most 86400000 (a day), got {}",
+                self.backoff_max_ms
+            ));
+        }
+        if !(1_000..=3_600_000).contains(&self.resync_ms) {
+            bad.push(format!(
+                "resync_ms must be between 1000 and 3600000, got {}",
+                self.resync_ms
             ));
         }
         if self.standby_poll_ms == 0 {

@@ -9,8 +9,9 @@
 
 use chrono::{DateTime, Utc};
 use ebb_bus::BatchResult;
+use ebb_domain::backoff::Backoff;
 use ebb_domain::confirm::{ConfirmPolicy, Evidence};
-use ebb_domain::pacing::{RestorePacing, next_restore_batch};
+use ebb_domain::pacing::{RestorePacing, SiteBudget, next_restore_batch_within};
 use ebb_domain::state::restore_outcome;
 use ebb_domain::{
     BatchId, CommandKind, DeviceId, EventState, SiteId, SpendReason, StopCause, TargetState,
@@ -30,6 +31,8 @@ pub struct Policy {
     pub result_deadline: chrono::Duration,
     /// Attempts per target per episode (DESIGN §5.4).
     pub max_retries: u32,
+    /// The wait between a target's attempts (issue 12, item 9).
+    pub backoff: Backoff,
 }
 
 /// The fields of an event that decide its pass.
@@ -161,6 +164,8 @@ pub struct Move {
     pub to: TargetState,
     pub why: Why,
     pub devices: Vec<DeviceId>,
+    /// For a spend back into the queue: when each device may be sent again (its backoff).
+    pub retry_at: Vec<(DeviceId, DateTime<Utc>)>,
 }
 
 /// The event's own step, taken once its targets' moves are done.
@@ -235,7 +240,7 @@ pub fn decide(
     targets: &[TargetRow],
     now: DateTime<Utc>,
     policy: &Policy,
-    ramp_kw_per_min: impl Fn(SiteId) -> Option<f64>,
+    site_budget: impl Fn(SiteId) -> Option<SiteBudget>,
 ) -> Option<Decisions> {
     let phase = match ev.state {
         EventState::Pending | EventState::Active => Phase::Curtail,
@@ -279,11 +284,11 @@ pub fn decide(
                 moves.drift.push(t.device_id);
                 let to =
                     moves.spend_one(phase, t, TargetState::Drifted, SpendReason::Drifted, policy);
-                queue_again(phase, t, to, &mut ready)
+                queue_again(phase, t, to, now, &mut ready, &mut d)
             }
             Verdict::Spend(reason) => {
                 let to = moves.spend_one(phase, t, t.state, reason, policy);
-                queue_again(phase, t, to, &mut ready)
+                queue_again(phase, t, to, now, &mut ready, &mut d)
             }
         };
         after.push(state);
@@ -303,7 +308,7 @@ pub fn decide(
                     .iter()
                     .map(|t| (t.site_id, t.baseline_power_w / 1000.0))
                     .collect();
-                d.send = next_restore_batch(&load, &ev.pacing, ramp_kw_per_min)
+                d.send = next_restore_batch_within(&load, ev.pacing.batch_size, site_budget)
                     .into_iter()
                     .map(|i| ready[i].device_id)
                     .collect();
@@ -336,7 +341,14 @@ fn verdict(
             return Verdict::Spend(SpendReason::DeviceVanished);
         }
         if s == phase.queued() {
-            return Verdict::Send;
+            // A target that spent an attempt waits out its backoff (counted from that attempt).
+            return match t
+                .next_attempt_at
+                .filter(|at| t.retry_count > 0 && *at > now)
+            {
+                Some(at) => Verdict::Wait(until(at, now)),
+                None => Verdict::Send,
+            };
         }
         // An orphan of a leader that died between stamp and publish. It never reached the miner
         // as far as anyone knows, so republishing it costs no attempt.
@@ -399,16 +411,24 @@ pub fn spend_to(phase: Phase, retry_count: u32, max_retries: u32) -> TargetState
     }
 }
 
-/// A target that spent back into its queue is sent again in the same pass, unless its device is
-/// gone. Returns the state it is in after the spend.
+/// A target that spent back into its queue is sent again in the same pass if its backoff has
+/// already passed (its attempt went out long ago, as after a deadline), unless its device is
+/// gone; otherwise the pass wakes when the backoff ends. Returns the state it is in after the
+/// spend.
 fn queue_again<'t>(
     phase: Phase,
     t: &'t TargetRow,
-    to: TargetState,
+    to: (TargetState, Option<DateTime<Utc>>),
+    now: DateTime<Utc>,
     ready: &mut Vec<&'t TargetRow>,
+    d: &mut Decisions,
 ) -> TargetState {
+    let (to, retry_at) = to;
     if to == phase.queued() && !t.device_missing {
-        ready.push(t);
+        match retry_at.filter(|at| *at > now) {
+            Some(at) => d.wake_within(until(at, now)),
+            None => ready.push(t),
+        }
     }
     to
 }
@@ -452,11 +472,14 @@ struct MoveSet {
     settle: BTreeMap<TargetState, Vec<DeviceId>>,
     drift: Vec<DeviceId>,
     spend: BTreeMap<(TargetState, TargetState, SpendReason), Vec<DeviceId>>,
+    /// When each device spent back into its queue may be sent again.
+    retry_at: Vec<(DeviceId, DateTime<Utc>)>,
 }
 
 impl MoveSet {
     /// Spends one attempt of `t` from `from` (its state, or `drifted` right after a drift) and
-    /// returns where it goes.
+    /// returns where it goes, with when it may be sent again if that is back to its queue: its
+    /// backoff, counted from when the attempt went out.
     fn spend_one(
         &mut self,
         phase: Phase,
@@ -464,16 +487,27 @@ impl MoveSet {
         from: TargetState,
         reason: SpendReason,
         policy: &Policy,
-    ) -> TargetState {
+    ) -> (TargetState, Option<DateTime<Utc>>) {
         let to = spend_to(phase, t.retry_count, policy.max_retries);
         self.spend
             .entry((from, to, reason))
             .or_default()
             .push(t.device_id);
-        to
+        let retry_at = (to == phase.queued()).then(|| {
+            policy.backoff.next_attempt_at(
+                t.device_id,
+                t.retry_count.saturating_add(1),
+                t.dispatched_at.unwrap_or(t.updated_at),
+            )
+        });
+        if let Some(at) = retry_at {
+            self.retry_at.push((t.device_id, at));
+        }
+        (to, retry_at)
     }
 
     fn into_moves(self, phase: Phase) -> Vec<Move> {
+        let retry_at = self.retry_at;
         let mut out: Vec<Move> = self
             .settle
             .into_iter()
@@ -482,6 +516,7 @@ impl MoveSet {
                 to: phase.settled(),
                 why: Why::Settled,
                 devices,
+                retry_at: Vec::new(),
             })
             .collect();
         if !self.drift.is_empty() {
@@ -490,18 +525,24 @@ impl MoveSet {
                 to: TargetState::Drifted,
                 why: Why::Drifted,
                 devices: self.drift,
+                retry_at: Vec::new(),
             });
         }
-        out.extend(
-            self.spend
-                .into_iter()
-                .map(|((from, to, reason), devices)| Move {
-                    from,
-                    to,
-                    why: Why::Spent(reason),
-                    devices,
-                }),
-        );
+        out.extend(self.spend.into_iter().map(|((from, to, reason), devices)| {
+            let mine: HashSet<DeviceId> = devices.iter().copied().collect();
+            let retry_at = retry_at
+                .iter()
+                .filter(|(d, _)| mine.contains(d))
+                .copied()
+                .collect();
+            Move {
+                from,
+                to,
+                why: Why::Spent(reason),
+                devices,
+                retry_at,
+            }
+        }));
         out
     }
 }
@@ -589,6 +630,10 @@ mod tests {
             confirm_deadline: chrono::Duration::seconds(90),
             result_deadline: chrono::Duration::seconds(600),
             max_retries: MAX,
+            backoff: Backoff {
+                base: chrono::Duration::seconds(10),
+                max: chrono::Duration::seconds(120),
+            },
         }
     }
 
@@ -640,6 +685,7 @@ mod tests {
             updated_at: at(100),
             sample: None,
             device_missing: false,
+            next_attempt_at: None,
         }
     }
 
@@ -1411,10 +1457,77 @@ mod tests {
         let mut targets = queue();
         targets[2].site_id = site(2);
         targets[3].site_id = site(2);
-        let d = decide(&paced(10, None), &targets, at(120), &policy(), |s| {
-            (s == site(1)).then_some(6.0)
+        let pacing = paced(10, None);
+        let d = decide(&pacing, &targets, at(120), &policy(), |s| {
+            (s == site(1)).then(|| SiteBudget::alone(&pacing.pacing, 6.0))
         });
         assert_eq!(render(&d), "send 1,3,4; wake 5s");
+    }
+
+    /// Issue 12, item 9: a target waits out an exponential, jittered backoff between attempts,
+    /// counted from when the failed attempt went out; one whose attempt went out long ago (a
+    /// deadline already spaced it) goes again at once.
+    #[test]
+    fn backoff_between_attempts() {
+        use TargetState::*;
+        let ev = event(EventState::Active);
+        let p = policy();
+        // Its command failed a second after it went out at 100: it waits, and the pass wakes
+        // when the wait is over.
+        let refused = |retry_count: u32| {
+            with(target(1, Pending), |t| {
+                t.retry_count = retry_count;
+                t.last_batch_id = Some(BATCH);
+                t.dispatched_at = Some(at(100));
+                t.next_attempt_at =
+                    Some(p.backoff.next_attempt_at(device(1), retry_count, at(100)));
+            })
+        };
+        let wait1 = p.backoff.delay(device(1), 1);
+        let wait2 = p.backoff.delay(device(1), 2);
+        assert!(
+            wait1 >= chrono::Duration::seconds(5) && wait2 > wait1,
+            "{wait1} {wait2}"
+        );
+        let due1 = 100 + wait1.num_seconds() + 1;
+        let due2 = 100 + wait2.num_seconds() + 1;
+        assert_eq!(
+            run(&ev, &[refused(1)], 101),
+            format!("wake {:?}", until(at(100) + wait1, at(101)))
+        );
+        assert_eq!(run(&ev, &[refused(1)], due1), "send 1; wake 90s");
+        // The second failure waits about twice as long.
+        assert!(
+            run(&ev, &[refused(2)], due1).starts_with("wake"),
+            "{}",
+            run(&ev, &[refused(2)], due1)
+        );
+        assert_eq!(run(&ev, &[refused(2)], due2), "send 1; wake 90s");
+        // A fresh episode (no attempts spent) never waits on an old backoff.
+        assert_eq!(run(&ev, &[refused(0)], 101), "send 1; wake 90s");
+
+        // The spend itself records when the device may go again, and a target whose attempt
+        // went out long ago (not confirmed after the 90 s deadline) is sent in the same pass.
+        let late = with(target(1, Dispatched), |t| t.result_at = Some(at(100)));
+        let d = decide(&ev, &[late], at(191), &p, |_| None).unwrap();
+        assert_eq!(d.send, vec![device(1)]);
+        assert_eq!(d.moves[0].retry_at, vec![(device(1), at(100) + wait1)]);
+        // One whose attempt went out just now (a drift right after its send) waits instead.
+        let drifted = with(target(1, Drifted), |t| {
+            t.dispatched_at = Some(at(139));
+            t.sample = awake(140);
+        });
+        let d = decide(&ev, &[drifted], at(140), &p, |_| None).unwrap();
+        assert!(d.send.is_empty(), "{:?}", d.send);
+        assert_eq!(d.wake, Some(until(at(139) + wait1, at(140))));
+
+        // The result path spends with the same backoff.
+        let sent = with(target(2, Dispatched), |t| t.dispatched_at = Some(at(100)));
+        let moves = spend_failed(&[sent], &[device(2)].into(), &p);
+        assert_eq!(
+            moves[0].retry_at,
+            vec![(device(2), p.backoff.next_attempt_at(device(2), 1, at(100)))]
+        );
     }
 
     /// Drift and a spend out of `drifted` come in that order, and spends group by reason.

@@ -1,12 +1,13 @@
 //! What wakes the leader: command results (handed to the pass loop, acked after they are applied)
-//! and telemetry (written to `device_state` here, one statement per batch, then acked).
+//! and telemetry (written to `device_state` here, one statement per batch, then acked; the pass
+//! re-reads only the targets of the devices it named).
 
 use async_nats::jetstream::{self, AckKind};
 use ebb_bus::{BatchResult, TelemetryBatch, streams};
-use ebb_domain::{SiteCode, SiteId};
+use ebb_domain::{DeviceId, SiteCode, SiteId};
 use ebb_store::{PgPool, fleet};
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -112,9 +113,12 @@ pub async fn results(
     .await;
 }
 
+/// Ingests telemetry until `stop`: one statement per batch, then the batch's devices go into
+/// `touched`, so the next pass re-reads only those targets, and the pass loop is woken.
 pub async fn telemetry(
     js: jetstream::Context,
     pool: PgPool,
+    touched: Arc<std::sync::Mutex<HashSet<DeviceId>>>,
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
@@ -125,10 +129,16 @@ pub async fn telemetry(
         streams::reconciler_telemetry,
         &stop,
         |message| {
-            let (pool, wake, sites) = (pool.clone(), wake.clone(), sites.clone());
+            let (pool, wake, sites, touched) =
+                (pool.clone(), wake.clone(), sites.clone(), touched.clone());
             async move {
-                ingest(message, &pool, &sites).await;
-                wake.notify_one();
+                if let Some(devices) = ingest(message, &pool, &sites).await {
+                    touched
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .extend(devices);
+                    wake.notify_one();
+                }
                 true
             }
         },
@@ -136,17 +146,19 @@ pub async fn telemetry(
     .await;
 }
 
+/// Writes one telemetry message into `device_state`; returns the devices it named once it was
+/// written (and acked).
 async fn ingest(
     message: jetstream::Message,
     pool: &PgPool,
     sites: &tokio::sync::Mutex<HashMap<SiteCode, SiteId>>,
-) {
+) -> Option<Vec<DeviceId>> {
     let batch = match ebb_bus::decode::<TelemetryBatch>(&message.payload) {
         Ok(env) => env.body,
         Err(e) => {
             tracing::error!(error = %e, subject = %message.subject, "undecodable telemetry, terminating it");
             message.ack_with(AckKind::Term).await.ok();
-            return;
+            return None;
         }
     };
     // The subject names the site the agent may publish for (NATS permissions enforce it); a
@@ -156,7 +168,7 @@ async fn ingest(
     if subject_site != Some(batch.site.as_str()) {
         tracing::warn!(subject = %message.subject, site = %batch.site, "telemetry site does not match its subject");
         message.ack_with(AckKind::Term).await.ok();
-        return;
+        return None;
     }
     let cached = sites.lock().await.get(&batch.site).copied();
     let site_id = match cached {
@@ -169,7 +181,7 @@ async fn ingest(
             Ok(None) => {
                 tracing::debug!(site = %batch.site, "telemetry for an unknown site");
                 message.ack().await.ok();
-                return;
+                return None;
             }
             Err(e) => {
                 tracing::warn!(error = ?e, "looking up a telemetry site");
@@ -177,7 +189,7 @@ async fn ingest(
                     .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                     .await
                     .ok();
-                return;
+                return None;
             }
         },
     };
@@ -197,6 +209,7 @@ async fn ingest(
             metrics::counter!(ebb_obs::names::RECONCILER_TELEMETRY_SAMPLES)
                 .increment(batch.samples.len() as u64);
             message.ack().await.ok();
+            Some(batch.samples.iter().map(|s| s.device_id).collect())
         }
         Err(e) => {
             tracing::warn!(error = ?e, "writing telemetry");
@@ -204,6 +217,7 @@ async fn ingest(
                 .ack_with(AckKind::Nak(Some(Duration::from_secs(1))))
                 .await
                 .ok();
+            None
         }
     }
 }

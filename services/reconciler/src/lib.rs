@@ -9,6 +9,9 @@ mod decide;
 mod intake;
 mod pass;
 
+#[doc(hidden)]
+pub use pass::{PassStats, Reconciler};
+
 pub use config::ReconcilerConfig;
 
 use async_nats::jetstream;
@@ -211,18 +214,20 @@ async fn lead(
         wake.clone(),
         term.clone(),
     ));
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut lock.conn)
+        .await?;
+    let mut reconciler =
+        pass::Reconciler::new(config, hooks.clone(), pool.clone(), js.clone(), Some(pid));
     tasks.spawn(intake::telemetry(
-        js.clone(),
+        js,
         pool.clone(),
+        reconciler.telemetry_touched(),
         wake.clone(),
         term.clone(),
     ));
     tasks.close();
 
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut lock.conn)
-        .await?;
-    let mut reconciler = pass::Reconciler::new(config, hooks.clone(), pool.clone(), js, Some(pid));
     let tick = Duration::from_millis(config.tick_ms);
     let outcome = loop {
         if let Err(e) = lock.check().await {

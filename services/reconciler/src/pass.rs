@@ -2,6 +2,14 @@
 //! one step, each event isolated from the others' errors and panics. What to do is decided by
 //! [`crate::decide`] from what is loaded here; this module loads, executes the decisions with the
 //! store's compare-and-set writes and JetStream publishes, and counts what happened.
+//!
+//! Work is proportional to what changed (issue 12, item 5). The targets of each live event are
+//! kept between passes ([`Cached`]); a pass re-reads only the rows that a write of its own, a
+//! result or telemetry named, and decides again only for an event where something changed or
+//! a deadline it computed has come. The whole event is read again when it changes state (a
+//! Stop sweeps every target), when it is new, and every `resync` as a safety net against a
+//! write nobody announced. Every write stays a compare-and-set, so a stale row can cost at most a
+//! lost race, which re-reads it.
 
 use crate::Hooks;
 use crate::config::ReconcilerConfig;
@@ -10,8 +18,10 @@ use crate::intake::Incoming;
 use anyhow::Context;
 use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
-use ebb_bus::{BatchResult, CommandBatch, DeviceRef, Envelope, split, subjects};
+use ebb_bus::{BatchResult, DeviceRef, split, subjects};
+use ebb_domain::backoff::Backoff;
 use ebb_domain::confirm::ConfirmPolicy;
+use ebb_domain::pacing::{SiteBudget, SiteRamp};
 use ebb_domain::{
     BatchId, CommandKind, DeviceId, EventId, EventState, SiteCode, SiteId, StopCause, TargetState,
 };
@@ -22,6 +32,7 @@ use ebb_store::{PgPool, StoreError, fleet, tx::with_tx};
 use futures::FutureExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const ACTOR: &str = "reconciler";
@@ -35,6 +46,88 @@ pub struct Reconciler {
     fence: Option<i32>,
     /// Site id → (subject token, ramp limit), refreshed every pass.
     sites: HashMap<SiteId, (SiteCode, Option<f64>)>,
+    /// What each site was given back in the last minute, by every event: a site's ramp limit
+    /// holds across all the events restoring there. Seeded from the database when a term
+    /// starts, so a new leader does not hand out a minute twice.
+    ramp: std::sync::Mutex<SiteRamp<SiteId>>,
+    /// Whether `ramp` was seeded this term.
+    ramp_seeded: bool,
+    /// The targets of each live event as last read.
+    cache: HashMap<EventId, Cached>,
+    /// Devices whose telemetry was ingested since the last pass (filled by the telemetry
+    /// intake, bounded by the fleet's size).
+    touched: Arc<Mutex<HashSet<DeviceId>>>,
+    /// How long a cached event is trusted before it is read whole again.
+    resync: Duration,
+    /// What the latest pass read and decided.
+    last: PassStats,
+}
+
+/// How much work one pass did: what "proportional to what changed" is measured by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PassStats {
+    /// Target rows read from the database.
+    pub targets_read: usize,
+    /// Events whose decisions were computed (the others were quiet).
+    pub events_decided: usize,
+    /// Target rows the decisions went over.
+    pub targets_decided: usize,
+}
+
+/// One live event's targets as last read, and what is known to have changed since.
+struct Cached {
+    state: EventState,
+    updated_at: chrono::DateTime<Utc>,
+    targets: Vec<TargetRow>,
+    index: HashMap<DeviceId, usize>,
+    /// Devices whose rows changed since they were read: re-read before the next decision.
+    stale: HashSet<DeviceId>,
+    /// Something changed since the last decision.
+    dirty: bool,
+    /// When time alone next changes the decision (a deadline, a backoff, a restore batch, the
+    /// event's max duration); `None`: only a change does.
+    due: Option<chrono::DateTime<Utc>>,
+    loaded: Instant,
+}
+
+impl Cached {
+    fn new(ev: &EventRow, targets: Vec<TargetRow>) -> Self {
+        let index = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.device_id, i))
+            .collect();
+        Self {
+            state: ev.state,
+            updated_at: ev.updated_at,
+            targets,
+            index,
+            stale: HashSet::new(),
+            dirty: true,
+            due: None,
+            loaded: Instant::now(),
+        }
+    }
+
+    /// Marks these devices' rows as changed, if they are this event's.
+    fn touch<'a>(&mut self, devices: impl IntoIterator<Item = &'a DeviceId>) {
+        for d in devices {
+            if self.index.contains_key(d) {
+                self.stale.insert(*d);
+            }
+        }
+    }
+
+    /// Puts re-read rows in place, keeping the order decisions rely on.
+    fn replace(&mut self, rows: Vec<TargetRow>) {
+        for row in rows {
+            if let Some(&i) = self.index.get(&row.device_id) {
+                self.targets[i] = row;
+            }
+        }
+        self.stale.clear();
+        self.dirty = true;
+    }
 }
 
 impl Reconciler {
@@ -54,16 +147,43 @@ impl Reconciler {
                 confirm_deadline: chrono::Duration::seconds(i64::from(cfg.confirm_deadline_s)),
                 result_deadline: chrono::Duration::seconds(i64::from(cfg.result_deadline_s)),
                 max_retries: cfg.max_retries,
+                backoff: Backoff {
+                    base: chrono::Duration::milliseconds(cfg.backoff_base_ms as i64),
+                    max: chrono::Duration::milliseconds(cfg.backoff_max_ms as i64),
+                },
             },
             fence,
             sites: HashMap::new(),
+            ramp: std::sync::Mutex::new(SiteRamp::default()),
+            ramp_seeded: false,
+            cache: HashMap::new(),
+            touched: Arc::default(),
+            resync: Duration::from_millis(cfg.resync_ms),
+            last: PassStats::default(),
         }
+    }
+
+    /// What the latest pass read and decided.
+    pub fn last_pass(&self) -> PassStats {
+        self.last
+    }
+
+    /// Where the telemetry intake records the devices it ingested samples for, so that a pass
+    /// re-reads only those.
+    pub fn telemetry_touched(&self) -> Arc<Mutex<HashSet<DeviceId>>> {
+        self.touched.clone()
+    }
+
+    /// Live targets held between passes (for tests and benchmarks).
+    pub fn cached_targets(&self) -> usize {
+        self.cache.values().map(|c| c.targets.len()).sum()
     }
 
     /// Runs one pass. Returns how soon the next pass is due for a deadline or a restore batch,
     /// if sooner than the safety tick.
     pub async fn pass(&mut self, results: Vec<Incoming>) -> Option<Duration> {
         let started = Instant::now();
+        self.last = PassStats::default();
         match fleet::all_sites(&self.pool).await {
             Ok(sites) => {
                 self.sites = sites
@@ -72,6 +192,20 @@ impl Reconciler {
                     .collect()
             }
             Err(e) => tracing::warn!(error = ?e, "loading sites"),
+        }
+        if !self.ramp_seeded {
+            let since = Utc::now() - chrono::Duration::minutes(1);
+            match events::recent_restore_sends(&self.pool, since).await {
+                Ok(sent) => {
+                    let mut ramp = self.ramp_ledger();
+                    for (site, at, kw) in sent {
+                        ramp.record(site, at, kw);
+                    }
+                    drop(ramp);
+                    self.ramp_seeded = true;
+                }
+                Err(e) => tracing::warn!(error = ?e, "loading the last minute's restores"),
+            }
         }
         for Incoming {
             result,
@@ -89,7 +223,10 @@ impl Reconciler {
                 continue;
             };
             match self.apply_result(&result, site_id).await {
-                Ok(()) => {
+                Ok(event) => {
+                    if let Some(c) = event.and_then(|e| self.cache.get_mut(&e)) {
+                        c.touch(result.results.iter().map(|r| &r.device_id));
+                    }
                     message.ack().await.ok();
                 }
                 Err(e) => {
@@ -109,26 +246,96 @@ impl Reconciler {
                 return None;
             }
         };
+        let ids: HashSet<EventId> = live.iter().map(|e| e.id).collect();
+        self.cache.retain(|id, _| ids.contains(id));
+        let touched = std::mem::take(
+            &mut *self
+                .touched
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if !touched.is_empty() {
+            for c in self.cache.values_mut() {
+                c.touch(&touched);
+            }
+        }
         let mut next: Option<Duration> = None;
         for ev in live {
             let id = ev.id;
-            match AssertUnwindSafe(self.reconcile_event(ev))
+            let now = Utc::now();
+            let cached = match self.refresh(&ev).await {
+                Ok(c) => c,
+                Err(e) => {
+                    metrics::counter!(names::RECONCILER_EVENT_ERRORS).increment(1);
+                    tracing::error!(event_id = %id, error = ?e, "reading event targets failed");
+                    continue;
+                }
+            };
+            let mut cached = cached;
+            let quiet = !cached.dirty && cached.due.is_none_or(|d| now < d);
+            if quiet {
+                next = min_opt(next, cached.due.map(|d| until(d, now)));
+                self.cache.insert(id, cached);
+                continue;
+            }
+            self.last.events_decided += 1;
+            self.last.targets_decided += cached.targets.len();
+            let outcome = AssertUnwindSafe(self.reconcile_event(&ev, &cached.targets, now))
                 .catch_unwind()
-                .await
-            {
-                Ok(Ok(n)) => next = min_opt(next, n),
+                .await;
+            cached.dirty = false;
+            cached.due = None;
+            // An event whose pass failed is read whole again: what failed may have half-written.
+            match outcome {
+                Ok(Ok(done)) => {
+                    cached.touch(&done.wrote);
+                    cached.due = min_time(
+                        done.wake
+                            .map(|w| now + chrono::Duration::from_std(w).unwrap_or_default()),
+                        max_duration_due(&ev),
+                    );
+                    next = min_opt(next, cached.due.map(|d| until(d, now)));
+                }
                 Ok(Err(e)) => {
                     metrics::counter!(names::RECONCILER_EVENT_ERRORS).increment(1);
                     tracing::error!(event_id = %id, error = ?e, "reconciling event failed");
+                    continue;
                 }
                 Err(_) => {
                     metrics::counter!(names::RECONCILER_EVENT_ERRORS).increment(1);
                     tracing::error!(event_id = %id, "reconciling event panicked");
+                    continue;
                 }
             }
+            self.cache.insert(id, cached);
         }
         metrics::histogram!(names::RECONCILER_PASS_SECONDS).record(started.elapsed().as_secs_f64());
         next
+    }
+
+    /// The event's cached targets, brought up to date: read whole if the event is new, changed
+    /// state or was last read whole more than `resync` ago; else only its stale rows.
+    async fn refresh(&mut self, ev: &EventRow) -> anyhow::Result<Cached> {
+        let reuse = self
+            .cache
+            .remove(&ev.id)
+            .filter(|c| c.state == ev.state && c.loaded.elapsed() < self.resync);
+        let Some(mut c) = reuse else {
+            let targets = events::targets(&self.pool, ev.id).await?;
+            self.last.targets_read += targets.len();
+            return Ok(Cached::new(ev, targets));
+        };
+        if c.updated_at != ev.updated_at {
+            c.updated_at = ev.updated_at;
+            c.dirty = true;
+        }
+        if !c.stale.is_empty() {
+            let ids: Vec<DeviceId> = c.stale.iter().copied().collect();
+            let rows = events::targets_of_devices(&self.pool, ev.id, &ids).await?;
+            self.last.targets_read += rows.len();
+            c.replace(rows);
+        }
+        Ok(c)
     }
 
     /// Records what the agent said about each device. Success changes nothing (telemetry
@@ -137,12 +344,13 @@ impl Reconciler {
     /// `site` is the result's subject's site, which NATS permissions bind to the agent that
     /// published it: a result changes only that site's targets still on the batch it answers,
     /// whatever event or devices its body names.
-    async fn apply_result(&self, r: &BatchResult, site: SiteId) -> anyhow::Result<()> {
+    /// Returns the event it was for, whose named targets may have changed.
+    async fn apply_result(&self, r: &BatchResult, site: SiteId) -> anyhow::Result<Option<EventId>> {
         let event = match r.event_id {
             Some(e) => Some(e),
             None => events::event_of_batch(&self.pool, site, r.batch_id).await?,
         };
-        let Some(event) = event else { return Ok(()) };
+        let Some(event) = event else { return Ok(None) };
         let scope = events::BatchScope {
             event,
             site,
@@ -152,7 +360,7 @@ impl Reconciler {
         events::record_prior_power_limits(&self.pool, scope, &d.prior_limits).await?;
         events::record_results(&self.pool, scope, &d.succeeded).await?;
         if d.failed.is_empty() {
-            return Ok(());
+            return Ok(Some(event));
         }
         for (device, outcome) in &d.failed {
             tracing::info!(event_id = %event, device_id = %device, outcome, "command failed on device");
@@ -163,18 +371,40 @@ impl Reconciler {
         // Only targets still on this batch move: an older batch's result is stale.
         self.apply_moves(event, &moves, Some(r.batch_id), &mut HashSet::new())
             .await?;
-        Ok(())
+        Ok(Some(event))
     }
 
-    async fn reconcile_event(&self, ev: EventRow) -> anyhow::Result<Option<Duration>> {
-        let view = EventView::from(&ev);
-        let targets = events::targets(&self.pool, ev.id).await?;
-        let now = Utc::now();
-        let ramp = |s: SiteId| self.sites.get(&s).and_then(|x| x.1);
-        let Some(d) = decide::decide(&view, &targets, now, &self.policy, ramp) else {
-            return Ok(None);
+    async fn reconcile_event(
+        &self,
+        ev: &EventRow,
+        targets: &[TargetRow],
+        now: chrono::DateTime<Utc>,
+    ) -> anyhow::Result<Done> {
+        let view = EventView::from(ev);
+        let budgets: HashMap<SiteId, SiteBudget> = {
+            let ramp = self.ramp_ledger();
+            self.sites
+                .iter()
+                .filter_map(|(id, (_, limit))| {
+                    limit.map(|kw| (*id, ramp.budget(*id, kw, &view.pacing, now)))
+                })
+                .collect()
         };
-        self.execute(&ev, &targets, d, now).await
+        let budget = |s: SiteId| budgets.get(&s).copied();
+        let Some(d) = decide::decide(&view, targets, now, &self.policy, budget) else {
+            return Ok(Done::default());
+        };
+        // Every row these decisions may write is read again before the next decision.
+        let wrote: Vec<DeviceId> = d
+            .moves
+            .iter()
+            .flat_map(|m| m.devices.iter())
+            .chain(d.republish.values().flatten())
+            .chain(d.send.iter())
+            .copied()
+            .collect();
+        let wake = self.execute(ev, targets, d, now).await?;
+        Ok(Done { wake, wrote })
     }
 
     /// Carries out one event's decisions in order: target moves, orphan republishes, sends, and
@@ -207,6 +437,12 @@ impl Reconciler {
         if !send.is_empty() {
             if d.sends_restore_batch() {
                 events::mark_restore_batch(&self.pool, ev.id, now).await?;
+                // Counted before the publish: a batch that then fails to go out only makes the
+                // site wait longer, never ramp faster.
+                let mut ramp = self.ramp_ledger();
+                for t in &send {
+                    ramp.record(t.site_id, now, t.baseline_power_w / 1000.0);
+                }
             }
             self.dispatch(ev, &send, d.phase).await?;
             if d.phase == Phase::Restore {
@@ -301,8 +537,21 @@ impl Reconciler {
         for t in targets {
             by_site.entry(t.site_id).or_default().push(t);
         }
-        for (_, site_targets) in by_site {
-            for chunk in site_targets.chunks(split::MAX_BATCH_DEVICES) {
+        let command = phase.command(ev.command);
+        for (site_id, site_targets) in by_site {
+            let Some((site, _)) = self.sites.get(&site_id) else {
+                anyhow::bail!("site {site_id} of event {} is unknown", ev.id);
+            };
+            let shape = split::CommandShape {
+                org: Some(ev.org_id),
+                site,
+                event: Some(ev.id),
+                command,
+            };
+            // Sized before the stamp: what is stamped is at most this chunk, so its batch fits.
+            let chunks = split::command_chunks(site_targets, &shape, |t| device_ref(t, command))
+                .context("splitting a command into batches")?;
+            for chunk in chunks {
                 let batch = BatchId::new();
                 let ids: Vec<DeviceId> = chunk.iter().map(|t| t.device_id).collect();
                 let evid = ev.id;
@@ -371,27 +620,15 @@ impl Reconciler {
         let Some((site, _)) = self.sites.get(&first.site_id) else {
             anyhow::bail!("site {} of event {} is unknown", first.site_id, ev.id);
         };
-        let devices: Vec<DeviceRef> = targets
-            .iter()
-            .map(|t| DeviceRef {
-                device_id: t.device_id,
-                address: t.address.clone(),
-                restore_power_limit_w: if command == CommandKind::Uncurtail {
-                    t.prior_power_limit_w
-                } else {
-                    None
-                },
-            })
-            .collect();
-        let body = CommandBatch {
-            batch_id: batch,
-            event_id: Some(ev.id),
-            site: site.clone(),
+        let devices: Vec<DeviceRef> = targets.iter().map(|t| device_ref(t, command)).collect();
+        let shape = split::CommandShape {
+            org: Some(ev.org_id),
+            site,
+            event: Some(ev.id),
             command,
-            devices,
         };
-        let payload = ebb_bus::encode(&Envelope::new(Some(ev.org_id), body))
-            .context("encoding a command batch")?;
+        let payload =
+            ebb_bus::encode(&shape.envelope(batch, devices)).context("encoding a command batch")?;
         if payload.len() > split::MAX_BATCH_BYTES {
             anyhow::bail!(
                 "command batch of {} devices encodes to {} bytes",
@@ -479,6 +716,12 @@ impl Reconciler {
         Ok(())
     }
 
+    fn ramp_ledger(&self) -> std::sync::MutexGuard<'_, SiteRamp<SiteId>> {
+        self.ramp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn count(&self, from: TargetState, to: TargetState, wanted: usize, moved: usize) {
         if moved > 0 {
             metrics::counter!(names::RECONCILER_TARGET_TRANSITIONS, "from" => from.as_str(), "to" => to.as_str())
@@ -489,6 +732,20 @@ impl Reconciler {
                 .increment((wanted - moved) as u64);
             tracing::warn!(from = %from, to = %to, lost = wanted - moved, "targets were not in the expected state");
         }
+    }
+}
+
+/// What a target puts in a command batch: on uncurtail, the power limit its miner had before the
+/// event, so that restore never applies firmware defaults.
+fn device_ref(t: &TargetRow, command: CommandKind) -> DeviceRef {
+    DeviceRef {
+        device_id: t.device_id,
+        address: t.address.clone(),
+        restore_power_limit_w: if command == CommandKind::Uncurtail {
+            t.prior_power_limit_w
+        } else {
+            None
+        },
     }
 }
 
@@ -514,9 +771,44 @@ fn change_for(m: &Move) -> TargetChange {
         Why::Spent(reason) => TargetChange {
             retry: Retry::Spend,
             failure: Failure::Set(reason),
+            next_attempt_at: m.retry_at.clone(),
             ..Default::default()
         },
     }
+}
+
+/// What one event's pass did: when it wants the next, and the rows it may have written.
+#[derive(Default)]
+struct Done {
+    wake: Option<Duration>,
+    wrote: Vec<DeviceId>,
+}
+
+/// When a curtailing event's max duration elapses (DESIGN §5.5): a decision that time alone
+/// changes, so a quiet event is still decided again then.
+fn max_duration_due(ev: &EventRow) -> Option<chrono::DateTime<Utc>> {
+    match ev.state {
+        EventState::Pending | EventState::Active => ev
+            .max_duration_s
+            .map(|s| ev.created_at + chrono::Duration::seconds(i64::from(s))),
+        _ => None,
+    }
+}
+
+fn min_time(
+    a: Option<chrono::DateTime<Utc>>,
+    b: Option<chrono::DateTime<Utc>>,
+) -> Option<chrono::DateTime<Utc>> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// The wait until `at`, plus a little so that the pass that wakes finds it passed.
+fn until(at: chrono::DateTime<Utc>, now: chrono::DateTime<Utc>) -> Duration {
+    (at - now).to_std().unwrap_or(Duration::ZERO) + Duration::from_millis(20)
 }
 
 fn min_opt(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {

@@ -360,6 +360,21 @@ impl Harness {
         }
     }
 
+    /// Kills the agent outright: its task is aborted mid-whatever, nothing is handed back or
+    /// acked, and its NATS connection goes with it (as when the process is SIGKILLed).
+    pub async fn kill_agent(&mut self) {
+        if let Some(agent) = self.agent.take() {
+            agent.abort();
+            let joined = agent.await;
+            assert!(
+                joined
+                    .as_ref()
+                    .is_err_and(tokio::task::JoinError::is_cancelled),
+                "the agent was running until killed: {joined:?}"
+            );
+        }
+    }
+
     /// Starts a new agent, with the same settings and inventory, after [`Harness::stop_agent`].
     pub fn restart_agent(&mut self) {
         assert!(self.agent.is_none(), "stop the running agent first");

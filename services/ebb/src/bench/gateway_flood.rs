@@ -6,17 +6,17 @@
 //! token each (every one a lookup in PostgreSQL), spread evenly; the rest repeat one token (the
 //! rate limit answers them after its burst).
 //!
-//! Needs `DATABASE_URL`: a PostgreSQL server whose user may create databases (for example the
-//! one `scripts/test` or `ebb dev` starts). The benchmark creates its own database there and drops
-//! it when done. NATS: `NATS_URL` if set, else a plain nats-server it starts on a free loopback
-//! port (found as `ebb dev` finds it) and stops when done.
+//! PostgreSQL and NATS are the benchmarks' throwaway ones ([`Infra`]): a fresh database in
+//! `DATABASE_URL`'s server when it is set (its user must be allowed to create databases; the
+//! database is dropped when done), else a throwaway cluster started like `ebb dev`'s; always a
+//! throwaway nats-server on loopback.
 
+use super::throwaway::Infra;
 use crate::bench::measure::{percentile_ms, round};
 use anyhow::{Context, bail};
 use ebb_gateway::{Gateway, GatewayConfig};
 use futures::StreamExt;
 use serde::Serialize;
-use sqlx::{Connection, Executor};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -105,32 +105,12 @@ fn is_distinct(i: usize, requests: usize, distinct: usize) -> bool {
 
 pub async fn bench_gateway_flood(args: &FloodArgs) -> anyhow::Result<FloodReport> {
     validate(args)?;
-    let admin_url = std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .context(
-            "DATABASE_URL must name a PostgreSQL server whose user may create databases, \
-         e.g. postgres://postgres@127.0.0.1:5432/postgres",
-        )?;
-    let name = format!("ebb_bench_{}", uuid::Uuid::now_v7().simple());
-    let url = with_database(&admin_url, &name)
-        .context("DATABASE_URL is not a postgres://host/database URL")?;
-    let mut admin = sqlx::PgConnection::connect(&admin_url)
-        .await
-        .context("connecting to DATABASE_URL")?;
-    admin
-        .execute(format!(r#"CREATE DATABASE "{name}""#).as_str())
-        .await
-        .with_context(|| format!("creating database {name}"))?;
-    let (nats_url, nats) = nats().await?;
-    let result = flood(args, &url, &nats_url).await;
-    drop(nats);
-    let dropped = admin
-        .execute(format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#).as_str())
-        .await;
-    if let Err(e) = dropped {
-        tracing::warn!(error = %e, database = %name, "dropping the benchmark's database");
-    }
+    let scratch = std::env::temp_dir().join(format!("ebb-bench-flood-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let infra = Infra::start(&scratch).await?;
+    let result = flood(args, &infra.database_url, &infra.nats_url).await;
+    infra.stop().await;
+    std::fs::remove_dir_all(&scratch).ok();
     result
 }
 
@@ -266,46 +246,6 @@ async fn flood(args: &FloodArgs, url: &str, nats_url: &str) -> anyhow::Result<Fl
     })
 }
 
-/// `NATS_URL` if set, else a nats-server of our own on a free loopback port, stopped on drop.
-async fn nats() -> anyhow::Result<(String, Option<tokio::process::Child>)> {
-    if let Some(url) = std::env::var("NATS_URL").ok().filter(|u| !u.is_empty()) {
-        return Ok((url, None));
-    }
-    let program = crate::dev::infra::find_nats_server()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let child = tokio::process::Command::new(program)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting nats-server")?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if Instant::now() > deadline {
-            bail!("nats-server did not listen on 127.0.0.1:{port} within 10 s");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok((format!("nats://127.0.0.1:{port}"), Some(child)))
-}
-
-/// `url` naming database `name` instead of its own.
-fn with_database(url: &str, name: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    if !scheme.starts_with("postgres") {
-        return None;
-    }
-    let (before_query, query) = rest.split_at(rest.find(['?', '#']).unwrap_or(rest.len()));
-    let authority = before_query.split('/').next()?;
-    Some(format!("{scheme}://{authority}/{name}{query}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,10 +260,6 @@ mod tests {
         }
         assert_eq!(unknown_token(3).len(), "ebb_".len() + 12 + 1 + 64);
         assert!(ebb_store::keys::parse(&unknown_token(1_000_000)).is_some());
-        assert_eq!(
-            with_database("postgres://u@h:5/postgres?sslmode=disable", "x").as_deref(),
-            Some("postgres://u@h:5/x?sslmode=disable")
-        );
     }
 
     #[test]

@@ -507,6 +507,13 @@ async fn each_service_reaches_only_what_it_owns() {
             identity == Identity::Reconciler,
             "{who} publishing a command batch"
         );
+        // Only the planner reads live telemetry this way (its fleet snapshot); the reconciler
+        // reads it through its own JetStream consumer.
+        assert_eq!(
+            can_subscribe(&hub, &user, "ebb.telemetry.*", "ebb.telemetry.site-b").await,
+            identity == Identity::Planner,
+            "{who} subscribing to telemetry"
+        );
         jetstream_attacks_are_refused(&user, &who).await;
     }
     // A service creates only the streams it owns: the worker not the reconciler's, and back.

@@ -531,6 +531,128 @@ async fn served_over_nats() {
     server.await.unwrap().unwrap();
 }
 
+/// Issue 12, item 8: previews select from a live snapshot, read from the database once and
+/// shared by concurrent requests, and fed by telemetry: a miner that telemetry (not the
+/// database) says went offline is skipped by the next preview.
+#[tokio::test]
+async fn previews_share_a_snapshot_fed_by_telemetry() {
+    let f = fixture(5).await;
+    let planner = Arc::new(f.planner.clone());
+    let nats = ebb_testkit::NatsServer::start().await.unwrap();
+    let client = nats.client().await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(ebb_planner::serve(
+        planner.clone(),
+        client.clone(),
+        stop.clone(),
+    ));
+    // Eight previews at once: one read of the fleet between them.
+    let previews: Vec<_> = (0..8)
+        .map(|_| {
+            let (p, r) = (planner.clone(), req(&f, Role::Viewer, 3.0));
+            tokio::spawn(async move { p.preview(&r).await })
+        })
+        .collect();
+    for p in previews {
+        assert_eq!(p.await.unwrap().unwrap().selected_count, 1);
+    }
+    assert_eq!(planner.snapshot().builds(), 1);
+
+    // Telemetry says miner 0 stopped answering; the database is not told.
+    let offline = ebb_bus::TelemetryBatch {
+        site: SiteCode::parse("site-a").unwrap(),
+        cycle: 7,
+        samples: vec![ebb_bus::TelemetrySample {
+            device_id: f.devices[0],
+            reachable: false,
+            power_w: None,
+            hashrate_ths: None,
+            sampled_at_ms: chrono::Utc::now().timestamp_millis() + 1_000,
+        }],
+        dropped_invalid: 0,
+    };
+    let payload = ebb_bus::encode(&ebb_bus::Envelope::new(None, offline)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        client
+            .publish("ebb.telemetry.site-a", payload.clone().into())
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+        let view = planner.preview(&req(&f, Role::Viewer, 3.0)).await.unwrap();
+        if view.skipped.get("offline") == Some(&1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "telemetry never reached the snapshot: {view:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(planner.snapshot().builds(), 1, "fed, not read again");
+    let state: Option<bool> =
+        sqlx::query_scalar("SELECT reachable FROM device_state WHERE device_id = $1")
+            .bind(f.devices[0].0)
+            .fetch_one(f.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(state, Some(true), "the database still says it answers");
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
+/// DESIGN §3: a site of 50,000 registered devices loads its inventory over NATS, page by page,
+/// through the same client the agent uses. One reply carrying them all would be ~5 MiB, five
+/// times nats-server's 1 MiB max_payload.
+#[tokio::test]
+async fn a_site_of_50_000_devices_loads_its_inventory_over_nats() {
+    const N: usize = 50_000;
+    let db = TestDb::new().await.unwrap();
+    let world = World::builder()
+        .site("big", |s| s.miners(N))
+        .build(&db)
+        .await
+        .unwrap();
+    let planner = Planner::new(db.pool().clone(), PlannerConfig::default());
+    let nats = ebb_testkit::NatsServer::start().await.unwrap();
+    let client = nats.client().await.unwrap();
+    assert!(
+        client.server_info().max_payload <= 1024 * 1024,
+        "the test needs the default payload limit"
+    );
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(ebb_planner::serve(
+        Arc::new(planner),
+        client.clone(),
+        stop.clone(),
+    ));
+    let site = SiteCode::parse("big").unwrap();
+    let timeout = Duration::from_secs(10);
+    let mut fetched = None;
+    for _ in 0..100 {
+        match ebb_bus::endpoints::fetch_inventory(&client, &site, timeout).await {
+            Ok(d) => {
+                fetched = Some(d);
+                break;
+            }
+            Err(ebb_bus::rpc::CallError::NoResponders(_)) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let fetched = fetched.expect("the planner never answered");
+    assert_eq!(fetched.len(), N);
+    let mut got: Vec<DeviceId> = fetched.iter().map(|d| d.device_id).collect();
+    got.sort();
+    got.dedup();
+    let mut want = world.site("big").devices.clone();
+    want.sort();
+    assert_eq!(got, want, "every device exactly once");
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
 /// DESIGN §5.1: terminate refuses while any miner may be curtailed or has a command in flight,
 /// refuses a different terminal state, and echoes the same one.
 #[tokio::test]

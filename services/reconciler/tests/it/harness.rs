@@ -136,6 +136,10 @@ impl Harness {
             confirm_deadline_s: 2,
             result_deadline_s: 10,
             max_retries: 2,
+            // Scaled down with the deadlines: attempts still wait, tests stay short.
+            backoff_base_ms: 200,
+            backoff_max_ms: 2_000,
+            resync_ms: 300_000,
             standby_poll_ms: 100,
             holder: holder.into(),
         }
