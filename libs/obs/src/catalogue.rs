@@ -48,6 +48,18 @@ pub const FAMILIES: &[Family] = &[
         "Outbox rows published to the event feed by the worker's relay.",
     ),
     family(
+        OUTBOX_PARKED,
+        Counter,
+        Unit::Count,
+        "Outbox rows parked after failing relay_max_attempts times; no longer published.",
+    ),
+    family(
+        OUTBOX_PRUNED,
+        Counter,
+        Unit::Count,
+        "Published outbox rows deleted after the retention.",
+    ),
+    family(
         GATEWAY_REQUESTS,
         Counter,
         Unit::Count,
@@ -58,6 +70,30 @@ pub const FAMILIES: &[Family] = &[
         Histogram,
         Unit::Seconds,
         "Time the gateway took to answer an HTTP request, by method and route.",
+    ),
+    family(
+        GATEWAY_RATE_LIMITED,
+        Counter,
+        Unit::Count,
+        "Requests refused with 429 because their API key was over its rate.",
+    ),
+    family(
+        GATEWAY_SHED,
+        Counter,
+        Unit::Count,
+        "Requests shed with 503 because the gateway was at its limit of requests or key lookups.",
+    ),
+    family(
+        GATEWAY_KEY_LOOKUPS,
+        Counter,
+        Unit::Count,
+        "API key lookups that reached PostgreSQL; the rest were answered from the cache.",
+    ),
+    family(
+        GATEWAY_OUTCOME_UNKNOWN,
+        Counter,
+        Unit::Count,
+        "Starts answered 504 outcome-unknown because the planner did not answer in time.",
     ),
     family(
         PLANNER_CANDIDATES_EXCLUDED,

@@ -5,7 +5,7 @@
 pub mod catalogue;
 pub mod names;
 mod secret;
-pub use secret::{CredUrl, Secret};
+pub use secret::{CredUrl, Secret, redact_url};
 pub mod trace;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};

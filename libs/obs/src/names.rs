@@ -8,10 +8,22 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 // store
 pub const STORE_TX_RETRIES: &str = "ebb_store_tx_retries_total";
 pub const OUTBOX_PUBLISHED: &str = "ebb_worker_outbox_published_total";
+/// Outbox rows parked after failing `relay_max_attempts` times (each is also logged at WARN).
+pub const OUTBOX_PARKED: &str = "ebb_worker_outbox_parked_total";
+/// Published outbox rows deleted after the retention.
+pub const OUTBOX_PRUNED: &str = "ebb_worker_outbox_pruned_total";
 
 // gateway
 pub const GATEWAY_REQUESTS: &str = "ebb_gateway_requests_total";
 pub const GATEWAY_REQUEST_SECONDS: &str = "ebb_gateway_request_seconds";
+/// Requests refused with 429 because their key was over its rate.
+pub const GATEWAY_RATE_LIMITED: &str = "ebb_gateway_rate_limited_total";
+/// Requests shed with 503 because the gateway was at its limit of requests or key lookups.
+pub const GATEWAY_SHED: &str = "ebb_gateway_shed_total";
+/// API key lookups that reached PostgreSQL (the rest were answered from the cache).
+pub const GATEWAY_KEY_LOOKUPS: &str = "ebb_gateway_key_lookups_total";
+/// Starts answered 504 `outcome-unknown` because the planner did not answer in time.
+pub const GATEWAY_OUTCOME_UNKNOWN: &str = "ebb_gateway_outcome_unknown_total";
 
 // planner
 pub const PLANNER_CANDIDATES_EXCLUDED: &str = "ebb_planner_candidates_excluded_total";

@@ -9,6 +9,9 @@
 //! - [`bench_poll`]: one full telemetry poll of every miner, with the CPU it costs and the
 //!   simulator's memory per miner.
 //!
+//! `ebb bench gateway-flood` ([`bench_gateway_flood`]) is not the agent's: the gateway under a
+//! flood of bad tokens, without the simulator; see its module.
+//!
 //! The miners are driven by the agent's own code, not a copy of it: a [`MinerPath`] built with
 //! the agent's settings, [`ebb_agent::execute_each`] and [`ebb_agent::poll_each`] (what the
 //! agent's `execute` and `poll` run, device by device, with how long each took). Only NATS is
@@ -24,6 +27,7 @@
 mod command;
 pub(crate) mod curtail;
 mod fleet;
+mod gateway_flood;
 mod measure;
 mod poll;
 mod preview;
@@ -33,6 +37,7 @@ mod throwaway;
 pub use command::{CommandReport, bench_command};
 pub use curtail::{CurtailArgs, CurtailReport, bench_curtail};
 pub use fleet::FirmwareFigures;
+pub use gateway_flood::{FloodArgs, FloodReport, bench_gateway_flood};
 pub use poll::{PollReport, bench_poll};
 pub use preview::{PreviewReport, bench_preview};
 pub use reconcile_pass::{ReconcilePassReport, bench_reconcile_pass};
@@ -73,6 +78,9 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// The gateway under a flood of bad tokens, with a valid key's latency meanwhile (needs
+    /// DATABASE_URL; see `bench/gateway_flood.rs`).
+    GatewayFlood(FloodArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -110,6 +118,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         }
         BenchCommand::ReconcilePass { targets, runs } => {
             serde_json::to_string(&bench_reconcile_pass(targets, runs).await?)?
+        }
+        BenchCommand::GatewayFlood(args) => {
+            serde_json::to_string(&bench_gateway_flood(&args).await?)?
         }
     };
     println!("{report}");

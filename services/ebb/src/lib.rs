@@ -9,7 +9,8 @@
 //! - `ebb sim serve` runs the miner simulator.
 //! - `ebb admin …` migrates the database and creates orgs, sites and API keys.
 //! - `ebb bench command|poll --miners N` runs the agent's benchmarks against a simulator;
-//!   `ebb bench curtail` the whole path end to end.
+//!   `ebb bench curtail` the whole path end to end; `ebb bench gateway-flood` the gateway under a
+//!   flood of bad tokens.
 //! - `ebb chaos` kills processes at random points of curtail and restore (see [`chaos`]).
 //! - `ebb dev` runs every service of the table in one process against a throwaway PostgreSQL and
 //!   nats-server under `.ebb/`, with a simulated fleet (see [`dev`]).

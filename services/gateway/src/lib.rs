@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod guard;
 pub mod problem;
 mod routes;
 
@@ -13,6 +14,7 @@ use anyhow::Context;
 use axum::Router;
 use ebb_store::PgPool;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +24,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub nats: async_nats::Client,
     pub planner_timeout: Duration,
+    /// Rate limit, key cache and limits (see [`guard`]).
+    pub guard: Arc<guard::Guard>,
 }
 
 /// The full router: API, health, metrics.
@@ -33,6 +37,7 @@ pub fn router(state: AppState) -> Router {
 pub struct Gateway {
     listener: tokio::net::TcpListener,
     app: Router,
+    stats: Arc<guard::GuardStats>,
 }
 
 impl Gateway {
@@ -44,15 +49,27 @@ impl Gateway {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let pool = ctx.pool()?.clone();
+        let guard = Arc::new(guard::Guard::new(
+            config.guard(),
+            pool.options().get_max_connections(),
+        ));
         let state = AppState {
-            pool: ctx.pool()?.clone(),
+            pool,
             nats: ctx.nats().clone(),
             planner_timeout: Duration::from_secs(config.planner_timeout_s),
+            guard: guard.clone(),
         };
         Ok(Self {
             listener,
             app: router(state),
+            stats: guard.stats.clone(),
         })
+    }
+
+    /// The guard's counters (key lookups, requests rate-limited and shed).
+    pub fn stats(&self) -> Arc<guard::GuardStats> {
+        self.stats.clone()
     }
 
     pub fn addr(&self) -> SocketAddr {
