@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod config;
 pub mod guard;
+mod instruments;
 pub mod problem;
 mod routes;
 
@@ -28,9 +29,11 @@ pub struct AppState {
     pub guard: Arc<guard::Guard>,
 }
 
-/// The full router: API, health, metrics.
+/// The full router: API, health, metrics, every route counted and timed.
 pub fn router(state: AppState) -> Router {
-    routes::router(state).merge(ebb_obs::metrics_router())
+    routes::router(state)
+        .merge(ebb_obs::metrics_router())
+        .route_layer(axum::middleware::from_fn(instruments::record))
 }
 
 /// A bound, not yet serving gateway: tests read [`Gateway::addr`] when they asked for port 0.

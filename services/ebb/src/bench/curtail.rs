@@ -183,7 +183,7 @@ async fn run(
     )
     .await?;
     servers.push(server);
-    let database_url = fresh_database(&url, "ebb_bench").await?;
+    let database_url = fresh_database(&url, "bench_run").await?;
     let pool = ebb_store::connect(&database_url, 8).await?;
     ebb_store::migrate(&pool).await?;
     sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")

@@ -577,7 +577,7 @@ impl Topology {
     async fn start(&mut self, args: &ChaosArgs) -> anyhow::Result<World> {
         self.start_postgres().await?;
         let server_url = self.database_url.clone();
-        self.database_url = fresh_database(&server_url, "ebb_chaos").await?;
+        self.database_url = fresh_database(&server_url, "chaos_run").await?;
         let pool = ebb_store::connect(&self.database_url, 4).await?;
         ebb_store::migrate(&pool).await?;
         let (org, sites) = admin::ensure_org_and_sites(

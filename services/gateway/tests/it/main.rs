@@ -161,6 +161,30 @@ async fn health_readiness_and_metrics() {
     assert_eq!(ok("/readyz").await.unwrap().status(), StatusCode::OK);
     let m = ok("/metrics").await.unwrap();
     assert_eq!(m.status(), StatusCode::OK);
+    // Every answer is counted by its route's pattern and status class, with HELP text.
+    let key = app.key("viewer");
+    let id = uuid::Uuid::now_v7();
+    assert_eq!(
+        app.get(&key, &format!("/v1/curtailments/{id}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let text = ok("/metrics").await.unwrap().text().await.unwrap();
+    let counted = text.lines().any(|l| {
+        l.starts_with("ebb_gateway_requests_total{")
+            && l.contains(r#"route="/v1/curtailments/{id}""#)
+            && l.contains(r#"status="4xx""#)
+            && l.contains(r#"method="GET""#)
+    });
+    assert!(counted, "the 404 is counted by pattern:\n{text}");
+    assert!(!text.contains(&id.to_string()), "no id in a label");
+    assert!(
+        text.contains("# HELP ebb_gateway_requests_total "),
+        "{text}"
+    );
+    assert!(
+        text.contains("ebb_gateway_request_seconds_bucket{"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
