@@ -5,7 +5,9 @@
 //! acked by the `RESULT` stream. A batch that cannot be trusted is terminated (never
 //! redelivered) after its `invalid_command` results are published; a batch interrupted by
 //! shutdown is nak'ed so the next agent runs it again at once, which is harmless because every
-//! command is idempotent.
+//! command is idempotent. A batch in which the agent deferred devices for its own shortage
+//! (`budget`) publishes the other devices' results and is nak'ed with a delay: the deferred
+//! devices get no result, so they spend no attempt, and run again on redelivery.
 
 use crate::agent::Agent;
 use crate::execute::{self, Executed};
@@ -142,6 +144,7 @@ async fn handle(agent: &Agent, message: jetstream::Message, shutdown: &Cancellat
         }
     };
 
+    let deferred = executed.deferred.len();
     let result = BatchResult {
         batch_id: batch.batch_id,
         event_id: batch.event_id,
@@ -151,7 +154,12 @@ async fn handle(agent: &Agent, message: jetstream::Message, shutdown: &Cancellat
         finished_at: chrono::Utc::now(),
     };
     let summary = Summary::of(&result.results);
-    if !publish_result_with_retry(agent, result, traceparent.as_deref(), shutdown).await {
+    let published = (result.results.is_empty() && deferred > 0)
+        || publish_result_with_retry(agent, result, traceparent.as_deref(), shutdown).await;
+    if !published || deferred > 0 {
+        if deferred > 0 {
+            tracing::warn!(%site, batch_id = %batch.batch_id, deferred, delivered, "the agent was starved: running the batch again later for its deferred devices");
+        }
         if let Err(error) = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await {
             tracing::warn!(%site, %error, "nak failed; the batch comes back after ack_wait");
         }

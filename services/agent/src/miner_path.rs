@@ -7,6 +7,7 @@
 //! percentage. The running agent holds one next to its NATS client; tests and the benchmarks
 //! build one directly and drive miners with the agent's own code.
 
+use crate::budget::Budget;
 use crate::config::AgentConfig;
 use crate::driver::{MinerError, MinerPool};
 use crate::execute::Priors;
@@ -60,18 +61,33 @@ pub struct MinerPath {
     pub(crate) pool: MinerPool,
     /// Power limits captured before power-limit curtails, for redeliveries and restores.
     pub(crate) priors: Priors,
+    /// Miners in flight across polls and batches, sized from the file-descriptor limit.
+    pub(crate) budget: Budget,
     /// Deadlines, concurrency and the efficiency limit.
     settings: MinerPathSettings,
 }
 
 impl MinerPath {
-    /// A miner path with an empty handle pool and nothing remembered.
+    /// A miner path with an empty handle pool and nothing remembered, its in-flight budget
+    /// sized from this process's file-descriptor limit.
     pub fn new(settings: MinerPathSettings) -> Self {
+        let budget = Budget::from_process(settings.max_in_flight, settings.control_timeout);
+        Self::with_budget(settings, budget)
+    }
+
+    /// A miner path with the given in-flight budget.
+    pub fn with_budget(settings: MinerPathSettings, budget: Budget) -> Self {
         Self {
             pool: MinerPool::new(settings.max_cached_miners, settings.call_timeout),
             priors: Priors::new(settings.max_cached_miners),
+            budget,
             settings,
         }
+    }
+
+    /// The in-flight budget: how many miners this path drives at once.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// The miner path an agent with `config` runs.

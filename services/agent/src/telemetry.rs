@@ -35,9 +35,17 @@ pub enum Polled {
     Sample(TelemetrySample),
     /// The miner answered with values that cannot be true; dropped and counted.
     Invalid,
+    /// The agent ran short of its own resources before it could ask: no sample, since the
+    /// miner said nothing either way.
+    Deferred,
 }
 
 impl Polled {
+    /// Whether this says something about the miner (a sample, or a dropped invalid reply).
+    pub fn is_sample(&self) -> bool {
+        !matches!(self, Polled::Deferred)
+    }
+
     pub fn unreachable(device_id: DeviceId) -> Self {
         Polled::Sample(TelemetrySample {
             device_id,
@@ -91,6 +99,7 @@ pub async fn poll_handle(
     .await
     {
         Ok(reading) => sample(device_id, &reading, now_ms()),
+        Err(e) if e.is_starved() => Polled::Deferred,
         Err(e) if e.is_transport() => {
             path.pool.forget(ip);
             Polled::unreachable(device_id)
@@ -108,6 +117,7 @@ pub async fn poll_address(path: &MinerPath, device_id: DeviceId, address: &str) 
     match path.pool.get(ip).await {
         Ok(miner) => poll_handle(path, device_id, ip, &*miner).await,
         Err(MinerError::Timeout | MinerError::Unreachable(_)) => Polled::unreachable(device_id),
+        Err(MinerError::Starved(_)) => Polled::Deferred,
         Err(_) => Polled::Invalid,
     }
 }
@@ -120,24 +130,32 @@ pub struct DevicePoll {
     pub took: Duration,
 }
 
-/// Times one miner from its turn (the first poll, when `buffer_unordered` picks it up).
+/// Times one miner from its turn: an in-flight slot of the agent's budget. A miner the agent
+/// had no slot for is deferred to the next cycle.
 async fn poll_indexed(
     path: &MinerPath,
     device_id: DeviceId,
     address: &str,
     i: usize,
 ) -> (usize, DevicePoll) {
+    let Ok(_slot) = path.budget.acquire().await else {
+        let polled = Polled::Deferred;
+        let took = Duration::ZERO;
+        return (i, DevicePoll { polled, took });
+    };
     let started = Instant::now();
     let polled = poll_address(path, device_id, address).await;
     let took = started.elapsed();
     (i, DevicePoll { polled, took })
 }
 
-/// The samples of one pass over some miners, plus how many were dropped.
+/// The samples of one pass over some miners, plus how many were dropped or deferred.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Samples {
     pub samples: Vec<TelemetrySample>,
     pub dropped_invalid: u32,
+    /// Miners not asked this pass because the agent ran short; they are not published.
+    pub deferred: u32,
 }
 
 impl Samples {
@@ -145,6 +163,7 @@ impl Samples {
         match polled {
             Polled::Sample(s) => self.samples.push(s),
             Polled::Invalid => self.dropped_invalid += 1,
+            Polled::Deferred => self.deferred += 1,
         }
     }
 
@@ -262,6 +281,10 @@ pub async fn poll_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
         };
         let unreachable = samples.unreachable();
         instruments::poll_cycle(started.elapsed(), unreachable);
+        if samples.deferred > 0 {
+            tracing::warn!(site = %agent.site, deferred = samples.deferred, "the agent was starved: some miners were not polled this cycle");
+            instruments::starved(instruments::Starved::Poll, u64::from(samples.deferred));
+        }
         instruments::invalid_samples(samples.dropped_invalid);
         tracing::debug!(
             site = %agent.site,

@@ -10,6 +10,7 @@ mod faults;
 mod fleet;
 mod miner_path;
 mod scan;
+mod starved;
 mod telemetry;
 
 use std::collections::HashMap;

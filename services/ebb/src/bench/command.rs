@@ -116,11 +116,12 @@ pub async fn bench_command(
         .count();
     sim.shutdown().await;
 
-    let done: Vec<(Outcome, Duration)> = runs
+    // `None`: deferred for the agent's own shortage (no outcome), counted as failed here.
+    let done: Vec<(Option<Outcome>, Duration)> = runs
         .into_iter()
-        .map(|r| (r.result.outcome, r.took))
+        .map(|r| (r.result.map(|r| r.outcome), r.took))
         .collect();
-    let failed = |o: &Outcome| !matches!(o, Outcome::Ok | Outcome::AlreadyInState);
+    let failed = |o: &Option<Outcome>| !matches!(o, Some(Outcome::Ok | Outcome::AlreadyInState));
     let latencies: Vec<Duration> = done.iter().map(|(_, took)| *took).collect();
     Ok(CommandReport {
         benchmark: "command",
@@ -134,10 +135,10 @@ pub async fn bench_command(
         p50_ms: percentile_ms(&latencies, 0.50),
         p99_ms: percentile_ms(&latencies, 0.99),
         max_ms: percentile_ms(&latencies, 1.0),
-        ok: done.iter().filter(|(o, _)| *o == Outcome::Ok).count(),
+        ok: done.iter().filter(|(o, _)| *o == Some(Outcome::Ok)).count(),
         already_in_state: done
             .iter()
-            .filter(|(o, _)| *o == Outcome::AlreadyInState)
+            .filter(|(o, _)| *o == Some(Outcome::AlreadyInState))
             .count(),
         failed: done.iter().filter(|(o, _)| failed(o)).count(),
         confirmed_asleep,
