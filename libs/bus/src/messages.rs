@@ -87,6 +87,11 @@ pub struct InventoryDevice {
     pub address: String,
     pub make: String,
     pub model: String,
+    /// The firmware and its version as the scan that registered the miner found them (asic-rs's
+    /// name, then the version: `LuxOS 2024.5.1`), so the agent drives a known miner without
+    /// identifying it again.
+    #[serde(default)]
+    pub firmware: Option<String>,
     pub capabilities: Capabilities,
 }
 

@@ -44,6 +44,7 @@ pub async fn consume(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let site = agent.site.clone();
+    wait_for_inventory(&agent, &shutdown).await;
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let mut pulled = match consumer
@@ -74,6 +75,23 @@ pub async fn consume(
         }
     }
     Ok(())
+}
+
+/// Waits, for a bounded time, until the first inventory is loaded: it says which firmware each
+/// miner runs, so a batch that arrives first would otherwise identify every miner it names
+/// through asic-rs instead of driving registered ones directly. Without an inventory in time
+/// (planner down) batches run anyway, on the addresses they carry.
+async fn wait_for_inventory(agent: &Agent, shutdown: &CancellationToken) {
+    let bound = tokio::time::Instant::now() + agent.config.call_timeout;
+    while !agent.inventory.snapshot().loaded && tokio::time::Instant::now() < bound {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    if !agent.inventory.snapshot().loaded {
+        tracing::warn!(site = %agent.site, "no inventory yet; executing batches on the addresses they carry");
+    }
 }
 
 /// Gives a batch back for immediate redelivery (to this agent's successor).

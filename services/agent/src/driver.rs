@@ -388,6 +388,8 @@ pub struct MinerPool {
     max: usize,
     /// Deadline of an identification.
     deadline: Duration,
+    /// Identifications started (each one probes the address with asic-rs's detection).
+    identifications: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for MinerPool {
@@ -406,7 +408,14 @@ impl MinerPool {
             slots: Mutex::new(HashMap::new()),
             max: max.max(1),
             deadline,
+            identifications: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Identifications started since the pool was built.
+    pub fn identifications(&self) -> u64 {
+        self.identifications
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Slot>> {
@@ -445,6 +454,9 @@ impl MinerPool {
     }
 
     async fn identify(&self, ip: IpAddr) -> Result<MinerHandle, MinerError> {
+        self.identifications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(%ip, "identifying a miner through asic-rs");
         let started = Instant::now();
         // get_miner bounds itself by the identification timeout; the outer deadline only guards
         // against a backend that ignores it.

@@ -18,6 +18,7 @@ use crate::driver::{self, MinerError, Reading};
 use crate::instruments::{self, Op};
 use crate::inventory::Snapshot;
 use crate::miner_path::MinerPath;
+use crate::native::{Native, Protocol, Want};
 use crate::telemetry::{self, Polled, Samples};
 use asic_rs::core::data::collector::DataField;
 use asic_rs::core::traits::miner::Miner;
@@ -368,6 +369,30 @@ async fn execute_device(
         let reason = format!("invalid address {address:?}");
         return Ok((result(Outcome::Refused { reason }, None), None));
     };
+    let firmware = known.and_then(|k| k.firmware.as_deref());
+    if let Some((native, protocol)) = path.native_for(firmware)
+        && let Some(step) = NativeStep::of(path, protocol, kind, dev)
+    {
+        match drive_native(path, native, protocol, ip, step, dev.device_id).await {
+            Ok((outcome, prior)) => {
+                let sample = native_sample(path, native, protocol, ip, dev.device_id).await;
+                return Ok((result(outcome, prior), sample));
+            }
+            Err(e) if e.is_starved() => return Err(e),
+            Err(e) if e.is_transport() => {
+                let outcome = e.outcome().unwrap_or(Outcome::Unreachable);
+                return Ok((
+                    result(outcome, None),
+                    Some(Polled::unreachable(dev.device_id)),
+                ));
+            }
+            Err(e) => {
+                // Refused, or a reply the agent does not understand (a reflashed miner?):
+                // asic-rs has the last word, identifying the miner afresh.
+                tracing::debug!(%ip, protocol = protocol.label(), error = %e, "native command not carried out, asking asic-rs");
+            }
+        }
+    }
     let miner = match path.pool.get(ip).await {
         Ok(m) => m,
         Err(e) => {
@@ -412,6 +437,102 @@ async fn execute_device(
                 Some(sample).filter(Polled::is_sample),
             ))
         }
+    }
+}
+
+/// What the native protocols do for a command: sleep, or wake without a power limit to put
+/// back. Everything else (power limits, firmware without native controls) goes through asic-rs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NativeStep {
+    Sleep,
+    Wake,
+}
+
+impl NativeStep {
+    fn of(
+        path: &MinerPath,
+        protocol: Protocol,
+        kind: CommandKind,
+        dev: &DeviceRef,
+    ) -> Option<Self> {
+        if !protocol.controls() {
+            return None;
+        }
+        match kind {
+            CommandKind::Curtail {
+                level: CurtailLevel::Full,
+            } => Some(NativeStep::Sleep),
+            CommandKind::Uncurtail => {
+                let restore = dev
+                    .restore_power_limit_w
+                    .filter(|w| usable_restore_limit(*w))
+                    .or(path.priors.get(&dev.device_id));
+                (restore.is_none() || !protocol.limits_power()).then_some(NativeStep::Wake)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// [`drive`] for a miner spoken to natively: read its state, and sleep or wake it unless it is
+/// already there.
+async fn drive_native(
+    path: &MinerPath,
+    native: &Native,
+    protocol: Protocol,
+    ip: IpAddr,
+    step: NativeStep,
+    id: DeviceId,
+) -> Result<(Outcome, Option<f64>), MinerError> {
+    let (read, control) = (
+        path.settings().call_timeout,
+        path.settings().control_timeout,
+    );
+    let state = native.read(protocol, ip, Want::State, read).await?;
+    match step {
+        NativeStep::Sleep => {
+            let prior = path
+                .priors
+                .get(&id)
+                .or(state.power_limit_w.filter(|_| protocol.limits_power()));
+            if state.asleep() {
+                return Ok((Outcome::AlreadyInState, prior));
+            }
+            native.sleep(protocol, ip, true, control).await?;
+            Ok((Outcome::Ok, prior))
+        }
+        NativeStep::Wake => {
+            if !state.awake(protocol.trusts_mining_flag()) {
+                native.sleep(protocol, ip, false, control).await?;
+                path.priors.forget(&id);
+                return Ok((Outcome::Ok, None));
+            }
+            path.priors.forget(&id);
+            Ok((Outcome::AlreadyInState, None))
+        }
+    }
+}
+
+/// The read right after a native command, for confirmation without waiting for the next poll.
+async fn native_sample(
+    path: &MinerPath,
+    native: &Native,
+    protocol: Protocol,
+    ip: IpAddr,
+    id: DeviceId,
+) -> Option<Polled> {
+    match native
+        .read(protocol, ip, Want::Telemetry, path.settings().call_timeout)
+        .await
+    {
+        Ok(reading) => Some(telemetry::sample(
+            id,
+            &reading,
+            chrono::Utc::now().timestamp_millis(),
+        )),
+        Err(e) if e.is_starved() => None,
+        Err(e) if e.is_transport() => Some(Polled::unreachable(id)),
+        Err(_) => Some(Polled::Invalid),
     }
 }
 

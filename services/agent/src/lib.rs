@@ -28,6 +28,7 @@ mod execute;
 pub mod instruments;
 mod inventory;
 mod miner_path;
+mod native;
 pub mod scan;
 mod telemetry;
 

@@ -11,6 +11,7 @@ use crate::budget::Budget;
 use crate::config::AgentConfig;
 use crate::driver::{MinerError, MinerPool};
 use crate::execute::Priors;
+use crate::native::{Native, Protocol};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -63,6 +64,9 @@ pub struct MinerPath {
     pub(crate) priors: Priors,
     /// Miners in flight across polls and batches, sized from the file-descriptor limit.
     pub(crate) budget: Budget,
+    /// The agent's own protocol clients for registered miners of the common firmwares (ADR
+    /// 0008); `None` drives every miner through asic-rs.
+    pub(crate) native: Option<Native>,
     /// Deadlines, concurrency and the efficiency limit.
     settings: MinerPathSettings,
 }
@@ -81,8 +85,28 @@ impl MinerPath {
             pool: MinerPool::new(settings.max_cached_miners, settings.call_timeout),
             priors: Priors::new(settings.max_cached_miners),
             budget,
+            native: Some(Native::new(settings.max_cached_miners)),
             settings,
         }
+    }
+
+    /// The same path driving every miner through asic-rs, identified on first contact: what
+    /// the agent did before ADR 0008, kept for comparisons.
+    pub fn asic_rs_only(mut self) -> Self {
+        self.native = None;
+        self
+    }
+
+    /// The native client and protocol for a miner registered with `firmware`, when this path
+    /// speaks it.
+    pub(crate) fn native_for(&self, firmware: Option<&str>) -> Option<(&Native, Protocol)> {
+        Some((self.native.as_ref()?, Protocol::of(firmware)?))
+    }
+
+    /// How many miners were identified through asic-rs (detection probes) since the path was
+    /// built: a registered miner of a native firmware never is.
+    pub fn identifications(&self) -> u64 {
+        self.pool.identifications()
     }
 
     /// The in-flight budget: how many miners this path drives at once.

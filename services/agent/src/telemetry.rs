@@ -15,6 +15,7 @@ use crate::driver::{self, MinerError, Reading};
 use crate::instruments;
 use crate::inventory::Snapshot;
 use crate::miner_path::MinerPath;
+use crate::native::Want;
 use ebb_bus::publish::{self, PublishError};
 use ebb_bus::split::{self, SplitError};
 use ebb_bus::{Envelope, TelemetryBatch, TelemetrySample, subjects};
@@ -109,11 +110,32 @@ pub async fn poll_handle(
     }
 }
 
-/// Reads one miner by address, identifying it first if needed.
-pub async fn poll_address(path: &MinerPath, device_id: DeviceId, address: &str) -> Polled {
+/// Reads one miner by address: a registered miner of a firmware the agent speaks itself
+/// (`firmware` as its registration stored it) in one connection and without identification,
+/// any other through asic-rs, identifying it first if needed. A native answer the agent does
+/// not understand (the miner may have been reflashed) falls back to asic-rs.
+pub async fn poll_address(
+    path: &MinerPath,
+    device_id: DeviceId,
+    address: &str,
+    firmware: Option<&str>,
+) -> Polled {
     let Ok(ip) = address.trim().parse::<IpAddr>() else {
         return Polled::unreachable(device_id);
     };
+    if let Some((native, protocol)) = path.native_for(firmware) {
+        let deadline = path.settings().call_timeout;
+        match native.read(protocol, ip, Want::Telemetry, deadline).await {
+            Ok(r) if r.power_w.is_some() && r.hashrate_ths.is_some() => {
+                return sample(device_id, &r, now_ms());
+            }
+            Err(e) if e.is_starved() => return Polled::Deferred,
+            Err(e) if e.is_transport() => return Polled::unreachable(device_id),
+            Ok(_) | Err(_) => {
+                tracing::debug!(%ip, protocol = protocol.label(), "native read not understood, asking asic-rs");
+            }
+        }
+    }
     match path.pool.get(ip).await {
         Ok(miner) => poll_handle(path, device_id, ip, &*miner).await,
         Err(MinerError::Timeout | MinerError::Unreachable(_)) => Polled::unreachable(device_id),
@@ -136,6 +158,7 @@ async fn poll_indexed(
     path: &MinerPath,
     device_id: DeviceId,
     address: &str,
+    firmware: Option<&str>,
     i: usize,
 ) -> (usize, DevicePoll) {
     let Ok(_slot) = path.budget.acquire().await else {
@@ -144,7 +167,7 @@ async fn poll_indexed(
         return (i, DevicePoll { polled, took });
     };
     let started = Instant::now();
-    let polled = poll_address(path, device_id, address).await;
+    let polled = poll_address(path, device_id, address, firmware).await;
     let took = started.elapsed();
     (i, DevicePoll { polled, took })
 }
@@ -191,7 +214,13 @@ pub async fn poll(path: &MinerPath, inventory: &Snapshot) -> Samples {
 pub async fn poll_each(path: &MinerPath, inventory: &Snapshot) -> Vec<DevicePoll> {
     let mut polls = Vec::with_capacity(inventory.devices.len());
     for (i, d) in inventory.devices.iter().enumerate() {
-        polls.push(poll_indexed(path, d.device_id, &d.address, i));
+        polls.push(poll_indexed(
+            path,
+            d.device_id,
+            &d.address,
+            d.firmware.as_deref(),
+            i,
+        ));
     }
     let mut polled: Vec<(usize, DevicePoll)> = futures::stream::iter(polls)
         .buffer_unordered(path.settings().max_in_flight)

@@ -25,7 +25,7 @@ mod measure;
 mod poll;
 
 pub use command::{CommandReport, bench_command};
-pub use fleet::FirmwareFigures;
+pub use fleet::{FirmwareFigures, Registration};
 pub use poll::{PollReport, bench_poll};
 
 use ebb_agent::MinerPathSettings;
@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// Miners driven at once (the agent's --max-in-flight).
     #[arg(long)]
     pub max_in_flight: Option<usize>,
+    /// Leave the miners' firmware out of the inventory and drive them through asic-rs alone,
+    /// identifying each first (the agent before ADR 0008).
+    #[arg(long)]
+    pub unregistered: bool,
 }
 
 impl BenchArgs {
@@ -62,16 +66,24 @@ impl BenchArgs {
         }
         settings
     }
+
+    fn registration(&self) -> Registration {
+        if self.unregistered {
+            Registration::Unregistered
+        } else {
+            Registration::Registered
+        }
+    }
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     let report = match command {
-        BenchCommand::Command(args) => {
-            serde_json::to_string(&bench_command(args.miners, args.settings()).await?)?
-        }
-        BenchCommand::Poll(args) => {
-            serde_json::to_string(&bench_poll(args.miners, args.settings()).await?)?
-        }
+        BenchCommand::Command(args) => serde_json::to_string(
+            &bench_command(args.miners, args.settings(), args.registration()).await?,
+        )?,
+        BenchCommand::Poll(args) => serde_json::to_string(
+            &bench_poll(args.miners, args.settings(), args.registration()).await?,
+        )?,
     };
     println!("{report}");
     Ok(ExitCode::SUCCESS)
@@ -131,7 +143,8 @@ mod tests {
     #[test]
     fn benchmarks_can_run_on_a_spawned_task() {
         fn assert_send<T: Send>(_: T) {}
-        assert_send(bench_command(1, MinerPathSettings::default()));
-        assert_send(bench_poll(1, MinerPathSettings::default()));
+        let registered = Registration::Registered;
+        assert_send(bench_command(1, MinerPathSettings::default(), registered));
+        assert_send(bench_poll(1, MinerPathSettings::default(), registered));
     }
 }

@@ -356,6 +356,20 @@ impl Simulator {
         Ok(self.core.truth(idx))
     }
 
+    /// How many identification probes a miner answered: RPC `version` and `devdetails`, which
+    /// asic-rs sends whenever it identifies a miner and never to read or command one.
+    pub fn probes(&self, address: Ipv4Addr) -> Result<u32, SimError> {
+        let idx = self
+            .core
+            .index_of(address)
+            .ok_or(SimError::UnknownMiner(address))?;
+        Ok(self
+            .core
+            .miner(idx)
+            .probes
+            .load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Fleet totals.
     pub fn summary(&self) -> FleetSummary {
         control::fleet_summary(&self.core)

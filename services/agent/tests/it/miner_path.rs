@@ -50,6 +50,7 @@ async fn commands_and_polls_run_without_nats() {
         address: "127.255.255.253".into(),
         make: "antminer".into(),
         model: "Antminer S19".into(),
+        firmware: None,
         capabilities: Capabilities {
             curtail_full: true,
             ..Capabilities::default()
