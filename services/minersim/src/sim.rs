@@ -134,6 +134,8 @@ pub(crate) struct NetLimits {
     pub read_timeout: Duration,
     /// Longest a faulty miner holds a connection it will never answer.
     pub hold_max: Duration,
+    /// Every reply's added delay, when the fleet is slow on purpose.
+    pub latency: Option<crate::latency::Latency>,
 }
 
 /// What to do with a freshly accepted connection.
@@ -623,6 +625,14 @@ impl SimCore {
 
     /// How to deliver the reply to one request.
     pub fn reply_plan(&self, idx: u32) -> ReplyPlan {
+        let mut plan = self.fault_plan(idx);
+        if let Some(latency) = &self.limits.latency {
+            plan.delay = Some(plan.delay.unwrap_or_default() + latency.sample());
+        }
+        plan
+    }
+
+    fn fault_plan(&self, idx: u32) -> ReplyPlan {
         self.with_slot(idx, |slot, _, _| {
             let Some(faults) = &slot.faults else {
                 return ReplyPlan {
