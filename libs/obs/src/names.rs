@@ -54,3 +54,5 @@ pub const AGENT_INVALID_SAMPLES: &str = "ebb_agent_invalid_samples_total";
 pub const AGENT_POISON_BATCHES: &str = "ebb_agent_poison_batches_total";
 /// Restore limits outside what any miner supports, ignored: the miner was woken without it.
 pub const AGENT_RESTORE_LIMITS_IGNORED: &str = "ebb_agent_restore_limits_ignored_total";
+/// Devices deferred because the agent ran short of its own resources (back-pressure).
+pub const AGENT_STARVED: &str = "ebb_agent_starved_total";

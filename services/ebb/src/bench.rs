@@ -36,7 +36,7 @@ mod throwaway;
 
 pub use command::{CommandReport, bench_command};
 pub use curtail::{CurtailArgs, CurtailReport, bench_curtail};
-pub use fleet::FirmwareFigures;
+pub use fleet::{FirmwareFigures, Registration};
 pub use gateway_flood::{FloodArgs, FloodReport, bench_gateway_flood};
 pub use poll::{PollReport, bench_poll};
 pub use preview::{PreviewReport, bench_preview};
@@ -91,6 +91,10 @@ pub struct BenchArgs {
     /// Miners driven at once (the agent's --max-in-flight).
     #[arg(long)]
     pub max_in_flight: Option<usize>,
+    /// Leave the miners' firmware out of the inventory and drive them through asic-rs alone,
+    /// identifying each first (the agent before ADR 0008).
+    #[arg(long)]
+    pub unregistered: bool,
 }
 
 impl BenchArgs {
@@ -102,16 +106,24 @@ impl BenchArgs {
         }
         settings
     }
+
+    fn registration(&self) -> Registration {
+        if self.unregistered {
+            Registration::Unregistered
+        } else {
+            Registration::Registered
+        }
+    }
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     let report = match command {
-        BenchCommand::Command(args) => {
-            serde_json::to_string(&bench_command(args.miners, args.settings()).await?)?
-        }
-        BenchCommand::Poll(args) => {
-            serde_json::to_string(&bench_poll(args.miners, args.settings()).await?)?
-        }
+        BenchCommand::Command(args) => serde_json::to_string(
+            &bench_command(args.miners, args.settings(), args.registration()).await?,
+        )?,
+        BenchCommand::Poll(args) => serde_json::to_string(
+            &bench_poll(args.miners, args.settings(), args.registration()).await?,
+        )?,
         BenchCommand::Curtail(args) => serde_json::to_string(&bench_curtail(args).await?)?,
         BenchCommand::Preview { miners, runs } => {
             serde_json::to_string(&bench_preview(miners, runs).await?)?
@@ -181,7 +193,8 @@ mod tests {
     #[test]
     fn benchmarks_can_run_on_a_spawned_task() {
         fn assert_send<T: Send>(_: T) {}
-        assert_send(bench_command(1, MinerPathSettings::default()));
-        assert_send(bench_poll(1, MinerPathSettings::default()));
+        let registered = Registration::Registered;
+        assert_send(bench_command(1, MinerPathSettings::default(), registered));
+        assert_send(bench_poll(1, MinerPathSettings::default(), registered));
     }
 }
