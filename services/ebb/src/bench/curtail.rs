@@ -49,6 +49,13 @@ pub struct CurtailArgs {
     /// database and the NATS store are recreated on every run).
     #[arg(long, default_value = ".ebb/bench")]
     pub data_dir: PathBuf,
+    /// Every simulated miner's reply latency as `P50_MS,P99_MS` (log-normal, drawn per reply).
+    #[arg(long)]
+    pub latency: Option<ebb_minersim::Latency>,
+    /// Percent of the miners that acknowledge every command and never curtail: they must end
+    /// `failed` while every healthy miner confirms.
+    #[arg(long, default_value_t = 0.0)]
+    pub faulty: f64,
     /// How long the curtailment and the stop may each take before the benchmark gives up.
     #[arg(long, default_value = "600s", value_parser = ebb_agent::config::parse_duration)]
     pub timeout: Duration,
@@ -81,6 +88,12 @@ impl CurtailArgs {
         {
             bad.push(format!("--ramp-kw-per-min must be positive, got {r}"));
         }
+        if !(self.faulty.is_finite() && (0.0..=100.0).contains(&self.faulty)) {
+            bad.push(format!(
+                "--faulty must be a percentage between 0 and 100, got {}",
+                self.faulty
+            ));
+        }
         if self.timeout.is_zero() {
             bad.push("--timeout must be positive".to_owned());
         }
@@ -95,6 +108,11 @@ pub struct CurtailReport {
     pub benchmark: &'static str,
     pub miners: usize,
     pub sites: u32,
+    /// The simulated reply latency (`--latency`), if any.
+    pub latency_p50_ms: Option<u128>,
+    pub latency_p99_ms: Option<u128>,
+    /// Percent of miners that acknowledge and never curtail (`--faulty`).
+    pub faulty_pct: f64,
     /// The event's targets (every eligible miner: all of them in a healthy fleet).
     pub targets: u64,
     /// Setting up (servers, simulator, registration, first telemetry of every miner); not part
@@ -193,7 +211,7 @@ async fn run(
 
     // The simulator first: the sites' ramp limits follow from their nameplate power.
     let codes: Vec<SiteCode> = (0..args.sites).map(devfleet::site_code).collect();
-    let sim = start_sim(args.miners, &codes).await?;
+    let sim = start_sim(args.miners, &codes, args.latency, args.faulty / 100.0).await?;
     let outcome = async {
         let miners = sim.miners();
         let mut site_kw: HashMap<String, f64> = HashMap::new();
@@ -298,7 +316,12 @@ pub(crate) async fn fresh_database(url: &str, name: &str) -> anyhow::Result<Stri
 }
 
 /// One shared-mode simulator with every site's miners (the dev mix), instant physics.
-async fn start_sim(miners: usize, codes: &[SiteCode]) -> anyhow::Result<ebb_minersim::Simulator> {
+async fn start_sim(
+    miners: usize,
+    codes: &[SiteCode],
+    latency: Option<ebb_minersim::Latency>,
+    faulty_share: f64,
+) -> anyhow::Result<ebb_minersim::Simulator> {
     let sites = codes.len();
     let spec = FleetSpec::new(
         codes
@@ -317,10 +340,14 @@ async fn start_sim(miners: usize, codes: &[SiteCode]) -> anyhow::Result<ebb_mine
             })
             .collect(),
     );
-    let options = SimOptions::default()
+    let mut options = SimOptions::default()
         .with_mode(ListenMode::Shared)
         .with_physics(Physics::instant())
-        .with_control_addr(None);
+        .with_control_addr(None)
+        .with_faulty_share(faulty_share);
+    if let Some(l) = latency {
+        options = options.with_latency(l);
+    }
     ebb_minersim::start(spec, options).await.context(
         "starting the simulator: a benchmark binds ports 80, 4028 and 4433 on 0.0.0.0 and must \
          run alone (no other benchmark, `ebb dev`, simulator or agent test at the same time)",
@@ -607,6 +634,9 @@ async fn measure(
         benchmark: "curtail",
         miners: args.miners,
         sites: args.sites,
+        latency_p50_ms: args.latency.map(|l| l.p50.as_millis()),
+        latency_p99_ms: args.latency.map(|l| l.p99.as_millis()),
+        faulty_pct: args.faulty,
         targets,
         setup_s: round(setup_s, 2),
         start_request_s: round(start_request_s, 3),
@@ -910,9 +940,11 @@ ebb_agent_miner_call_seconds_bucket{op=\"read\",le=\"+Inf\"} 1000
             ramp_kw_per_min: Some(-1.0),
             data_dir: PathBuf::from(".ebb/bench"),
             timeout: Duration::ZERO,
+            latency: None,
+            faulty: 101.0,
         };
         let p = args.problems().join("; ");
-        for name in ["--miners", "--ramp-kw-per-min", "--timeout"] {
+        for name in ["--miners", "--ramp-kw-per-min", "--timeout", "--faulty"] {
             assert!(p.contains(name), "{p}");
         }
     }
