@@ -210,6 +210,12 @@ pub const FAMILIES: &[Family] = &[
         "Command batches terminated unexecuted as poison (undecodable, out of range, another site's).",
     ),
     family(
+        AGENT_STARVED,
+        Counter,
+        Unit::Count,
+        "Devices deferred because the agent ran short of its own descriptors, memory or in-flight slots (back-pressure, never a miner's outcome), by path.",
+    ),
+    family(
         AGENT_RESTORE_LIMITS_IGNORED,
         Counter,
         Unit::Count,

@@ -55,7 +55,10 @@ impl Default for AgentConfig {
     fn default() -> Self {
         Self {
             site: None,
-            max_in_flight: 256,
+            // Slow firmware (p50 300 ms, p99 3 s) needs thousands of miners in flight for a
+            // 100,000-miner poll to take seconds, not minutes; a fast fleet is CPU-bound and
+            // indifferent to it (docs/BENCHMARKS.md). The file-descriptor budget caps it.
+            max_in_flight: 4096,
             call_timeout: Duration::from_secs(10),
             control_timeout: Duration::from_secs(60),
             poll_interval: Duration::from_secs(5),
@@ -322,7 +325,7 @@ mod tests {
         assert!(
             line.contains("site=site-a")
                 && line.contains("call_timeout=10s")
-                && line.contains("max_in_flight=256"),
+                && line.contains("max_in_flight=4096"),
             "{line}"
         );
         assert!(
@@ -364,7 +367,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.service.call_timeout, Duration::from_secs(2));
         assert_eq!(c.service.poll_interval, Duration::from_millis(250));
-        assert_eq!(c.service.max_in_flight, 256);
+        assert_eq!(c.service.max_in_flight, 4096);
         assert_eq!(
             c.common.nats_url.as_str(),
             ebb_runtime::settings::DEFAULT_NATS_URL

@@ -95,6 +95,10 @@ pub struct BenchArgs {
     /// identifying each first (the agent before ADR 0008).
     #[arg(long)]
     pub unregistered: bool,
+    /// Slow firmware: every simulated reply waits a draw from a log-normal distribution with
+    /// this median and 99th percentile, `P50_MS,P99_MS` (for example `300,3000`).
+    #[arg(long, value_name = "P50_MS,P99_MS")]
+    pub latency: Option<ebb_minersim::Latency>,
 }
 
 impl BenchArgs {
@@ -119,10 +123,22 @@ impl BenchArgs {
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     let report = match command {
         BenchCommand::Command(args) => serde_json::to_string(
-            &bench_command(args.miners, args.settings(), args.registration()).await?,
+            &bench_command(
+                args.miners,
+                args.settings(),
+                args.registration(),
+                args.latency,
+            )
+            .await?,
         )?,
         BenchCommand::Poll(args) => serde_json::to_string(
-            &bench_poll(args.miners, args.settings(), args.registration()).await?,
+            &bench_poll(
+                args.miners,
+                args.settings(),
+                args.registration(),
+                args.latency,
+            )
+            .await?,
         )?,
         BenchCommand::Curtail(args) => serde_json::to_string(&bench_curtail(args).await?)?,
         BenchCommand::Preview { miners, runs } => {
@@ -173,7 +189,7 @@ mod tests {
     #[test]
     fn options_default_to_the_agent_and_are_checked() {
         let o = MinerPathSettings::default();
-        assert_eq!(o.max_in_flight, 256);
+        assert_eq!(o.max_in_flight, 4096);
         assert!(validate(100_000, &o).is_ok());
         let err = validate(
             0,
@@ -194,7 +210,17 @@ mod tests {
     fn benchmarks_can_run_on_a_spawned_task() {
         fn assert_send<T: Send>(_: T) {}
         let registered = Registration::Registered;
-        assert_send(bench_command(1, MinerPathSettings::default(), registered));
-        assert_send(bench_poll(1, MinerPathSettings::default(), registered));
+        assert_send(bench_command(
+            1,
+            MinerPathSettings::default(),
+            registered,
+            None,
+        ));
+        assert_send(bench_poll(
+            1,
+            MinerPathSettings::default(),
+            registered,
+            None,
+        ));
     }
 }

@@ -96,6 +96,18 @@ pub(crate) enum BindError {
     Other { addr: SocketAddr, source: io::Error },
 }
 
+/// Accept queue of a listener. A shared listener takes every miner's connections, so a burst
+/// of thousands of connects must not overflow it (an overflow costs the client a SYN
+/// retransmit, a full second); the kernel caps it at `net.core.somaxconn`. Per-address
+/// listeners serve one miner each.
+fn backlog(addr: SocketAddr) -> u32 {
+    if addr.ip().is_unspecified() {
+        4096
+    } else {
+        256
+    }
+}
+
 pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     let map = |source: io::Error| {
         if source.kind() == io::ErrorKind::AddrInUse {
@@ -107,7 +119,7 @@ pub(crate) fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     let socket = TcpSocket::new_v4().map_err(map)?;
     socket.set_reuseaddr(true).map_err(map)?;
     socket.bind(addr).map_err(map)?;
-    socket.listen(256).map_err(map)
+    socket.listen(backlog(addr)).map_err(map)
 }
 
 /// Binds every miner's listeners (per-address mode). All or nothing.

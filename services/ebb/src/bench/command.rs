@@ -1,7 +1,7 @@
 //! `ebb bench command`: one `curtail{full}` batch to every miner of a fresh simulated fleet,
 //! executed by the agent's own [`ebb_agent::execute_each`].
 
-use super::fleet::{FirmwareFigures, Fleet, Registration, start_sim};
+use super::fleet::{FirmwareFigures, Fleet, Registration, start_slow_sim};
 use super::measure::{
     cpu_delta, cpu_seconds, opens_delta, per_miner, percentile_ms, round, rss_bytes,
     tcp_active_opens,
@@ -9,6 +9,7 @@ use super::measure::{
 use ebb_agent::{HASHING_EPSILON_THS, MinerPathSettings};
 use ebb_bus::{CommandBatch, DeviceRef};
 use ebb_domain::{BatchId, CommandKind, CurtailLevel, Outcome, SiteCode};
+use ebb_minersim::Latency;
 use ebb_minersim::Mode;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -29,6 +30,8 @@ pub struct CommandReport {
     pub identify_seconds: f64,
     /// Miners identified.
     pub identified: usize,
+    /// The simulated reply latency (`P50_MS,P99_MS`), when the fleet was slow on purpose.
+    pub latency: Option<String>,
     /// Whether the inventory knew each miner's firmware (registered) or not (`--unregistered`:
     /// asic-rs alone, every miner identified first).
     pub registered: bool,
@@ -75,10 +78,11 @@ pub async fn bench_command(
     miners: usize,
     settings: MinerPathSettings,
     registration: Registration,
+    latency: Option<Latency>,
 ) -> anyhow::Result<CommandReport> {
     super::validate(miners, &settings)?;
     let started = Instant::now();
-    let sim = start_sim(miners).await?;
+    let sim = start_slow_sim(miners, latency).await?;
     let sim_start_seconds = started.elapsed().as_secs_f64();
     let rss_sim = rss_bytes();
     let fleet = Fleet::with(&sim, registration);
@@ -137,6 +141,7 @@ pub async fn bench_command(
         sim_start_seconds: round(sim_start_seconds, 3),
         identify_seconds: round(identify_seconds, 3),
         identified,
+        latency: latency.map(|l| l.to_string()),
         registered: registration == Registration::Registered,
         identifications: path.identifications() - identifications_before,
         seconds: round(seconds, 3),

@@ -8,7 +8,8 @@ use ebb_agent::{MinerPath, MinerPathSettings, Snapshot};
 use ebb_bus::InventoryDevice;
 use ebb_domain::{Capabilities, DeviceId};
 use ebb_minersim::{
-    Firmware, FleetSpec, GroupSpec, ListenMode, Model, Physics, SimOptions, Simulator, SiteSpec,
+    Firmware, FleetSpec, GroupSpec, Latency, ListenMode, Model, Physics, SimOptions, Simulator,
+    SiteSpec,
 };
 use futures::StreamExt;
 use serde::Serialize;
@@ -30,7 +31,13 @@ pub struct FirmwareFigures {
 }
 
 /// Starts a shared-mode simulator of `miners`, a third of each protocol, with instant physics.
+#[allow(dead_code, reason = "kept for benchmarks that need no slow fleet")]
 pub async fn start_sim(miners: usize) -> anyhow::Result<Simulator> {
+    start_slow_sim(miners, None).await
+}
+
+/// [`start_sim`], with every reply delayed by a draw from `latency` when given.
+pub async fn start_slow_sim(miners: usize, latency: Option<Latency>) -> anyhow::Result<Simulator> {
     let third = miners / 3;
     let counts = [
         (Model::M60s, miners - 2 * third),
@@ -44,10 +51,11 @@ pub async fn start_sim(miners: usize) -> anyhow::Result<Simulator> {
         }
     }
     let spec = FleetSpec::new(vec![SiteSpec::new("bench", groups)]);
-    let options = SimOptions::default()
+    let mut options = SimOptions::default()
         .with_mode(ListenMode::Shared)
         .with_physics(Physics::instant())
         .with_control_addr(None);
+    options.latency = latency;
     ebb_minersim::start(spec, options).await.context(
         "starting the simulator: a benchmark binds ports 80, 4028 and 4433 on 0.0.0.0 and must \
          run alone (no other benchmark, simulator, `ebb sim serve` or agent test at the same time)",

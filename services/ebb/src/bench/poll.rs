@@ -1,12 +1,13 @@
 //! `ebb bench poll`: one full telemetry poll of every miner of a fresh simulated fleet, by the
 //! agent's own [`ebb_agent::poll_each`].
 
-use super::fleet::{FirmwareFigures, Fleet, Registration, start_sim};
+use super::fleet::{FirmwareFigures, Fleet, Registration, start_slow_sim};
 use super::measure::{
     cpu_delta, cpu_seconds, opens_delta, per_miner, percentile_ms, round, rss_bytes,
     tcp_active_opens,
 };
 use ebb_agent::{MinerPathSettings, Polled};
+use ebb_minersim::Latency;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -26,6 +27,8 @@ pub struct PollReport {
     pub identify_seconds: f64,
     /// Miners identified.
     pub identified: usize,
+    /// The simulated reply latency (`P50_MS,P99_MS`), when the fleet was slow on purpose.
+    pub latency: Option<String>,
     /// Whether the inventory knew each miner's firmware (registered) or not (`--unregistered`:
     /// asic-rs alone, every miner identified first).
     pub registered: bool,
@@ -68,11 +71,12 @@ pub async fn bench_poll(
     miners: usize,
     settings: MinerPathSettings,
     registration: Registration,
+    latency: Option<Latency>,
 ) -> anyhow::Result<PollReport> {
     super::validate(miners, &settings)?;
     let rss_before = rss_bytes();
     let started = Instant::now();
-    let sim = start_sim(miners).await?;
+    let sim = start_slow_sim(miners, latency).await?;
     let sim_start_seconds = started.elapsed().as_secs_f64();
     let rss_sim = rss_bytes();
     let fleet = Fleet::with(&sim, registration);
@@ -108,6 +112,7 @@ pub async fn bench_poll(
         sim_start_seconds: round(sim_start_seconds, 3),
         identify_seconds: round(identify_seconds, 3),
         identified,
+        latency: latency.map(|l| l.to_string()),
         registered: registration == Registration::Registered,
         identifications: path.identifications() - identifications_before,
         seconds: round(seconds, 3),
