@@ -767,16 +767,21 @@ impl Planner {
 }
 
 fn plan_view(req: &StartRequest, plan: &Plan, codes: &BTreeMap<SiteId, String>) -> PlanView {
-    let mut per_site: BTreeMap<String, SiteShare> = BTreeMap::new();
+    // Summed by site id first (in selection order, as before): one name per site, not one
+    // string per selected device.
+    let mut by_id: BTreeMap<SiteId, SiteShare> = BTreeMap::new();
     for s in &plan.selected {
-        let code = codes
-            .get(&s.site_id)
-            .cloned()
-            .unwrap_or_else(|| s.site_id.to_string());
-        let e = per_site.entry(code).or_default();
+        let e = by_id.entry(s.site_id).or_default();
         e.devices += 1;
         e.shed_kw += s.shed_w / 1000.0;
     }
+    let per_site: BTreeMap<String, SiteShare> = by_id
+        .into_iter()
+        .map(|(id, share)| {
+            let code = codes.get(&id).cloned().unwrap_or_else(|| id.to_string());
+            (code, share)
+        })
+        .collect();
     PlanView {
         mode: req.mode,
         selected_count: plan.selected.len() as u32,

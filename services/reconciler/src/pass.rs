@@ -339,9 +339,10 @@ impl Reconciler {
             }
             self.last.events_decided += 1;
             self.last.targets_decided += cached.targets.len();
-            let outcome = AssertUnwindSafe(self.reconcile_event(&ev, &cached.targets, now))
-                .catch_unwind()
-                .await;
+            let outcome =
+                AssertUnwindSafe(self.reconcile_event(&ev, &cached.targets, &cached.index, now))
+                    .catch_unwind()
+                    .await;
             cached.dirty = false;
             cached.due = None;
             // An event whose pass failed is read whole again: what failed may have half-written.
@@ -433,10 +434,12 @@ impl Reconciler {
         Ok(Some(event))
     }
 
+    /// `index` is `targets`' position by device.
     async fn reconcile_event(
         &self,
         ev: &EventRow,
         targets: &[TargetRow],
+        index: &HashMap<DeviceId, usize>,
         now: chrono::DateTime<Utc>,
     ) -> anyhow::Result<Done> {
         let view = EventView::from(ev);
@@ -471,7 +474,7 @@ impl Reconciler {
             .chain(d.send.iter())
             .copied()
             .collect();
-        let wake = self.execute(ev, targets, d, now).await?;
+        let wake = self.execute(ev, targets, index, d, now).await?;
         Ok(Done { wake, wrote })
     }
 
@@ -483,18 +486,17 @@ impl Reconciler {
         &self,
         ev: &EventRow,
         targets: &[TargetRow],
+        index: &HashMap<DeviceId, usize>,
         d: Decisions,
         now: chrono::DateTime<Utc>,
     ) -> anyhow::Result<Option<Duration>> {
         let mut lost = HashSet::new();
         self.apply_moves(ev.id, &d.moves, None, &mut lost).await?;
 
-        let rows: HashMap<DeviceId, &TargetRow> =
-            targets.iter().map(|t| (t.device_id, t)).collect();
         let pick = |ids: &[DeviceId]| -> Vec<&TargetRow> {
             ids.iter()
                 .filter(|id| !lost.contains(*id))
-                .filter_map(|id| rows.get(id).copied())
+                .filter_map(|id| index.get(id).map(|&i| &targets[i]))
                 .collect()
         };
         for (batch, ids) in &d.republish {
