@@ -373,6 +373,9 @@ pub fn trusts_mining_flag(miner: &dyn Miner) -> bool {
         .contains("stock")
 }
 
+/// Most asic-rs identifications at once (the agent's in-flight bound before ADR 0008).
+const MAX_IDENTIFYING: usize = 256;
+
 /// One address's slot: at most one identification runs per address at a time.
 type Slot = Arc<tokio::sync::Mutex<Option<MinerHandle>>>;
 
@@ -390,6 +393,10 @@ pub struct MinerPool {
     deadline: Duration,
     /// Identifications started (each one probes the address with asic-rs's detection).
     identifications: std::sync::atomic::AtomicU64,
+    /// Identifications at once: each builds HTTP clients and certificate stores in asic-rs, so
+    /// thousands at once (the in-flight default suits the native path) would starve the CPU
+    /// and time out. Waiting for a permit is back-pressure, outside the call's deadline.
+    identifying: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for MinerPool {
@@ -409,6 +416,7 @@ impl MinerPool {
             max: max.max(1),
             deadline,
             identifications: std::sync::atomic::AtomicU64::new(0),
+            identifying: tokio::sync::Semaphore::new(MAX_IDENTIFYING),
         }
     }
 
@@ -454,6 +462,11 @@ impl MinerPool {
     }
 
     async fn identify(&self, ip: IpAddr) -> Result<MinerHandle, MinerError> {
+        let _permit = self
+            .identifying
+            .acquire()
+            .await
+            .map_err(|_| MinerError::Starved("identification closed".to_owned()))?;
         self.identifications
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(%ip, "identifying a miner through asic-rs");
