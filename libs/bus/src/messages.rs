@@ -87,6 +87,11 @@ pub struct InventoryDevice {
     pub address: String,
     pub make: String,
     pub model: String,
+    /// The firmware and its version as the scan that registered the miner found them (asic-rs's
+    /// name, then the version: `LuxOS 2024.5.1`), so the agent drives a known miner without
+    /// identifying it again.
+    #[serde(default)]
+    pub firmware: Option<String>,
     pub capabilities: Capabilities,
 }
 
@@ -369,6 +374,7 @@ mod tests {
             address: format!("10.0.{}.{}", i / 256, i % 256),
             make: "m".repeat(text),
             model: "x".repeat(text),
+            firmware: Some("f".repeat(text)),
             capabilities: ebb_domain::Capabilities::default(),
         };
         let check = |rows: Vec<InventoryDevice>, more: bool| {

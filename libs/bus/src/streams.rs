@@ -82,9 +82,17 @@ pub async fn ensure(js: &jetstream::Context, names: &[&str]) -> Result<(), async
     Ok(())
 }
 
-/// How long an agent has to execute and ack a batch before JetStream redelivers it. A batch of
-/// 2,000 miners with 256 in flight and a 10 s per-miner timeout finishes well within this.
-pub const AGENT_ACK_WAIT: Duration = Duration::from_secs(300);
+/// How long a batch may go without word from its agent before JetStream redelivers it. A live
+/// agent sends an in-progress ack every [`AGENT_PROGRESS_EVERY`] however long the batch takes,
+/// so this bounds only what an agent's death costs: its batch goes to the restarted agent within
+/// seconds (issue 11 measured 300 s here as an event stuck `pending` past a grid deadline).
+/// Executing a batch twice is harmless: the agent reads each miner's state first.
+pub const AGENT_ACK_WAIT: Duration = Duration::from_secs(15);
+
+/// How often an agent tells JetStream it is still working on a batch: three times per
+/// [`AGENT_ACK_WAIT`], so one lost progress ack does not cost a redelivery.
+pub const AGENT_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+const _: () = assert!(AGENT_PROGRESS_EVERY.as_secs() * 3 <= AGENT_ACK_WAIT.as_secs());
 
 /// The durable consumer of one site's agent: one batch in flight at a time, so a curtail and the
 /// uncurtail queued after it reach the miners in order, even across a redelivery.
@@ -130,7 +138,9 @@ pub fn reconciler_telemetry() -> consumer::pull::Config {
     }
 }
 
-/// Gets or creates a durable pull consumer on `stream`.
+/// Gets or creates a durable pull consumer on `stream`. A consumer created by an older release
+/// with other delivery settings (ack wait, deliveries, batches in flight) is updated to `cfg`'s,
+/// so an upgrade changes them without anyone deleting the consumer (and its position).
 pub async fn ensure_consumer(
     js: &jetstream::Context,
     stream: &str,
@@ -138,5 +148,24 @@ pub async fn ensure_consumer(
 ) -> Result<consumer::PullConsumer, async_nats::Error> {
     let name = cfg.durable_name.clone().unwrap_or_default();
     let s = js.get_stream(stream).await?;
-    Ok(s.get_or_create_consumer(&name, cfg).await?)
+    let mut existing: consumer::PullConsumer = s.get_or_create_consumer(&name, cfg.clone()).await?;
+    let now = existing.info().await?.config.clone();
+    if delivery_differs(&now, &cfg) {
+        tracing::info!(
+            stream,
+            consumer = %name,
+            ack_wait_s = cfg.ack_wait.as_secs(),
+            was_s = now.ack_wait.as_secs(),
+            "updating the consumer's delivery settings"
+        );
+        return Ok(s.create_consumer(cfg).await?);
+    }
+    Ok(existing)
+}
+
+/// Whether an existing consumer's delivery settings differ from those wanted.
+fn delivery_differs(now: &consumer::Config, wanted: &consumer::pull::Config) -> bool {
+    now.ack_wait != wanted.ack_wait
+        || now.max_deliver != wanted.max_deliver
+        || now.max_ack_pending != wanted.max_ack_pending
 }

@@ -2,9 +2,10 @@
 //! Prometheus recorder and its `/metrics` route, the metric names (defined once, here), and W3C
 //! trace context carried in a `traceparent` NATS header.
 
+pub mod catalogue;
 pub mod names;
 mod secret;
-pub use secret::{CredUrl, Secret};
+pub use secret::{CredUrl, Secret, redact_url};
 pub mod trace;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -61,7 +62,10 @@ pub fn prometheus() -> PrometheusHandle {
                 .expect("static non-empty buckets")
                 .install_recorder();
             match handle {
-                Ok(h) => h,
+                Ok(h) => {
+                    catalogue::describe();
+                    h
+                }
                 // Another recorder is installed (a test harness): render an empty, detached one.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
             }

@@ -52,14 +52,18 @@ impl Context {
         let pool = match needs {
             Needs::Nats => None,
             Needs::DatabaseAndNats => Some(
-                ebb_store::connect(common.database_url.as_str(), common.db_connections)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "connecting to postgresql at {}",
-                            common.database_url.redacted()
-                        )
-                    })?,
+                ebb_store::connect_with(
+                    common.database_url.as_str(),
+                    common.db_connections,
+                    &common.db_session(),
+                )
+                .await
+                .with_context(|| {
+                    format!(
+                        "connecting to postgresql at {}",
+                        common.database_url.redacted()
+                    )
+                })?,
             ),
         };
         let nats = connect_nats(common, client_name).await?;
@@ -114,6 +118,20 @@ impl Context {
     /// The database URL, for a connection outside the pool.
     pub fn database_url(&self) -> &str {
         self.inner.common.database_url.as_str()
+    }
+
+    /// The options of a dedicated PostgreSQL connection outside the pool (the reconciler's
+    /// leader lock), with the same session settings as the pool's.
+    pub fn db_connect_options(&self) -> anyhow::Result<sqlx::postgres::PgConnectOptions> {
+        let common = &self.inner.common;
+        ebb_store::connect_options(common.database_url.as_str(), &common.db_session()).with_context(
+            || {
+                format!(
+                    "reading the postgresql url {}",
+                    common.database_url.redacted()
+                )
+            },
+        )
     }
 
     /// The shared settings the process runs with.

@@ -127,6 +127,14 @@ pub struct Common {
     pub database_url: CredUrl,
     /// Most PostgreSQL connections in the process's pool.
     pub db_connections: u32,
+    /// Longest a PostgreSQL statement may run (ms); 0 for no limit.
+    pub db_statement_timeout_ms: u64,
+    /// Idle seconds before PostgreSQL probes a connection whose client may be gone.
+    pub db_keepalive_idle_s: u64,
+    /// Seconds between unanswered probes.
+    pub db_keepalive_interval_s: u64,
+    /// Unanswered probes before PostgreSQL drops the connection (and its locks).
+    pub db_keepalive_count: u32,
     /// NATS server URL(s), comma-separated.
     pub nats_url: CredUrl,
     /// A NATS `.creds` file (user JWT and nkey seed); empty for none.
@@ -140,9 +148,15 @@ pub struct Common {
 
 impl Default for Common {
     fn default() -> Self {
+        // The session defaults are the store's, written once there.
+        let session = ebb_store::Session::default();
         Self {
             database_url: CredUrl::default(),
             db_connections: 8,
+            db_statement_timeout_ms: session.statement_timeout.as_millis() as u64,
+            db_keepalive_idle_s: session.keepalive_idle.as_secs(),
+            db_keepalive_interval_s: session.keepalive_interval.as_secs(),
+            db_keepalive_count: session.keepalive_count,
             nats_url: DEFAULT_NATS_URL.into(),
             nats_creds: String::new(),
             nats_ca: String::new(),
@@ -156,6 +170,26 @@ const COMMON_KEYS: &[Key] = &[
         .env("DATABASE_URL")
         .secret(Secrecy::UrlPassword),
     Key::new("db_connections", "most PostgreSQL connections in the pool").env("EBB_DB_CONNECTIONS"),
+    Key::new(
+        "db_statement_timeout_ms",
+        "longest a PostgreSQL statement may run (ms; 0 for no limit)",
+    )
+    .env("EBB_DB_STATEMENT_TIMEOUT_MS"),
+    Key::new(
+        "db_keepalive_idle_s",
+        "idle seconds before PostgreSQL probes a connection whose client may be gone",
+    )
+    .env("EBB_DB_KEEPALIVE_IDLE_S"),
+    Key::new(
+        "db_keepalive_interval_s",
+        "seconds between PostgreSQL's unanswered keepalive probes",
+    )
+    .env("EBB_DB_KEEPALIVE_INTERVAL_S"),
+    Key::new(
+        "db_keepalive_count",
+        "unanswered probes before PostgreSQL drops a connection and its locks",
+    )
+    .env("EBB_DB_KEEPALIVE_COUNT"),
     Key::new("nats_url", "NATS server URL(s), comma-separated")
         .env("NATS_URL")
         .secret(Secrecy::UrlPassword),
@@ -180,8 +214,19 @@ impl Common {
     /// The common keys a service with `needs` has.
     pub fn keys(needs: Needs) -> impl Iterator<Item = &'static Key> {
         COMMON_KEYS.iter().filter(move |k| {
-            needs == Needs::DatabaseAndNats || !matches!(k.name, "database_url" | "db_connections")
+            needs == Needs::DatabaseAndNats
+                || !(k.name == "database_url" || k.name.starts_with("db_"))
         })
+    }
+
+    /// What every PostgreSQL connection of the process starts with.
+    pub fn db_session(&self) -> ebb_store::Session {
+        ebb_store::Session {
+            statement_timeout: std::time::Duration::from_millis(self.db_statement_timeout_ms),
+            keepalive_idle: std::time::Duration::from_secs(self.db_keepalive_idle_s),
+            keepalive_interval: std::time::Duration::from_secs(self.db_keepalive_interval_s),
+            keepalive_count: self.db_keepalive_count,
+        }
     }
 
     /// Every invalid common setting.
@@ -196,6 +241,25 @@ impl Common {
                     "db_connections must be between 1 and 1000, got {}",
                     self.db_connections
                 ));
+            }
+            if self.db_statement_timeout_ms > 24 * 3_600_000 {
+                bad.push(format!(
+                    "db_statement_timeout_ms must be at most 86400000 (a day; 0 for no limit), got {}",
+                    self.db_statement_timeout_ms
+                ));
+            }
+            for (key, value, max) in [
+                ("db_keepalive_idle_s", self.db_keepalive_idle_s, 7_200),
+                ("db_keepalive_interval_s", self.db_keepalive_interval_s, 600),
+                (
+                    "db_keepalive_count",
+                    u64::from(self.db_keepalive_count),
+                    100,
+                ),
+            ] {
+                if !(1..=max).contains(&value) {
+                    bad.push(format!("{key} must be between 1 and {max}, got {value}"));
+                }
             }
         }
         let nats = self.nats_url.as_str().trim();
@@ -634,6 +698,57 @@ mod tests {
         )
         .unwrap();
         assert_eq!(back, l);
+    }
+
+    #[test]
+    fn a_nats_token_is_hidden_too() {
+        let sources = Sources::flags([
+            ("database_url", "postgres://db/ebb"),
+            ("nats_url", "nats://s3cr3t@nats:4222"),
+        ]);
+        let l = load::<Demo>("demo", Needs::DatabaseAndNats, &sources).unwrap();
+        let text = to_toml("demo", Needs::DatabaseAndNats, &l);
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert!(text.contains("nats://***@nats:4222"), "{text}");
+        assert!(!format!("{l:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn database_session_settings_default_to_the_store_and_are_checked() {
+        assert_eq!(
+            Common::default().db_session(),
+            ebb_store::Session::default()
+        );
+        let sources = Sources::flags([
+            ("database_url", "postgres://db/ebb"),
+            ("db_statement_timeout_ms", "2500"),
+            ("db_keepalive_idle_s", "20"),
+            ("db_keepalive_interval_s", "5"),
+            ("db_keepalive_count", "4"),
+        ]);
+        let l = load::<Demo>("demo", Needs::DatabaseAndNats, &sources).unwrap();
+        assert_eq!(
+            l.common.db_session(),
+            ebb_store::Session {
+                statement_timeout: std::time::Duration::from_millis(2500),
+                keepalive_idle: std::time::Duration::from_secs(20),
+                keepalive_interval: std::time::Duration::from_secs(5),
+                keepalive_count: 4,
+            }
+        );
+        let sources = Sources::flags([
+            ("database_url", "postgres://db/ebb"),
+            ("db_statement_timeout_ms", "100000000"),
+            ("db_keepalive_idle_s", "0"),
+            ("db_keepalive_interval_s", "601"),
+            ("db_keepalive_count", "0"),
+        ]);
+        let Problems(p) = load::<Demo>("demo", Needs::DatabaseAndNats, &sources).unwrap_err();
+        assert_eq!(p.len(), 4, "{p:#?}");
+        // A service without a database has none of them.
+        let sources = Sources::flags([("db_keepalive_idle_s", "20")]);
+        let Problems(p) = load::<Demo>("demo", Needs::Nats, &sources).unwrap_err();
+        assert_eq!(p, vec!["--db-keepalive-idle-s: unknown setting".to_owned()]);
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! acked by the `RESULT` stream. A batch that cannot be trusted is terminated (never
 //! redelivered) after its `invalid_command` results are published; a batch interrupted by
 //! shutdown is nak'ed so the next agent runs it again at once, which is harmless because every
-//! command is idempotent.
+//! command is idempotent. A batch in which the agent deferred devices for its own shortage
+//! (`budget`) publishes the other devices' results and is nak'ed with a delay: the deferred
+//! devices get no result, so they spend no attempt, and run again on redelivery.
 
 use crate::agent::Agent;
 use crate::execute::{self, Executed};
@@ -22,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long one pull waits for a batch; also the longest shutdown waits for an idle pull.
 const PULL_WAIT: Duration = Duration::from_secs(2);
-/// How often a long batch tells JetStream it is still being worked on.
-const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+/// How often a long batch tells JetStream it is still being worked on (well inside the consumer's
+/// short ack wait, which is what makes a dead agent's batch come back within seconds).
+const PROGRESS_EVERY: Duration = ebb_bus::streams::AGENT_PROGRESS_EVERY;
 /// Publish attempts for a batch's results before the batch is nak'ed for later.
 const RESULT_ATTEMPTS: u32 = 5;
 /// Delay before a batch whose results could not be published is delivered again.
@@ -42,6 +45,7 @@ pub async fn consume(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let site = agent.site.clone();
+    wait_for_inventory(&agent, &shutdown).await;
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let mut pulled = match consumer
@@ -72,6 +76,23 @@ pub async fn consume(
         }
     }
     Ok(())
+}
+
+/// Waits, for a bounded time, until the first inventory is loaded: it says which firmware each
+/// miner runs, so a batch that arrives first would otherwise identify every miner it names
+/// through asic-rs instead of driving registered ones directly. Without an inventory in time
+/// (planner down) batches run anyway, on the addresses they carry.
+async fn wait_for_inventory(agent: &Agent, shutdown: &CancellationToken) {
+    let bound = tokio::time::Instant::now() + agent.config.call_timeout;
+    while !agent.inventory.snapshot().loaded && tokio::time::Instant::now() < bound {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    if !agent.inventory.snapshot().loaded {
+        tracing::warn!(site = %agent.site, "no inventory yet; executing batches on the addresses they carry");
+    }
 }
 
 /// Gives a batch back for immediate redelivery (to this agent's successor).
@@ -142,6 +163,7 @@ async fn handle(agent: &Agent, message: jetstream::Message, shutdown: &Cancellat
         }
     };
 
+    let deferred = executed.deferred.len();
     let result = BatchResult {
         batch_id: batch.batch_id,
         event_id: batch.event_id,
@@ -151,7 +173,12 @@ async fn handle(agent: &Agent, message: jetstream::Message, shutdown: &Cancellat
         finished_at: chrono::Utc::now(),
     };
     let summary = Summary::of(&result.results);
-    if !publish_result_with_retry(agent, result, traceparent.as_deref(), shutdown).await {
+    let published = (result.results.is_empty() && deferred > 0)
+        || publish_result_with_retry(agent, result, traceparent.as_deref(), shutdown).await;
+    if !published || deferred > 0 {
+        if deferred > 0 {
+            tracing::warn!(%site, batch_id = %batch.batch_id, deferred, delivered, "the agent was starved: running the batch again later for its deferred devices");
+        }
         if let Err(error) = message.ack_with(AckKind::Nak(Some(RETRY_DELAY))).await {
             tracing::warn!(%site, %error, "nak failed; the batch comes back after ack_wait");
         }

@@ -8,6 +8,7 @@
 //! the backend's own parsers (`parse_wattage`, `parse_hashrate`, …): the miner-specific knowledge
 //! stays in asic-rs, only the error handling is ours.
 
+use crate::budget;
 use crate::instruments::{self, Op};
 use asic_rs::MinerFactory;
 use asic_rs::core::data::collector::DataField;
@@ -44,12 +45,23 @@ pub enum MinerError {
     InvalidReply(String),
     #[error("not supported by this miner's firmware")]
     Unsupported,
+    /// The agent itself ran short (descriptors, buffers, memory, an in-flight slot): never the
+    /// miner's fault, never reported as its outcome (see [`crate::budget`]).
+    #[error("the agent is short of its own resources: {0}")]
+    Starved(String),
+}
+
+impl From<budget::Starved> for MinerError {
+    fn from(s: budget::Starved) -> Self {
+        MinerError::Starved(s.0)
+    }
 }
 
 impl MinerError {
-    /// The per-device outcome this error is reported as.
-    pub fn outcome(&self) -> Outcome {
-        match self {
+    /// The per-device outcome this error is reported as; `None` for the agent's own shortage,
+    /// which is never a miner's outcome.
+    pub fn outcome(&self) -> Option<Outcome> {
+        Some(match self {
             MinerError::Unreachable(_) => Outcome::Unreachable,
             MinerError::Timeout => Outcome::Timeout,
             MinerError::Refused(reason) => Outcome::Refused {
@@ -59,7 +71,13 @@ impl MinerError {
                 reason: format!("invalid reply: {reason}"),
             },
             MinerError::Unsupported => Outcome::Unsupported,
-        }
+            MinerError::Starved(_) => return None,
+        })
+    }
+
+    /// Whether the agent, not the miner, ran short.
+    pub fn is_starved(&self) -> bool {
+        matches!(self, MinerError::Starved(_))
     }
 
     /// Whether the miner could not be talked to at all (as opposed to answering badly).
@@ -71,6 +89,8 @@ impl MinerError {
     /// command and slow on another is reported unreachable.
     fn severity(&self) -> u8 {
         match self {
+            // A read that was starved on one command says nothing about the miner at all.
+            MinerError::Starved(_) => 5,
             MinerError::Unreachable(_) => 4,
             MinerError::Timeout => 3,
             MinerError::Refused(_) => 2,
@@ -96,6 +116,9 @@ pub fn classify(err: &anyhow::Error, took: Duration) -> MinerError {
             };
         }
         if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            if budget::is_own_exhaustion(io) {
+                return MinerError::Starved(io.to_string());
+            }
             return match io.kind() {
                 std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
                     MinerError::Timeout
@@ -114,6 +137,9 @@ pub fn classify(err: &anyhow::Error, took: Duration) -> MinerError {
         }
     }
     let text = lowercase(&format!("{err:#}"));
+    if budget::mentions_own_exhaustion(&text) {
+        return MinerError::Starved(text);
+    }
     if text.contains("timed out")
         || text.contains("timeout")
         || took >= ASIC_RS_IO_TIMEOUT.mul_f64(0.95)
@@ -154,11 +180,24 @@ where
     let result = tokio::time::timeout(deadline, fut).await;
     let took = started.elapsed();
     instruments::miner_call(op, took);
-    match result {
-        Err(_) => Err(MinerError::Timeout),
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(classify(&e, took)),
+    let error = match result {
+        Ok(Ok(v)) => return Ok(v),
+        Err(_) => MinerError::Timeout,
+        Ok(Err(e)) => classify(&e, took),
+    };
+    Err(blame(error))
+}
+
+/// A transport failure while this process cannot open a socket is the agent's, not the
+/// miner's: asic-rs reports a connect that failed for want of a descriptor as a plain
+/// connection failure.
+fn blame(error: MinerError) -> MinerError {
+    if error.is_transport()
+        && let Err(starved) = budget::can_open_socket()
+    {
+        return starved.into();
     }
+    error
 }
 
 /// Runs a control call (pause, resume, set a power limit). asic-rs controls answer
@@ -251,6 +290,9 @@ pub async fn read(
                 }
             }
         }
+    }
+    if let Some(starved) = worst.as_ref().filter(|w| w.is_starved()) {
+        return Err(starved.clone());
     }
     if answered.is_empty() {
         return Err(worst.unwrap_or(MinerError::Timeout));
@@ -346,6 +388,8 @@ pub struct MinerPool {
     max: usize,
     /// Deadline of an identification.
     deadline: Duration,
+    /// Identifications started (each one probes the address with asic-rs's detection).
+    identifications: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for MinerPool {
@@ -364,7 +408,14 @@ impl MinerPool {
             slots: Mutex::new(HashMap::new()),
             max: max.max(1),
             deadline,
+            identifications: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Identifications started since the pool was built.
+    pub fn identifications(&self) -> u64 {
+        self.identifications
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Slot>> {
@@ -403,6 +454,9 @@ impl MinerPool {
     }
 
     async fn identify(&self, ip: IpAddr) -> Result<MinerHandle, MinerError> {
+        self.identifications
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(%ip, "identifying a miner through asic-rs");
         let started = Instant::now();
         // get_miner bounds itself by the identification timeout; the outer deadline only guards
         // against a backend that ignores it.
@@ -412,6 +466,10 @@ impl MinerPool {
             self.factory.get_miner(ip),
         )
         .await?;
+        // asic-rs turns every failed probe into "no miner", and a probe that failed for want of
+        // a descriptor may leave a different firmware's probe to win: identification while the
+        // agent is starved is neither a verdict nor a handle worth keeping.
+        budget::can_open_socket()?;
         match found {
             Some(miner) => Ok(Arc::from(miner)),
             None if started.elapsed() >= self.deadline.mul_f64(0.95) => Err(MinerError::Timeout),
@@ -494,18 +552,37 @@ mod tests {
 
     #[test]
     fn outcomes() {
-        assert_eq!(MinerError::Timeout.outcome(), Outcome::Timeout);
+        assert_eq!(MinerError::Timeout.outcome(), Some(Outcome::Timeout));
         assert_eq!(
             MinerError::Unreachable("x".into()).outcome(),
-            Outcome::Unreachable
+            Some(Outcome::Unreachable)
         );
         assert_eq!(
             MinerError::Refused("no".into()).outcome(),
-            Outcome::Refused {
+            Some(Outcome::Refused {
                 reason: "no".into()
-            }
+            })
         );
-        assert_eq!(MinerError::Unsupported.outcome(), Outcome::Unsupported);
+        assert_eq!(
+            MinerError::Unsupported.outcome(),
+            Some(Outcome::Unsupported)
+        );
+        // The agent's own shortage is nobody's outcome.
+        assert_eq!(MinerError::Starved("emfile".into()).outcome(), None);
+    }
+
+    #[test]
+    fn the_agents_exhaustion_is_starvation() {
+        let emfile = std::io::Error::from_raw_os_error(24);
+        assert!(
+            classify(
+                &anyhow::Error::from(emfile).context("connecting"),
+                Duration::ZERO
+            )
+            .is_starved()
+        );
+        let text = anyhow::anyhow!("error sending request: Too many open files (os error 24)");
+        assert!(classify(&text, Duration::from_secs(5)).is_starved());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::driver::{self, MinerError, Reading};
 use crate::instruments::{self, Op};
 use crate::inventory::Snapshot;
 use crate::miner_path::MinerPath;
+use crate::native::{Native, Protocol, Want};
 use crate::telemetry::{self, Polled, Samples};
 use asic_rs::core::data::collector::DataField;
 use asic_rs::core::traits::miner::Miner;
@@ -32,22 +33,29 @@ use std::net::IpAddr;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// What executing a batch produced: the per-device results, in batch order, and the samples read
-/// right after the commands.
+/// What executing a batch produced: the per-device results, in batch order, the samples read
+/// right after the commands, and the devices deferred because the agent itself ran short.
 #[derive(Debug, Default)]
 pub struct Executed {
     pub results: Vec<DeviceResult>,
     pub samples: Samples,
+    /// Devices with no result: the agent could not serve them (its own descriptors, memory or
+    /// in-flight slots ran out). They are not the miners' failures and must not cost an attempt;
+    /// the batch is run again later instead.
+    pub deferred: Vec<DeviceId>,
 }
 
 /// One device's part of an executed batch.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeviceRun {
-    pub result: DeviceResult,
+    pub device_id: DeviceId,
+    /// `None` when the device was deferred: the agent ran short of its own resources.
+    pub result: Option<DeviceResult>,
     /// The read right after the command, when the miner was reached (`None` when it was never
     /// contacted or does not support the command).
     pub sample: Option<Polled>,
-    /// From the device's turn to its last reply: handle, state read, command, read after.
+    /// From the device's turn (an in-flight slot) to its last reply: handle, state read,
+    /// command, read after.
     pub took: Duration,
 }
 
@@ -238,12 +246,18 @@ impl Priors {
 pub async fn execute(path: &MinerPath, batch: &CommandBatch, inventory: &Snapshot) -> Executed {
     let mut out = Executed::default();
     for run in execute_each(path, batch, inventory).await {
-        instruments::command_outcome(Some(&batch.command), &run.result.outcome);
-        out.results.push(run.result);
+        match run.result {
+            Some(result) => {
+                instruments::command_outcome(Some(&batch.command), &result.outcome);
+                out.results.push(result);
+            }
+            None => out.deferred.push(run.device_id),
+        }
         if let Some(s) = run.sample {
             out.samples.push(s);
         }
     }
+    instruments::starved(instruments::Starved::Command, out.deferred.len() as u64);
     out
 }
 
@@ -274,7 +288,7 @@ pub async fn execute_each(
     done.into_iter().map(|(_, run)| run).collect()
 }
 
-/// Times one device from its turn (the first poll, when `buffer_unordered` picks it up).
+/// Times one device from its turn: an in-flight slot of the agent's budget.
 async fn execute_indexed(
     path: &MinerPath,
     kind: CommandKind,
@@ -282,27 +296,53 @@ async fn execute_indexed(
     inventory: &Snapshot,
     i: usize,
 ) -> (usize, DeviceRun) {
+    let deferred = |took| DeviceRun {
+        device_id: dev.device_id,
+        result: None,
+        sample: None,
+        took,
+    };
+    let Ok(_slot) = path.budget.acquire().await else {
+        return (i, deferred(Duration::ZERO));
+    };
     let started = Instant::now();
-    let (result, sample) = execute_device(path, kind, dev, inventory).await;
-    let took = started.elapsed();
-    (
-        i,
-        DeviceRun {
-            result,
-            sample,
-            took,
-        },
-    )
+    // The agent's own shortage is waited out with back-off, for as long as a slot may be
+    // waited for; then the device is deferred, never failed.
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match execute_device(path, kind, dev, inventory).await {
+            Ok((result, sample)) => {
+                let took = started.elapsed();
+                let run = DeviceRun {
+                    device_id: dev.device_id,
+                    result: Some(result),
+                    sample,
+                    took,
+                };
+                return (i, run);
+            }
+            Err(starved) if started.elapsed() + backoff >= path.budget.wait() => {
+                tracing::warn!(device_id = %dev.device_id, error = %starved, "the agent is starved; deferring the device");
+                return (i, deferred(started.elapsed()));
+            }
+            Err(starved) => {
+                tracing::debug!(device_id = %dev.device_id, error = %starved, "the agent is starved; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// Executes the command on one device and, when the miner was reached, reads it again at once
 /// so that confirmation does not wait for the next poll cycle.
+/// `Err` only when the agent itself ran short: nothing is reported for the device then.
 async fn execute_device(
     path: &MinerPath,
     kind: CommandKind,
     dev: &DeviceRef,
     inventory: &Snapshot,
-) -> (DeviceResult, Option<Polled>) {
+) -> Result<(DeviceResult, Option<Polled>), MinerError> {
     let result = |outcome: Outcome, prior: Option<f64>| DeviceResult {
         device_id: dev.device_id,
         outcome,
@@ -315,7 +355,7 @@ async fn execute_device(
         _ => {
             let reason =
                 "unknown device: not in the site inventory and no address given".to_owned();
-            return (result(Outcome::Refused { reason }, None), None);
+            return Ok((result(Outcome::Refused { reason }, None), None));
         }
     };
     // The capability table is the same one the planner selects by; refusing by it here means a
@@ -323,42 +363,176 @@ async fn execute_device(
     if let Some(k) = known
         && !k.capabilities.allows(&kind)
     {
-        return (result(Outcome::Unsupported, None), None);
+        return Ok((result(Outcome::Unsupported, None), None));
     }
     let Ok(ip) = address.parse::<IpAddr>() else {
         let reason = format!("invalid address {address:?}");
-        return (result(Outcome::Refused { reason }, None), None);
+        return Ok((result(Outcome::Refused { reason }, None), None));
     };
+    let firmware = known.and_then(|k| k.firmware.as_deref());
+    if let Some((native, protocol)) = path.native_for(firmware)
+        && let Some(step) = NativeStep::of(path, protocol, kind, dev)
+    {
+        match drive_native(path, native, protocol, ip, step, dev.device_id).await {
+            Ok((outcome, prior)) => {
+                let sample = native_sample(path, native, protocol, ip, dev.device_id).await;
+                return Ok((result(outcome, prior), sample));
+            }
+            Err(e) if e.is_starved() => return Err(e),
+            Err(e) if e.is_transport() => {
+                let outcome = e.outcome().unwrap_or(Outcome::Unreachable);
+                return Ok((
+                    result(outcome, None),
+                    Some(Polled::unreachable(dev.device_id)),
+                ));
+            }
+            Err(e) => {
+                // Refused, or a reply the agent does not understand (a reflashed miner?):
+                // asic-rs has the last word, identifying the miner afresh.
+                tracing::debug!(%ip, protocol = protocol.label(), error = %e, "native command not carried out, asking asic-rs");
+            }
+        }
+    }
     let miner = match path.pool.get(ip).await {
         Ok(m) => m,
         Err(e) => {
+            let Some(outcome) = e.outcome() else {
+                return Err(e);
+            };
             if e.is_transport() {
                 path.pool.forget(ip);
             }
-            return (
-                result(e.outcome(), None),
+            return Ok((
+                result(outcome, None),
                 Some(Polled::unreachable(dev.device_id)).filter(|_| e.is_transport()),
-            );
+            ));
         }
     };
     match drive(path, &*miner, kind, dev).await {
         Ok((outcome, prior)) => {
             let sample = telemetry::poll_handle(path, dev.device_id, ip, &*miner).await;
-            (result(outcome, prior), Some(sample))
+            Ok((
+                result(outcome, prior),
+                Some(sample).filter(Polled::is_sample),
+            ))
         }
-        Err(e) if e.is_transport() => {
-            path.pool.forget(ip);
-            (
-                result(e.outcome(), None),
-                Some(Polled::unreachable(dev.device_id)),
-            )
-        }
-        Err(MinerError::Unsupported) => (result(Outcome::Unsupported, None), None),
         Err(e) => {
+            let Some(outcome) = e.outcome() else {
+                return Err(e);
+            };
+            if e.is_transport() {
+                path.pool.forget(ip);
+                return Ok((
+                    result(outcome, None),
+                    Some(Polled::unreachable(dev.device_id)),
+                ));
+            }
+            if e == MinerError::Unsupported {
+                return Ok((result(outcome, None), None));
+            }
             // It answered but would not do it: read what it is doing now.
             let sample = telemetry::poll_handle(path, dev.device_id, ip, &*miner).await;
-            (result(e.outcome(), None), Some(sample))
+            Ok((
+                result(outcome, None),
+                Some(sample).filter(Polled::is_sample),
+            ))
         }
+    }
+}
+
+/// What the native protocols do for a command: sleep, or wake without a power limit to put
+/// back. Everything else (power limits, firmware without native controls) goes through asic-rs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NativeStep {
+    Sleep,
+    Wake,
+}
+
+impl NativeStep {
+    fn of(
+        path: &MinerPath,
+        protocol: Protocol,
+        kind: CommandKind,
+        dev: &DeviceRef,
+    ) -> Option<Self> {
+        if !protocol.controls() {
+            return None;
+        }
+        match kind {
+            CommandKind::Curtail {
+                level: CurtailLevel::Full,
+            } => Some(NativeStep::Sleep),
+            CommandKind::Uncurtail => {
+                let restore = dev
+                    .restore_power_limit_w
+                    .filter(|w| usable_restore_limit(*w))
+                    .or(path.priors.get(&dev.device_id));
+                (restore.is_none() || !protocol.limits_power()).then_some(NativeStep::Wake)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// [`drive`] for a miner spoken to natively: read its state, and sleep or wake it unless it is
+/// already there.
+async fn drive_native(
+    path: &MinerPath,
+    native: &Native,
+    protocol: Protocol,
+    ip: IpAddr,
+    step: NativeStep,
+    id: DeviceId,
+) -> Result<(Outcome, Option<f64>), MinerError> {
+    let (read, control) = (
+        path.settings().call_timeout,
+        path.settings().control_timeout,
+    );
+    let state = native.read(protocol, ip, Want::State, read).await?;
+    match step {
+        NativeStep::Sleep => {
+            let prior = path
+                .priors
+                .get(&id)
+                .or(state.power_limit_w.filter(|_| protocol.limits_power()));
+            if state.asleep() {
+                return Ok((Outcome::AlreadyInState, prior));
+            }
+            native.sleep(protocol, ip, true, control).await?;
+            Ok((Outcome::Ok, prior))
+        }
+        NativeStep::Wake => {
+            if !state.awake(protocol.trusts_mining_flag()) {
+                native.sleep(protocol, ip, false, control).await?;
+                path.priors.forget(&id);
+                return Ok((Outcome::Ok, None));
+            }
+            path.priors.forget(&id);
+            Ok((Outcome::AlreadyInState, None))
+        }
+    }
+}
+
+/// The read right after a native command, for confirmation without waiting for the next poll.
+async fn native_sample(
+    path: &MinerPath,
+    native: &Native,
+    protocol: Protocol,
+    ip: IpAddr,
+    id: DeviceId,
+) -> Option<Polled> {
+    match native
+        .read(protocol, ip, Want::Telemetry, path.settings().call_timeout)
+        .await
+    {
+        Ok(reading) => Some(telemetry::sample(
+            id,
+            &reading,
+            chrono::Utc::now().timestamp_millis(),
+        )),
+        Err(e) if e.is_starved() => None,
+        Err(e) if e.is_transport() => Some(Polled::unreachable(id)),
+        Err(_) => Some(Polled::Invalid),
     }
 }
 
@@ -380,7 +554,7 @@ async fn read_state(
     }
     match driver::read(miner, &fields, path.settings().call_timeout).await {
         Ok(r) => Ok(r),
-        Err(e) if e.is_transport() => Err(e),
+        Err(e) if e.is_transport() || e.is_starved() => Err(e),
         Err(e) => {
             tracing::debug!(error = %e, "state unreadable before a command, sending it anyway");
             Ok(Reading::default())

@@ -20,6 +20,25 @@ pub const POISON_BATCHES_TOTAL: &str = ebb_obs::names::AGENT_POISON_BATCHES;
 /// Restore limits outside what any miner supports, ignored: the miner was woken without it.
 pub const RESTORE_LIMITS_IGNORED_TOTAL: &str = ebb_obs::names::AGENT_RESTORE_LIMITS_IGNORED;
 
+/// Devices the agent deferred because it ran short of its own resources (descriptors, memory,
+/// in-flight slots), labelled `path` (command, poll): back-pressure, never a miner's outcome.
+pub const STARVED_TOTAL: &str = ebb_obs::names::AGENT_STARVED;
+
+/// Where the agent deferred a device for its own shortage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Starved {
+    Command,
+    Poll,
+}
+
+pub fn starved(path: Starved, devices: u64) {
+    let path = match path {
+        Starved::Command => "command",
+        Starved::Poll => "poll",
+    };
+    metrics::counter!(STARVED_TOTAL, "path" => path).increment(devices);
+}
+
 /// The operations timed by [`MINER_CALL_SECONDS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {

@@ -153,6 +153,7 @@ mod tests {
             address: addr.into(),
             make: "m".into(),
             model: "x".into(),
+            firmware: None,
             capabilities: Capabilities::default(),
         };
         let devices = vec![dev("127.0.0.2"), dev("not an ip"), dev("127.0.0.1")];

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+pub mod budget;
 pub mod config;
 mod consumer;
 mod driver;
@@ -27,10 +28,12 @@ mod execute;
 pub mod instruments;
 mod inventory;
 mod miner_path;
+mod native;
 pub mod scan;
 mod telemetry;
 
 pub use agent::{AgentService, run_with};
+pub use budget::Budget;
 pub use config::{AgentConfig, ConfigError};
 pub use driver::{HASHING_EPSILON_THS, MinerError};
 pub use execute::{DeviceRun, Executed, execute, execute_each};

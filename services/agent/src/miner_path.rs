@@ -7,9 +7,11 @@
 //! percentage. The running agent holds one next to its NATS client; tests and the benchmarks
 //! build one directly and drive miners with the agent's own code.
 
+use crate::budget::Budget;
 use crate::config::AgentConfig;
 use crate::driver::{MinerError, MinerPool};
 use crate::execute::Priors;
+use crate::native::{Native, Protocol};
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -60,18 +62,56 @@ pub struct MinerPath {
     pub(crate) pool: MinerPool,
     /// Power limits captured before power-limit curtails, for redeliveries and restores.
     pub(crate) priors: Priors,
+    /// Miners in flight across polls and batches, sized from the file-descriptor limit.
+    pub(crate) budget: Budget,
+    /// The agent's own protocol clients for registered miners of the common firmwares (ADR
+    /// 0008); `None` drives every miner through asic-rs.
+    pub(crate) native: Option<Native>,
     /// Deadlines, concurrency and the efficiency limit.
     settings: MinerPathSettings,
 }
 
 impl MinerPath {
-    /// A miner path with an empty handle pool and nothing remembered.
+    /// A miner path with an empty handle pool and nothing remembered, its in-flight budget
+    /// sized from this process's file-descriptor limit.
     pub fn new(settings: MinerPathSettings) -> Self {
+        let budget = Budget::from_process(settings.max_in_flight, settings.control_timeout);
+        Self::with_budget(settings, budget)
+    }
+
+    /// A miner path with the given in-flight budget.
+    pub fn with_budget(settings: MinerPathSettings, budget: Budget) -> Self {
         Self {
             pool: MinerPool::new(settings.max_cached_miners, settings.call_timeout),
             priors: Priors::new(settings.max_cached_miners),
+            budget,
+            native: Some(Native::new(settings.max_cached_miners)),
             settings,
         }
+    }
+
+    /// The same path driving every miner through asic-rs, identified on first contact: what
+    /// the agent did before ADR 0008, kept for comparisons.
+    pub fn asic_rs_only(mut self) -> Self {
+        self.native = None;
+        self
+    }
+
+    /// The native client and protocol for a miner registered with `firmware`, when this path
+    /// speaks it.
+    pub(crate) fn native_for(&self, firmware: Option<&str>) -> Option<(&Native, Protocol)> {
+        Some((self.native.as_ref()?, Protocol::of(firmware)?))
+    }
+
+    /// How many miners were identified through asic-rs (detection probes) since the path was
+    /// built: a registered miner of a native firmware never is.
+    pub fn identifications(&self) -> u64 {
+        self.pool.identifications()
+    }
+
+    /// The in-flight budget: how many miners this path drives at once.
+    pub fn budget(&self) -> &Budget {
+        &self.budget
     }
 
     /// The miner path an agent with `config` runs.

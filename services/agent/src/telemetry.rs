@@ -15,6 +15,7 @@ use crate::driver::{self, MinerError, Reading};
 use crate::instruments;
 use crate::inventory::Snapshot;
 use crate::miner_path::MinerPath;
+use crate::native::Want;
 use ebb_bus::publish::{self, PublishError};
 use ebb_bus::split::{self, SplitError};
 use ebb_bus::{Envelope, TelemetryBatch, TelemetrySample, subjects};
@@ -35,9 +36,17 @@ pub enum Polled {
     Sample(TelemetrySample),
     /// The miner answered with values that cannot be true; dropped and counted.
     Invalid,
+    /// The agent ran short of its own resources before it could ask: no sample, since the
+    /// miner said nothing either way.
+    Deferred,
 }
 
 impl Polled {
+    /// Whether this says something about the miner (a sample, or a dropped invalid reply).
+    pub fn is_sample(&self) -> bool {
+        !matches!(self, Polled::Deferred)
+    }
+
     pub fn unreachable(device_id: DeviceId) -> Self {
         Polled::Sample(TelemetrySample {
             device_id,
@@ -91,6 +100,7 @@ pub async fn poll_handle(
     .await
     {
         Ok(reading) => sample(device_id, &reading, now_ms()),
+        Err(e) if e.is_starved() => Polled::Deferred,
         Err(e) if e.is_transport() => {
             path.pool.forget(ip);
             Polled::unreachable(device_id)
@@ -100,14 +110,36 @@ pub async fn poll_handle(
     }
 }
 
-/// Reads one miner by address, identifying it first if needed.
-pub async fn poll_address(path: &MinerPath, device_id: DeviceId, address: &str) -> Polled {
+/// Reads one miner by address: a registered miner of a firmware the agent speaks itself
+/// (`firmware` as its registration stored it) in one connection and without identification,
+/// any other through asic-rs, identifying it first if needed. A native answer the agent does
+/// not understand (the miner may have been reflashed) falls back to asic-rs.
+pub async fn poll_address(
+    path: &MinerPath,
+    device_id: DeviceId,
+    address: &str,
+    firmware: Option<&str>,
+) -> Polled {
     let Ok(ip) = address.trim().parse::<IpAddr>() else {
         return Polled::unreachable(device_id);
     };
+    if let Some((native, protocol)) = path.native_for(firmware) {
+        let deadline = path.settings().call_timeout;
+        match native.read(protocol, ip, Want::Telemetry, deadline).await {
+            Ok(r) if r.power_w.is_some() && r.hashrate_ths.is_some() => {
+                return sample(device_id, &r, now_ms());
+            }
+            Err(e) if e.is_starved() => return Polled::Deferred,
+            Err(e) if e.is_transport() => return Polled::unreachable(device_id),
+            Ok(_) | Err(_) => {
+                tracing::debug!(%ip, protocol = protocol.label(), "native read not understood, asking asic-rs");
+            }
+        }
+    }
     match path.pool.get(ip).await {
         Ok(miner) => poll_handle(path, device_id, ip, &*miner).await,
         Err(MinerError::Timeout | MinerError::Unreachable(_)) => Polled::unreachable(device_id),
+        Err(MinerError::Starved(_)) => Polled::Deferred,
         Err(_) => Polled::Invalid,
     }
 }
@@ -120,24 +152,33 @@ pub struct DevicePoll {
     pub took: Duration,
 }
 
-/// Times one miner from its turn (the first poll, when `buffer_unordered` picks it up).
+/// Times one miner from its turn: an in-flight slot of the agent's budget. A miner the agent
+/// had no slot for is deferred to the next cycle.
 async fn poll_indexed(
     path: &MinerPath,
     device_id: DeviceId,
     address: &str,
+    firmware: Option<&str>,
     i: usize,
 ) -> (usize, DevicePoll) {
+    let Ok(_slot) = path.budget.acquire().await else {
+        let polled = Polled::Deferred;
+        let took = Duration::ZERO;
+        return (i, DevicePoll { polled, took });
+    };
     let started = Instant::now();
-    let polled = poll_address(path, device_id, address).await;
+    let polled = poll_address(path, device_id, address, firmware).await;
     let took = started.elapsed();
     (i, DevicePoll { polled, took })
 }
 
-/// The samples of one pass over some miners, plus how many were dropped.
+/// The samples of one pass over some miners, plus how many were dropped or deferred.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Samples {
     pub samples: Vec<TelemetrySample>,
     pub dropped_invalid: u32,
+    /// Miners not asked this pass because the agent ran short; they are not published.
+    pub deferred: u32,
 }
 
 impl Samples {
@@ -145,6 +186,7 @@ impl Samples {
         match polled {
             Polled::Sample(s) => self.samples.push(s),
             Polled::Invalid => self.dropped_invalid += 1,
+            Polled::Deferred => self.deferred += 1,
         }
     }
 
@@ -172,7 +214,13 @@ pub async fn poll(path: &MinerPath, inventory: &Snapshot) -> Samples {
 pub async fn poll_each(path: &MinerPath, inventory: &Snapshot) -> Vec<DevicePoll> {
     let mut polls = Vec::with_capacity(inventory.devices.len());
     for (i, d) in inventory.devices.iter().enumerate() {
-        polls.push(poll_indexed(path, d.device_id, &d.address, i));
+        polls.push(poll_indexed(
+            path,
+            d.device_id,
+            &d.address,
+            d.firmware.as_deref(),
+            i,
+        ));
     }
     let mut polled: Vec<(usize, DevicePoll)> = futures::stream::iter(polls)
         .buffer_unordered(path.settings().max_in_flight)
@@ -262,6 +310,10 @@ pub async fn poll_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
         };
         let unreachable = samples.unreachable();
         instruments::poll_cycle(started.elapsed(), unreachable);
+        if samples.deferred > 0 {
+            tracing::warn!(site = %agent.site, deferred = samples.deferred, "the agent was starved: some miners were not polled this cycle");
+            instruments::starved(instruments::Starved::Poll, u64::from(samples.deferred));
+        }
         instruments::invalid_samples(samples.dropped_invalid);
         tracing::debug!(
             site = %agent.site,

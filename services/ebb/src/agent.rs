@@ -30,7 +30,7 @@ pub struct ScanArgs {
     pub site: Option<SiteCode>,
     /// NATS server of the planner (with --register).
     #[arg(long, env = "NATS_URL", default_value = ebb_runtime::settings::DEFAULT_NATS_URL)]
-    pub nats_url: String,
+    pub nats_url: ebb_obs::CredUrl,
     /// NATS credentials file (with --register).
     #[arg(long, env = "EBB_NATS_CREDS")]
     pub nats_creds: Option<std::path::PathBuf>,
@@ -99,7 +99,7 @@ pub async fn scan(args: ScanArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_default()
         };
         let common = ebb_runtime::Common {
-            nats_url: args.nats_url.as_str().into(),
+            nats_url: args.nats_url.clone(),
             nats_creds: path(&args.nats_creds),
             nats_ca: path(&args.nats_ca),
             ..ebb_runtime::Common::default()

@@ -9,6 +9,9 @@
 //! - [`bench_poll`]: one full telemetry poll of every miner, with the CPU it costs and the
 //!   simulator's memory per miner.
 //!
+//! `ebb bench gateway-flood` ([`bench_gateway_flood`]) is not the agent's: the gateway under a
+//! flood of bad tokens, without the simulator; see its module.
+//!
 //! The miners are driven by the agent's own code, not a copy of it: a [`MinerPath`] built with
 //! the agent's settings, [`ebb_agent::execute_each`] and [`ebb_agent::poll_each`] (what the
 //! agent's `execute` and `poll` run, device by device, with how long each took). Only NATS is
@@ -22,7 +25,9 @@
 //! [`MinerPath`]: ebb_agent::MinerPath
 
 mod command;
+pub(crate) mod curtail;
 mod fleet;
+mod gateway_flood;
 mod measure;
 mod poll;
 mod preview;
@@ -30,7 +35,9 @@ mod reconcile_pass;
 mod throwaway;
 
 pub use command::{CommandReport, bench_command};
-pub use fleet::FirmwareFigures;
+pub use curtail::{CurtailArgs, CurtailReport, bench_curtail};
+pub use fleet::{FirmwareFigures, Registration};
+pub use gateway_flood::{FloodArgs, FloodReport, bench_gateway_flood};
 pub use poll::{PollReport, bench_poll};
 pub use preview::{PreviewReport, bench_preview};
 pub use reconcile_pass::{ReconcilePassReport, bench_reconcile_pass};
@@ -48,6 +55,9 @@ pub enum BenchCommand {
     Command(BenchArgs),
     /// One full telemetry poll of every miner, with CPU seconds per 10,000 samples.
     Poll(BenchArgs),
+    /// The whole path end to end: one `full` curtailment of every miner through the gateway,
+    /// then its stop, with every service in this process.
+    Curtail(CurtailArgs),
     /// Previews over N candidates asked of the planner over NATS: the first, then the median
     /// of --runs sequential ones and of --runs rounds of 8 concurrent ones.
     Preview {
@@ -68,6 +78,9 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         runs: usize,
     },
+    /// The gateway under a flood of bad tokens, with a valid key's latency meanwhile (needs
+    /// DATABASE_URL; see `bench/gateway_flood.rs`).
+    GatewayFlood(FloodArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,6 +91,10 @@ pub struct BenchArgs {
     /// Miners driven at once (the agent's --max-in-flight).
     #[arg(long)]
     pub max_in_flight: Option<usize>,
+    /// Leave the miners' firmware out of the inventory and drive them through asic-rs alone,
+    /// identifying each first (the agent before ADR 0008).
+    #[arg(long)]
+    pub unregistered: bool,
 }
 
 impl BenchArgs {
@@ -89,21 +106,33 @@ impl BenchArgs {
         }
         settings
     }
+
+    fn registration(&self) -> Registration {
+        if self.unregistered {
+            Registration::Unregistered
+        } else {
+            Registration::Registered
+        }
+    }
 }
 
 pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
     let report = match command {
-        BenchCommand::Command(args) => {
-            serde_json::to_string(&bench_command(args.miners, args.settings()).await?)?
-        }
-        BenchCommand::Poll(args) => {
-            serde_json::to_string(&bench_poll(args.miners, args.settings()).await?)?
-        }
+        BenchCommand::Command(args) => serde_json::to_string(
+            &bench_command(args.miners, args.settings(), args.registration()).await?,
+        )?,
+        BenchCommand::Poll(args) => serde_json::to_string(
+            &bench_poll(args.miners, args.settings(), args.registration()).await?,
+        )?,
+        BenchCommand::Curtail(args) => serde_json::to_string(&bench_curtail(args).await?)?,
         BenchCommand::Preview { miners, runs } => {
             serde_json::to_string(&bench_preview(miners, runs).await?)?
         }
         BenchCommand::ReconcilePass { targets, runs } => {
             serde_json::to_string(&bench_reconcile_pass(targets, runs).await?)?
+        }
+        BenchCommand::GatewayFlood(args) => {
+            serde_json::to_string(&bench_gateway_flood(&args).await?)?
         }
     };
     println!("{report}");
@@ -164,7 +193,8 @@ mod tests {
     #[test]
     fn benchmarks_can_run_on_a_spawned_task() {
         fn assert_send<T: Send>(_: T) {}
-        assert_send(bench_command(1, MinerPathSettings::default()));
-        assert_send(bench_poll(1, MinerPathSettings::default()));
+        let registered = Registration::Registered;
+        assert_send(bench_command(1, MinerPathSettings::default(), registered));
+        assert_send(bench_poll(1, MinerPathSettings::default(), registered));
     }
 }

@@ -8,7 +8,10 @@
 //! - `ebb agent scan <range>` identifies the miners in an address range.
 //! - `ebb sim serve` runs the miner simulator.
 //! - `ebb admin …` migrates the database and creates orgs, sites and API keys.
-//! - `ebb bench command|poll --miners N` runs the agent's benchmarks against a simulator.
+//! - `ebb bench command|poll --miners N` runs the agent's benchmarks against a simulator;
+//!   `ebb bench curtail` the whole path end to end; `ebb bench gateway-flood` the gateway under a
+//!   flood of bad tokens.
+//! - `ebb chaos` kills processes at random points of curtail and restore (see [`chaos`]).
 //! - `ebb dev` runs every service of the table in one process against a throwaway PostgreSQL and
 //!   nats-server under `.ebb/`, with a simulated fleet (see [`dev`]).
 //!
@@ -17,6 +20,7 @@
 pub mod admin;
 pub mod agent;
 pub mod bench;
+pub mod chaos;
 pub mod dev;
 pub mod localhub;
 pub mod services;
@@ -52,6 +56,9 @@ pub enum Command {
         #[command(subcommand)]
         command: bench::BenchCommand,
     },
+    /// Kills services, nats-server and PostgreSQL at random points of curtail and restore, and
+    /// checks nothing was lost; prints one JSON line per trial and a summary.
+    Chaos(chaos::ChaosArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +109,7 @@ pub async fn run(matches: ArgMatches) -> anyhow::Result<ExitCode> {
         Command::Admin(args) => admin::run(args).await,
         Command::Dev(args) => dev::run(args).await,
         Command::Bench { command } => bench::run(command).await,
+        Command::Chaos(args) => chaos::run(args).await,
     }
 }
 

@@ -61,9 +61,25 @@ pub async fn spawn(
     sites: &[SiteCode],
     overrides: &impl Overrides,
 ) -> anyhow::Result<()> {
+    spawn_where(supervisor, ctx, instances, sites, overrides, |_| true).await
+}
+
+/// [`spawn`], for only the entries `keep` accepts (`ebb bench curtail` runs the reconciler on a
+/// thread of its own, to measure its CPU).
+pub async fn spawn_where(
+    supervisor: &mut Supervisor,
+    ctx: &Context,
+    instances: Instances,
+    sites: &[SiteCode],
+    overrides: &impl Overrides,
+    keep: impl Fn(&Entry) -> bool,
+) -> anyhow::Result<()> {
     let mut loaded = Vec::new();
     let mut problems = Vec::new();
-    for entry in SERVICES.iter().filter(|e| e.instances == instances) {
+    for entry in SERVICES
+        .iter()
+        .filter(|e| e.instances == instances && keep(e))
+    {
         let targets: Vec<Option<&SiteCode>> = match instances {
             Instances::One => vec![None],
             Instances::PerSite => sites.iter().map(Some).collect(),

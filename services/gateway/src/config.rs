@@ -12,6 +12,17 @@ pub struct GatewayConfig {
     pub listen: String,
     /// How long a request waits for the planner, in seconds.
     pub planner_timeout_s: u64,
+    /// Requests a second one API key may send, sustained.
+    pub rate_limit_per_s: u32,
+    /// Requests one API key may send at once before the sustained rate applies.
+    pub rate_limit_burst: u32,
+    /// Requests under `/v1` served at once; more are shed with 503, never queued.
+    pub max_in_flight: u32,
+    /// How long a key lookup, found or not, is reused, in seconds: also how long a revoked key
+    /// may still be accepted.
+    pub key_cache_ttl_s: u64,
+    /// Tokens the key cache and the rate limiter remember at most.
+    pub key_cache_size: u32,
 }
 
 impl Default for GatewayConfig {
@@ -19,6 +30,11 @@ impl Default for GatewayConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             planner_timeout_s: 30,
+            rate_limit_per_s: 20,
+            rate_limit_burst: 40,
+            max_in_flight: 512,
+            key_cache_ttl_s: 10,
+            key_cache_size: 100_000,
         }
     }
 }
@@ -32,6 +48,26 @@ impl Settings for GatewayConfig {
         Key::new(
             "planner_timeout_s",
             "how long a request waits for the planner (seconds)",
+        ),
+        Key::new(
+            "rate_limit_per_s",
+            "requests a second one API key may send, sustained (more get 429)",
+        ),
+        Key::new(
+            "rate_limit_burst",
+            "requests one API key may send at once before the sustained rate applies",
+        ),
+        Key::new(
+            "max_in_flight",
+            "requests under /v1 served at once; more are shed with 503",
+        ),
+        Key::new(
+            "key_cache_ttl_s",
+            "how long an API key lookup, found or not, is reused (seconds; a revocation takes this long)",
+        ),
+        Key::new(
+            "key_cache_size",
+            "tokens the key cache and the rate limiter remember at most",
         ),
     ];
 
@@ -49,11 +85,41 @@ impl Settings for GatewayConfig {
                 self.planner_timeout_s
             ));
         }
+        let mut within = |field: &str, value: u64, lo: u64, hi: u64| {
+            if !(lo..=hi).contains(&value) {
+                bad.push(format!(
+                    "{field} must be between {lo} and {hi}, got {value}"
+                ));
+            }
+        };
+        within("rate_limit_per_s", self.rate_limit_per_s.into(), 1, 100_000);
+        within("rate_limit_burst", self.rate_limit_burst.into(), 1, 100_000);
+        within("max_in_flight", self.max_in_flight.into(), 1, 100_000);
+        within("key_cache_ttl_s", self.key_cache_ttl_s, 1, 300);
+        within(
+            "key_cache_size",
+            self.key_cache_size.into(),
+            100,
+            10_000_000,
+        );
         bad
     }
 }
 
 impl GatewayConfig {
+    /// The guard's settings.
+    pub fn guard(&self) -> crate::guard::GuardSettings {
+        crate::guard::GuardSettings {
+            rate: crate::guard::Rate {
+                per_s: self.rate_limit_per_s,
+                burst: self.rate_limit_burst,
+            },
+            max_in_flight: self.max_in_flight as usize,
+            key_cache_ttl: std::time::Duration::from_secs(self.key_cache_ttl_s),
+            key_cache_size: self.key_cache_size as usize,
+        }
+    }
+
     /// Every invalid setting, named.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let bad = self.problems();
@@ -85,7 +151,39 @@ mod tests {
                 ("database_url", "postgres://db/ebb"),
                 ("listen", "0.0.0.0:9000"),
                 ("planner_timeout_s", "5"),
+                ("rate_limit_per_s", "7"),
+                ("rate_limit_burst", "9"),
+                ("max_in_flight", "64"),
+                ("key_cache_ttl_s", "3"),
+                ("key_cache_size", "1000"),
             ],
         );
+    }
+
+    #[test]
+    fn every_bad_limit_is_named() {
+        let c = GatewayConfig {
+            rate_limit_per_s: 0,
+            rate_limit_burst: 0,
+            max_in_flight: 0,
+            key_cache_ttl_s: 301,
+            key_cache_size: 5,
+            ..GatewayConfig::default()
+        };
+        let errs = c.validate().unwrap_err();
+        for field in [
+            "rate_limit_per_s",
+            "rate_limit_burst",
+            "max_in_flight",
+            "key_cache_ttl_s",
+            "key_cache_size",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(field)),
+                "{field}: {errs:?}"
+            );
+        }
+        assert_eq!(errs.len(), 5, "{errs:?}");
+        assert!(GatewayConfig::default().validate().is_ok());
     }
 }

@@ -4,6 +4,8 @@
 
 pub mod auth;
 pub mod config;
+pub mod guard;
+mod instruments;
 pub mod problem;
 mod routes;
 
@@ -13,6 +15,7 @@ use anyhow::Context;
 use axum::Router;
 use ebb_store::PgPool;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -22,17 +25,22 @@ pub struct AppState {
     pub pool: PgPool,
     pub nats: async_nats::Client,
     pub planner_timeout: Duration,
+    /// Rate limit, key cache and limits (see [`guard`]).
+    pub guard: Arc<guard::Guard>,
 }
 
-/// The full router: API, health, metrics.
+/// The full router: API, health, metrics, every route counted and timed.
 pub fn router(state: AppState) -> Router {
-    routes::router(state).merge(ebb_obs::metrics_router())
+    routes::router(state)
+        .merge(ebb_obs::metrics_router())
+        .route_layer(axum::middleware::from_fn(instruments::record))
 }
 
 /// A bound, not yet serving gateway: tests read [`Gateway::addr`] when they asked for port 0.
 pub struct Gateway {
     listener: tokio::net::TcpListener,
     app: Router,
+    stats: Arc<guard::GuardStats>,
 }
 
 impl Gateway {
@@ -44,15 +52,27 @@ impl Gateway {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let pool = ctx.pool()?.clone();
+        let guard = Arc::new(guard::Guard::new(
+            config.guard(),
+            pool.options().get_max_connections(),
+        ));
         let state = AppState {
-            pool: ctx.pool()?.clone(),
+            pool,
             nats: ctx.nats().clone(),
             planner_timeout: Duration::from_secs(config.planner_timeout_s),
+            guard: guard.clone(),
         };
         Ok(Self {
             listener,
             app: router(state),
+            stats: guard.stats.clone(),
         })
+    }
+
+    /// The guard's counters (key lookups, requests rate-limited and shed).
+    pub fn stats(&self) -> Arc<guard::GuardStats> {
+        self.stats.clone()
     }
 
     pub fn addr(&self) -> SocketAddr {

@@ -22,6 +22,9 @@ pub struct Problem {
     pub skipped: BTreeMap<String, u32>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, f64>,
+    /// Seconds for the `Retry-After` header, on the problems a client should retry later.
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -41,7 +44,14 @@ pub enum Kind {
     FailedPrecondition,
     InsufficientLoad,
     EmptyPlan,
+    /// The key sent more requests than its rate allows (`Retry-After` says when to retry).
+    RateLimited,
     Unavailable,
+    /// The gateway is serving as many requests as it may; this one was shed, not queued.
+    Overloaded,
+    /// The planner did not answer a Start in time: it may or may not have started the
+    /// curtailment. A retry with the same `Idempotency-Key` returns it if it did.
+    OutcomeUnknown,
     Internal,
 }
 
@@ -90,10 +100,25 @@ impl Kind {
                 "https://ebb.dev/problems/empty-plan",
                 "No eligible devices",
             ),
+            RateLimited => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "https://ebb.dev/problems/rate-limited",
+                "Too many requests",
+            ),
             Unavailable => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "https://ebb.dev/problems/unavailable",
                 "Service unavailable",
+            ),
+            Overloaded => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "https://ebb.dev/problems/overloaded",
+                "Overloaded",
+            ),
+            OutcomeUnknown => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "https://ebb.dev/problems/outcome-unknown",
+                "Outcome unknown",
             ),
             Internal => (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -115,6 +140,15 @@ impl Problem {
             errors: Vec::new(),
             skipped: BTreeMap::new(),
             extra: BTreeMap::new(),
+            retry_after: None,
+        }
+    }
+
+    /// The same problem, telling the client to retry after `seconds`.
+    pub fn retry_after(self, seconds: u64) -> Self {
+        Self {
+            retry_after: Some(seconds.max(1)),
+            ..self
         }
     }
 
@@ -168,11 +202,16 @@ impl From<RpcError> for Problem {
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry_after = self.retry_after;
         let mut r = (status, Json(self)).into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if let Some(s) = retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
         r
     }
 }

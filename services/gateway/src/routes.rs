@@ -2,7 +2,7 @@
 //! checks the caller's role, then asks the planner or reads the store.
 
 use crate::AppState;
-use crate::auth::{self, Principal};
+use crate::auth::Principal;
 use crate::problem::{Kind, Problem};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
@@ -23,14 +23,19 @@ use std::collections::BTreeMap;
 use uuid::Uuid;
 
 pub fn router(state: AppState) -> Router {
+    // Health and metrics stay outside the in-flight limit, so an overloaded gateway still says so.
     Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
         .route("/v1/curtailments", post(start).get(list))
         .route("/v1/curtailments:preview", post(preview))
         .route("/v1/curtailments/{id}", get(get_one))
         .route("/v1/curtailments/{id}/stop", post(stop))
         .route("/v1/curtailments/{id}/terminate", post(terminate))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.guard.clone(),
+            crate::guard::limit_in_flight,
+        ))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .with_state(state)
 }
 
@@ -66,12 +71,7 @@ impl FromRequestParts<AppState> for Principal {
             .and_then(|v| v.to_str().ok())
             .ok_or_else(unauth)?;
         let token = header.strip_prefix("Bearer ").ok_or_else(unauth)?;
-        let (prefix, secret) = ebb_store::keys::parse(token.trim()).ok_or_else(unauth)?;
-        let row = ebb_store::fleet::api_key_by_prefix(&state.pool, prefix)
-            .await
-            .map_err(Problem::internal)?;
-        row.and_then(|r| auth::verify(&r, secret, Utc::now()))
-            .ok_or_else(unauth)
+        state.guard.authenticate(&state.pool, token.trim()).await
     }
 }
 
@@ -99,6 +99,21 @@ fn planner_error(e: CallError) -> Problem {
         }
         other => Problem::internal(other),
     }
+}
+
+/// A Start the planner did not answer in time: the client cannot know whether it happened, and
+/// only a retry under the same `Idempotency-Key` is safe.
+fn outcome_unknown(keyed: bool) -> Problem {
+    metrics::counter!(ebb_obs::names::GATEWAY_OUTCOME_UNKNOWN).increment(1);
+    let detail = if keyed {
+        "the planner did not answer in time: the curtailment may or may not have started; \
+         retry with the same Idempotency-Key, which returns it if it did"
+    } else {
+        "the planner did not answer in time: the curtailment may or may not have started; \
+         list curtailments to find out before retrying, and send an Idempotency-Key with \
+         every Start so that a retry is safe"
+    };
+    Problem::new(Kind::OutcomeUnknown, detail).retry_after(1)
 }
 
 /// The body of a Start or a preview.
@@ -297,9 +312,14 @@ async fn start(
 ) -> Result<(StatusCode, Json<EventView>), Problem> {
     require(&p, Role::Operator)?;
     let req = start_request(&s, &p, body(b)?, &headers).await?;
+    let keyed = req.idempotency_key.is_some();
     let reply: StartReply = call(&s.nats, &(), Some(p.org), &req, s.planner_timeout)
         .await
-        .map_err(planner_error)?;
+        .map_err(|e| match e {
+            // The request may have reached the planner, which may have started the event.
+            CallError::Timeout(_) => outcome_unknown(keyed),
+            other => planner_error(other),
+        })?;
     let view = load_view(&s, &p, reply.event_id).await?;
     let status = if reply.replayed {
         StatusCode::OK

@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::fleet::FleetSpec;
+use crate::latency::Latency;
 use crate::model::Model;
 use crate::net::ListenMode;
 use crate::physics::Physics;
@@ -57,6 +58,19 @@ pub struct SimConfig {
     /// Start with the simulation clock paused (step it through the control API).
     #[arg(long, env = "EBB_SIM_PAUSED_CLOCK")]
     pub paused_clock: bool,
+    /// Slow firmware: every reply waits a delay drawn from a log-normal distribution with this
+    /// median and 99th percentile, `P50_MS,P99_MS` (for example `300,3000`).
+    #[arg(long, env = "EBB_SIM_LATENCY", value_name = "P50_MS,P99_MS")]
+    pub latency: Option<Latency>,
+    /// Percent of the fleet (chosen by the seed) that acknowledges every command and never
+    /// acts on it.
+    #[arg(
+        long,
+        env = "EBB_SIM_FAULTY",
+        value_name = "PCT",
+        default_value_t = 0.0
+    )]
+    pub faulty: f64,
 }
 
 impl Default for SimConfig {
@@ -73,6 +87,8 @@ impl Default for SimConfig {
             ramp_seconds: None,
             instant: false,
             paused_clock: false,
+            latency: None,
+            faulty: 0.0,
         }
     }
 }
@@ -101,6 +117,12 @@ impl SimConfig {
             && base.octets()[0] != 127
         {
             problems.push(format!("--base-address {base} is not in 127.0.0.0/8"));
+        }
+        if !self.faulty.is_finite() || !(0.0..=100.0).contains(&self.faulty) {
+            problems.push(format!(
+                "--faulty must be a percentage between 0 and 100, got {}",
+                self.faulty
+            ));
         }
         if problems.is_empty() {
             Ok(())
@@ -143,6 +165,8 @@ impl SimConfig {
             } else {
                 ClockStart::Running
             },
+            latency: self.latency,
+            faulty_share: self.faulty / 100.0,
             ..SimOptions::default()
         }
     }
@@ -209,6 +233,10 @@ mod tests {
             "3",
             "--base-address",
             "127.9.0.1",
+            "--latency",
+            "300,3000",
+            "--faulty",
+            "5",
         ])
         .unwrap();
         cli.sim.validate().unwrap();
@@ -218,6 +246,9 @@ mod tests {
         let opts = cli.sim.options();
         assert_eq!(opts.mode, ListenMode::Shared);
         assert_eq!(opts.physics.ramp_down_s, 3.0);
+        assert_eq!(opts.latency, Some("300,3000".parse().unwrap()));
+        assert_eq!(opts.faulty_share, 0.05);
+        assert!(Cli::try_parse_from(["sim", "--latency", "3000,300"]).is_err());
     }
 
     #[test]

@@ -44,6 +44,7 @@ mod control;
 mod digest;
 pub mod fault;
 pub mod fleet;
+pub mod latency;
 mod luxos;
 mod model;
 mod net;
@@ -68,6 +69,7 @@ pub use crate::config::{SimConfig, run};
 pub use crate::control::{FleetSummary, MinerView};
 pub use crate::fault::{Fault, FaultSelector};
 pub use crate::fleet::{FleetSpec, GroupSpec, SiteSpec};
+pub use crate::latency::Latency;
 pub use crate::model::{Firmware, Make, Model};
 pub use crate::net::ListenMode;
 pub use crate::physics::{Mode, PerfMode, Physics, PhysicsPatch};
@@ -107,6 +109,11 @@ pub struct SimOptions {
     pub max_connections: usize,
     /// Longest a faulty miner keeps a connection it will never answer.
     pub hold_max: Duration,
+    /// How long every reply waits (real time), drawn per reply; `None` answers at once.
+    pub latency: Option<Latency>,
+    /// Share of the fleet (0..=1, chosen by the fleet seed) that acknowledges every command
+    /// and never acts on it (the `ack_noop` fault), injected at start.
+    pub faulty_share: f64,
 }
 
 impl Default for SimOptions {
@@ -120,6 +127,8 @@ impl Default for SimOptions {
             read_timeout: Duration::from_secs(10),
             max_connections: 16_384,
             hold_max: Duration::from_secs(120),
+            latency: None,
+            faulty_share: 0.0,
         }
     }
 }
@@ -149,6 +158,18 @@ impl SimOptions {
         self
     }
 
+    /// Makes every reply wait a delay drawn from `latency`.
+    pub fn with_latency(mut self, latency: Latency) -> Self {
+        self.latency = Some(latency);
+        self
+    }
+
+    /// Makes a share (0..=1) of the fleet acknowledge commands and never act on them.
+    pub fn with_faulty_share(mut self, share: f64) -> Self {
+        self.faulty_share = share;
+        self
+    }
+
     /// Sets (or with `None`, disables) the control API address.
     pub fn with_control_addr(mut self, addr: Option<SocketAddr>) -> Self {
         self.control_addr = addr;
@@ -165,6 +186,12 @@ impl SimOptions {
         }
         if self.max_connections == 0 || self.max_connections > 1_000_000 {
             problems.push("max_connections must be between 1 and 1000000".to_owned());
+        }
+        if !(0.0..=1.0).contains(&self.faulty_share) {
+            problems.push(format!(
+                "faulty_share must be between 0 and 1, got {}",
+                self.faulty_share
+            ));
         }
         if self.hold_max > Duration::from_secs(600) {
             problems.push("hold_max must be at most 600 s".to_owned());
@@ -217,6 +244,7 @@ pub async fn start(spec: FleetSpec, opts: SimOptions) -> anyhow::Result<Simulato
     let limits = NetLimits {
         read_timeout: opts.read_timeout,
         hold_max: opts.hold_max,
+        latency: opts.latency,
     };
     let explicit_base = opts.base_address.or(spec.base_address);
     let build = |base: Ipv4Addr| -> anyhow::Result<SimCore> {
@@ -268,6 +296,16 @@ pub async fn start(spec: FleetSpec, opts: SimOptions) -> anyhow::Result<Simulato
         }
     };
     let core = Arc::new(core);
+    if opts.faulty_share > 0.0 {
+        let faulty = FaultSelector {
+            share: Some(opts.faulty_share),
+            ..FaultSelector::all()
+        };
+        let chosen = core
+            .inject(&faulty, Fault::AckNoop)
+            .map_err(|e| anyhow::anyhow!("injecting the faulty share: {e}"))?;
+        tracing::debug!(faulty = chosen.len(), "miners that ack and never act");
+    }
     let web = WebRouters::new(WebState {
         core: Arc::clone(&core),
         shutdown: shutdown.clone(),
@@ -354,6 +392,20 @@ impl Simulator {
             .index_of(address)
             .ok_or(SimError::UnknownMiner(address))?;
         Ok(self.core.truth(idx))
+    }
+
+    /// How many identification probes a miner answered: RPC `version` and `devdetails`, which
+    /// asic-rs sends whenever it identifies a miner and never to read or command one.
+    pub fn probes(&self, address: Ipv4Addr) -> Result<u32, SimError> {
+        let idx = self
+            .core
+            .index_of(address)
+            .ok_or(SimError::UnknownMiner(address))?;
+        Ok(self
+            .core
+            .miner(idx)
+            .probes
+            .load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Fleet totals.

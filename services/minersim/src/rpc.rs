@@ -133,7 +133,12 @@ pub(crate) async fn serve(front: &Front, idx: u32, mut stream: TcpStream) {
     }
     let firmware = front.core.miner(idx).plate.model.firmware();
     let reply = match RpcRequest::parse(&bytes) {
-        Some(req) => answer(front, idx, firmware, &req),
+        Some(req) => {
+            if matches!(req.command.as_str(), "version" | "devdetails") {
+                front.core.count_probe(idx);
+            }
+            answer(front, idx, firmware, &req)
+        }
         None => invalid_json(front, idx, firmware),
     };
     let mut out = wire::to_bytes(&reply);

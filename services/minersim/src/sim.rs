@@ -55,6 +55,21 @@ pub struct MinerInfo {
     pub nominal_hashrate_ths: f64,
 }
 
+impl MinerInfo {
+    /// The firmware as an asic-rs 0.8.6 scan of this miner reports it and a registration
+    /// stores it: asic-rs's firmware name, then the version it reads
+    /// (`WhatsMiner Stock 20250101.22.REL`, `AntMiner Stock Mon Dec 11 15:26:02 CST 2023`,
+    /// `LuxOS 2025.4.8.220305`). The agent's scan test checks it against a real scan.
+    pub fn scanned_firmware(&self) -> String {
+        let name = match self.firmware {
+            Firmware::WhatsminerV3 => "WhatsMiner Stock",
+            Firmware::AntminerStock => "AntMiner Stock",
+            Firmware::LuxOs => "LuxOS",
+        };
+        format!("{name} {}", self.model.spec().firmware_build)
+    }
+}
+
 /// What a miner is really doing, as opposed to what it reports.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrueState {
@@ -119,6 +134,8 @@ pub(crate) struct NetLimits {
     pub read_timeout: Duration,
     /// Longest a faulty miner holds a connection it will never answer.
     pub hold_max: Duration,
+    /// Every reply's added delay, when the fleet is slow on purpose.
+    pub latency: Option<crate::latency::Latency>,
 }
 
 /// What to do with a freshly accepted connection.
@@ -237,6 +254,9 @@ pub(crate) struct MinerSlot {
     pub address: Ipv4Addr,
     pub plate: Nameplate,
     pub slot: Mutex<Slot>,
+    /// Identification probes answered (RPC `version` and `devdetails`, which every asic-rs
+    /// identification sends and no read or command does): tests count re-identifications.
+    pub probes: std::sync::atomic::AtomicU32,
 }
 
 /// A site's name and climate.
@@ -289,6 +309,7 @@ impl SimCore {
                         state: MinerState::hashing_since(&k, plate.uptime_s),
                         faults: None,
                     }),
+                    probes: std::sync::atomic::AtomicU32::new(0),
                 }
             })
             .collect();
@@ -327,6 +348,13 @@ impl SimCore {
 
     pub fn miner(&self, idx: u32) -> &MinerSlot {
         &self.miners[idx as usize]
+    }
+
+    /// Counts an identification probe (see [`MinerSlot::probes`]).
+    pub fn count_probe(&self, idx: u32) {
+        self.miner(idx)
+            .probes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn kin(&self, idx: u32) -> Kinematics {
@@ -597,6 +625,14 @@ impl SimCore {
 
     /// How to deliver the reply to one request.
     pub fn reply_plan(&self, idx: u32) -> ReplyPlan {
+        let mut plan = self.fault_plan(idx);
+        if let Some(latency) = &self.limits.latency {
+            plan.delay = Some(plan.delay.unwrap_or_default() + latency.sample());
+        }
+        plan
+    }
+
+    fn fault_plan(&self, idx: u32) -> ReplyPlan {
         self.with_slot(idx, |slot, _, _| {
             let Some(faults) = &slot.faults else {
                 return ReplyPlan {

@@ -715,6 +715,7 @@ impl Planner {
                 address: d.address,
                 make: d.make,
                 model: d.model,
+                firmware: d.firmware,
                 capabilities: d.capabilities,
             })
             .collect();

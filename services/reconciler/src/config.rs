@@ -12,8 +12,12 @@ pub struct ReconcilerConfig {
     /// A dispatched target not confirmed within this many seconds costs an attempt.
     pub confirm_deadline_s: u32,
     /// A published batch without a result from the agent for this many seconds costs an attempt
-    /// (the agent redelivers unacked batches after 300 s).
+    /// (JetStream redelivers a batch a dead agent held after 15 s; a site whose agent is silent
+    /// is not charged at all).
     pub result_deadline_s: u32,
+    /// A site with neither results nor telemetry for this many seconds is silent: logged,
+    /// shown by `ebb_reconciler_site_silent`, and its targets are not charged attempts for it.
+    pub site_silent_after_s: u32,
     /// Attempts per target per episode before it fails.
     pub max_retries: u32,
     /// The wait before a target's second attempt, in milliseconds (jittered, doubling with each
@@ -37,6 +41,7 @@ impl Default for ReconcilerConfig {
             confirm_deadline_s: 90,
             result_deadline_s: 600,
             max_retries: 3,
+            site_silent_after_s: 30,
             backoff_base_ms: 5_000,
             backoff_max_ms: 300_000,
             resync_ms: 300_000,
@@ -59,6 +64,10 @@ impl Settings for ReconcilerConfig {
         Key::new(
             "result_deadline_s",
             "a published batch without a result for this long (s) costs an attempt",
+        ),
+        Key::new(
+            "site_silent_after_s",
+            "a site with no results or telemetry for this long (s) is silent and charged no attempts",
         ),
         Key::new(
             "max_retries",
@@ -99,6 +108,12 @@ impl Settings for ReconcilerConfig {
         }
         if self.result_deadline_s == 0 {
             bad.push("result_deadline_s must be at least 1".to_owned());
+        }
+        if !(5..=3_600).contains(&self.site_silent_after_s) {
+            bad.push(format!(
+                "site_silent_after_s must be between 5 and 3600, got {}",
+                self.site_silent_after_s
+            ));
         }
         if !(1..=100).contains(&self.max_retries) {
             bad.push(format!(

@@ -234,13 +234,44 @@ enum Verdict {
     Spend(SpendReason),
 }
 
-/// The decisions of one pass over a live event, or `None` for an event that is not live.
+/// How soon a pass looks again at a target whose deadline passed while its site was silent.
+pub const SILENT_RECHECK: Duration = Duration::from_secs(5);
+
+/// What the reconciler knows of a site's agent (issue 11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Agent {
+    /// Heard from throughout.
+    Live,
+    /// Neither results nor telemetry for a while: its targets are charged nothing.
+    Silent,
+    /// Heard from again at this moment after a silence: deadlines count from here, so the
+    /// agent has its full time for the backlog it was handed back.
+    BackSince(DateTime<Utc>),
+}
+
+/// [`decide_with`] with every site's agent heard from (the decision tables).
+#[cfg(test)]
 pub fn decide(
     ev: &EventView,
     targets: &[TargetRow],
     now: DateTime<Utc>,
     policy: &Policy,
     site_budget: impl Fn(SiteId) -> Option<SiteBudget>,
+) -> Option<Decisions> {
+    decide_with(ev, targets, now, policy, site_budget, |_| Agent::Live)
+}
+
+/// The decisions of one pass over a live event, or `None` for an event that is not live. A
+/// target of a site whose agent is [`Agent::Silent`] is never charged an attempt for a missing
+/// result or confirmation: it waits for the agent; once the agent is back, its deadlines count
+/// from its return.
+pub fn decide_with(
+    ev: &EventView,
+    targets: &[TargetRow],
+    now: DateTime<Utc>,
+    policy: &Policy,
+    site_budget: impl Fn(SiteId) -> Option<SiteBudget>,
+    agent: impl Fn(SiteId) -> Agent,
 ) -> Option<Decisions> {
     let phase = match ev.state {
         EventState::Pending | EventState::Active => Phase::Curtail,
@@ -262,7 +293,7 @@ pub fn decide(
     // Each target's state once this pass's moves are done: the event's step reads these.
     let mut after: Vec<TargetState> = Vec::with_capacity(targets.len());
     for t in targets {
-        let state = match verdict(phase, ev, t, now, policy) {
+        let state = match verdict(phase, ev, t, now, policy, agent(t.site_id)) {
             Verdict::Keep => t.state,
             Verdict::Wait(w) => {
                 d.wake_within(w);
@@ -334,6 +365,7 @@ fn verdict(
     t: &TargetRow,
     now: DateTime<Utc>,
     policy: &Policy,
+    agent: Agent,
 ) -> Verdict {
     let s = t.state;
     if s == phase.queued() || s == phase.stamped() {
@@ -361,8 +393,10 @@ fn verdict(
     if s == phase.sent() {
         return match evidence() {
             Evidence::Holds => Verdict::Settle,
-            _ => match overdue(t, now, policy) {
+            _ => match overdue(t, now, policy, agent) {
                 Ok(wait) => Verdict::Wait(wait),
+                // The agent's absence is not the miner's failure (issue 11).
+                Err(_) if agent == Agent::Silent => Verdict::Wait(SILENT_RECHECK),
                 Err(reason) => Verdict::Spend(reason),
             },
         };
@@ -383,7 +417,12 @@ fn verdict(
 /// How long a sent target may still wait, or why it is out of time. The confirmation deadline
 /// counts from the agent's success result; until a result arrives, the longer result deadline
 /// counts from the publish.
-fn overdue(t: &TargetRow, now: DateTime<Utc>, policy: &Policy) -> Result<Duration, SpendReason> {
+fn overdue(
+    t: &TargetRow,
+    now: DateTime<Utc>,
+    policy: &Policy,
+    agent: Agent,
+) -> Result<Duration, SpendReason> {
     let (since, deadline, reason) = match t.result_at {
         Some(r) => (r, policy.confirm_deadline, SpendReason::NotConfirmed),
         None => (
@@ -391,6 +430,10 @@ fn overdue(t: &TargetRow, now: DateTime<Utc>, policy: &Policy) -> Result<Duratio
             policy.result_deadline,
             SpendReason::NoResult,
         ),
+    };
+    let since = match agent {
+        Agent::BackSince(back) => since.max(back),
+        _ => since,
     };
     if now - since > deadline {
         Err(reason)
@@ -767,6 +810,72 @@ mod tests {
     fn with(mut t: TargetRow, f: impl FnOnce(&mut TargetRow)) -> TargetRow {
         f(&mut t);
         t
+    }
+
+    /// Issue 11: a site whose agent went silent is not charged for its absence, in either
+    /// phase, for a missing result or a missing confirmation; another site's targets are.
+    #[test]
+    fn a_silent_sites_targets_wait_without_spending() {
+        use TargetState::*;
+        let other = |mut t: TargetRow| {
+            t.device_id = device(2);
+            t.site_id = site(2);
+            t
+        };
+        let cases = [
+            (EventState::Active, target(1, Dispatched)),
+            (
+                EventState::Active,
+                with(target(1, Dispatched), |t| t.result_at = Some(at(100))),
+            ),
+            (EventState::Restoring, target(1, RestoreDispatched)),
+        ];
+        for (state, t) in cases {
+            let ev = event(state);
+            let targets = vec![t.clone(), other(t.clone())];
+            // Long past both deadlines.
+            let now = at(100 + 601);
+            let silent = |s: SiteId| {
+                if s == site(1) {
+                    Agent::Silent
+                } else {
+                    Agent::Live
+                }
+            };
+            let d = decide_with(&ev, &targets, now, &policy(), |_| None, silent).unwrap();
+            let spent: Vec<u128> = d
+                .moves
+                .iter()
+                .filter(|m| matches!(m.why, Why::Spent(_)))
+                .flat_map(|m| m.devices.iter().map(|d| d.0.as_u128()))
+                .collect();
+            assert_eq!(
+                spent.len(),
+                1,
+                "{state:?} {t:?}: only the live site's target spends: {}",
+                render(&Some(d.clone()))
+            );
+            assert!(
+                d.wake.is_some_and(|w| w <= SILENT_RECHECK),
+                "the silent one is looked at again soon"
+            );
+            let live = decide(&ev, &targets, now, &policy(), |_| None).unwrap();
+            let spent_live: usize = live
+                .moves
+                .iter()
+                .filter(|m| matches!(m.why, Why::Spent(_)))
+                .map(|m| m.devices.len())
+                .sum();
+            assert_eq!(spent_live, 2, "without silence both spend");
+            // Back a second ago: the deadline counts from the return, so nothing spends yet.
+            let back = |_| Agent::BackSince(now - chrono::Duration::seconds(1));
+            let d = decide_with(&ev, &targets, now, &policy(), |_| None, back).unwrap();
+            assert!(
+                d.moves.iter().all(|m| !matches!(m.why, Why::Spent(_))),
+                "{}",
+                render(&Some(d.clone()))
+            );
+        }
     }
 
     /// Every target state, one at a time, in an active event (a second, confirmed target keeps

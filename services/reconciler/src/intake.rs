@@ -119,6 +119,7 @@ pub async fn telemetry(
     js: jetstream::Context,
     pool: PgPool,
     touched: Arc<std::sync::Mutex<HashSet<DeviceId>>>,
+    liveness: Arc<std::sync::Mutex<crate::liveness::Liveness>>,
     wake: Arc<Notify>,
     stop: CancellationToken,
 ) {
@@ -129,10 +130,19 @@ pub async fn telemetry(
         streams::reconciler_telemetry,
         &stop,
         |message| {
-            let (pool, wake, sites, touched) =
-                (pool.clone(), wake.clone(), sites.clone(), touched.clone());
+            let (pool, wake, sites, touched, liveness) = (
+                pool.clone(),
+                wake.clone(),
+                sites.clone(),
+                touched.clone(),
+                liveness.clone(),
+            );
             async move {
-                if let Some(devices) = ingest(message, &pool, &sites).await {
+                if let Some((site, devices)) = ingest(message, &pool, &sites).await {
+                    liveness
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .heard(&site, std::time::Instant::now());
                     touched
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -146,13 +156,13 @@ pub async fn telemetry(
     .await;
 }
 
-/// Writes one telemetry message into `device_state`; returns the devices it named once it was
-/// written (and acked).
+/// Writes one telemetry message into `device_state`; returns its site and the devices it named
+/// once it was written (and acked).
 async fn ingest(
     message: jetstream::Message,
     pool: &PgPool,
     sites: &tokio::sync::Mutex<HashMap<SiteCode, SiteId>>,
-) -> Option<Vec<DeviceId>> {
+) -> Option<(SiteCode, Vec<DeviceId>)> {
     let batch = match ebb_bus::decode::<TelemetryBatch>(&message.payload) {
         Ok(env) => env.body,
         Err(e) => {
@@ -209,7 +219,10 @@ async fn ingest(
             metrics::counter!(ebb_obs::names::RECONCILER_TELEMETRY_SAMPLES)
                 .increment(batch.samples.len() as u64);
             message.ack().await.ok();
-            Some(batch.samples.iter().map(|s| s.device_id).collect())
+            Some((
+                batch.site.clone(),
+                batch.samples.iter().map(|s| s.device_id).collect(),
+            ))
         }
         Err(e) => {
             tracing::warn!(error = ?e, "writing telemetry");

@@ -7,6 +7,7 @@
 pub mod config;
 mod decide;
 mod intake;
+mod liveness;
 mod pass;
 
 #[doc(hidden)]
@@ -16,6 +17,7 @@ pub use config::ReconcilerConfig;
 
 use async_nats::jetstream;
 use ebb_store::PgPool;
+use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,12 +79,15 @@ pub async fn run_with_hooks(
     let pool = ctx.pool()?.clone();
     let js = ctx.jetstream().clone();
     let shutdown = ctx.shutdown.clone();
-    let database_url = ctx.database_url().to_owned();
+    // The lock's connection has the pool's session settings: the server's keepalives are what
+    // frees the lock of a leader that vanished without closing its socket.
+    let lock_options = ctx.db_connect_options()?;
+    let fence_timeout = fence_timeout(ctx.common().db_session().statement_timeout);
 
     // A standby keeps one connection and retries the lock on it, instead of reconnecting each time.
     let mut standby: Option<PgConnection> = None;
     while !shutdown.is_cancelled() {
-        let lock = match try_lock(&mut standby, &database_url).await {
+        let lock = match try_lock(&mut standby, &lock_options).await {
             Ok(Some(conn)) => conn,
             Ok(None) => {
                 metrics::gauge!(ebb_obs::names::RECONCILER_IS_LEADER).set(0.0);
@@ -104,7 +109,10 @@ pub async fn run_with_hooks(
             &holder,
             pool.clone(),
             js.clone(),
-            lock,
+            LeaderLock {
+                conn: lock,
+                answer_within: fence_timeout,
+            },
             shutdown.clone(),
         )
         .await;
@@ -115,6 +123,44 @@ pub async fn run_with_hooks(
         }
     }
     Ok(())
+}
+
+/// The leader's lock: the connection that holds it, the only evidence of leadership.
+struct LeaderLock {
+    conn: PgConnection,
+    /// How long the connection may take to answer before the lock counts as lost.
+    answer_within: Duration,
+}
+
+impl LeaderLock {
+    /// Whether the lock is still held: if its connection is gone, so is the lock. A server that
+    /// stopped answering (a half-open connection) counts as gone after `answer_within`; the
+    /// server's keepalives free the lock on its side.
+    async fn check(&mut self) -> anyhow::Result<()> {
+        match tokio::time::timeout(
+            self.answer_within,
+            sqlx::query("SELECT 1").execute(&mut self.conn),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("leader lock connection failed")),
+            Err(_) => Err(anyhow::anyhow!(
+                "leader lock connection did not answer within {:?}",
+                self.answer_within
+            )),
+        }
+    }
+}
+
+/// How long the leader waits for its lock connection to answer `SELECT 1`: the statement
+/// timeout (a trivial query that takes that long is not coming back), or 30 s without one.
+fn fence_timeout(statement_timeout: Duration) -> Duration {
+    if statement_timeout.is_zero() {
+        Duration::from_secs(30)
+    } else {
+        statement_timeout
+    }
 }
 
 async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
@@ -128,11 +174,11 @@ async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
 /// success the connection moves to the leader; otherwise it stays in `standby` for the next try.
 async fn try_lock(
     standby: &mut Option<PgConnection>,
-    url: &str,
+    options: &PgConnectOptions,
 ) -> Result<Option<PgConnection>, sqlx::Error> {
     let mut conn = match standby.take() {
         Some(c) => c,
-        None => PgConnection::connect(url).await?,
+        None => PgConnection::connect_with(options).await?,
     };
     let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(LEADER_LOCK_KEY)
@@ -154,7 +200,7 @@ async fn lead(
     holder: &str,
     pool: PgPool,
     js: jetstream::Context,
-    mut lock: PgConnection,
+    mut lock: LeaderLock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let term = shutdown.child_token();
@@ -170,7 +216,7 @@ async fn lead(
         term.clone(),
     ));
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut lock)
+        .fetch_one(&mut lock.conn)
         .await?;
     let mut reconciler =
         pass::Reconciler::new(config, hooks.clone(), pool.clone(), js.clone(), Some(pid));
@@ -178,6 +224,7 @@ async fn lead(
         js,
         pool.clone(),
         reconciler.telemetry_touched(),
+        reconciler.liveness(),
         wake.clone(),
         term.clone(),
     ));
@@ -185,9 +232,8 @@ async fn lead(
 
     let tick = Duration::from_millis(config.tick_ms);
     let outcome = loop {
-        // The lock connection is the fence: if it is gone, so is the lock.
-        if let Err(e) = sqlx::query("SELECT 1").execute(&mut lock).await {
-            break Err(anyhow::Error::new(e).context("leader lock connection failed"));
+        if let Err(e) = lock.check().await {
+            break Err(e);
         }
         let mut results = Vec::new();
         while let Ok(r) = results_rx.try_recv() {

@@ -15,6 +15,7 @@ use crate::Hooks;
 use crate::config::ReconcilerConfig;
 use crate::decide::{self, Decisions, EventStep, EventView, Move, Phase, Policy, Why};
 use crate::intake::Incoming;
+use crate::liveness::{Change, Liveness};
 use anyhow::Context;
 use async_nats::jetstream::{self, AckKind};
 use chrono::Utc;
@@ -61,6 +62,12 @@ pub struct Reconciler {
     resync: Duration,
     /// What the latest pass read and decided.
     last: PassStats,
+    /// When each site was last heard from (fed by results here and telemetry in the intake).
+    liveness: Arc<Mutex<Liveness>>,
+    /// The sites silent as of this pass: their targets are charged nothing for it.
+    silent: HashSet<SiteId>,
+    /// When each site that was silent was heard from again: its deadlines count from there.
+    back_at: HashMap<SiteId, chrono::DateTime<Utc>>,
 }
 
 /// How much work one pass did: what "proportional to what changed" is measured by.
@@ -160,6 +167,12 @@ impl Reconciler {
             touched: Arc::default(),
             resync: Duration::from_millis(cfg.resync_ms),
             last: PassStats::default(),
+            liveness: Arc::new(Mutex::new(Liveness::new(
+                Duration::from_secs(u64::from(cfg.site_silent_after_s)),
+                Instant::now(),
+            ))),
+            silent: HashSet::new(),
+            back_at: HashMap::new(),
         }
     }
 
@@ -172,6 +185,51 @@ impl Reconciler {
     /// re-reads only those.
     pub fn telemetry_touched(&self) -> Arc<Mutex<HashSet<DeviceId>>> {
         self.touched.clone()
+    }
+
+    /// When each site was last heard from, for the telemetry intake to mark.
+    pub fn liveness(&self) -> Arc<Mutex<Liveness>> {
+        self.liveness.clone()
+    }
+
+    /// Marks the sites of `results` heard, reports the sites that went silent or came back,
+    /// and notes which are silent for this pass's decisions.
+    fn sweep_liveness(&mut self, results: &[Incoming]) {
+        let now = Instant::now();
+        let mut live = self
+            .liveness
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for r in results {
+            live.heard(&r.site, now);
+        }
+        for change in live.sweep(self.sites.values().map(|(code, _)| code), now) {
+            match change {
+                Change::Silent(site) => {
+                    tracing::warn!(%site, silent_for_s = live.silent_for(&site, now).as_secs(), "the site's agent is silent (no results or telemetry): its targets are charged no attempts until it is back");
+                    metrics::gauge!(names::RECONCILER_SITE_SILENT, "site" => site.to_string())
+                        .set(1.0);
+                }
+                Change::Back(site) => {
+                    tracing::info!(%site, "the site's agent is heard from again");
+                    if let Some(id) = self
+                        .sites
+                        .iter()
+                        .find_map(|(id, (code, _))| (*code == site).then_some(*id))
+                    {
+                        self.back_at.insert(id, Utc::now());
+                    }
+                    metrics::gauge!(names::RECONCILER_SITE_SILENT, "site" => site.to_string())
+                        .set(0.0);
+                }
+            }
+        }
+        self.silent = self
+            .sites
+            .iter()
+            .filter(|(_, (code, _))| live.is_silent(code, now))
+            .map(|(id, _)| *id)
+            .collect();
     }
 
     /// Live targets held between passes (for tests and benchmarks).
@@ -193,6 +251,7 @@ impl Reconciler {
             }
             Err(e) => tracing::warn!(error = ?e, "loading sites"),
         }
+        self.sweep_liveness(&results);
         if !self.ramp_seeded {
             let since = Utc::now() - chrono::Duration::minutes(1);
             match events::recent_restore_sends(&self.pool, since).await {
@@ -394,7 +453,16 @@ impl Reconciler {
                 .collect()
         };
         let budget = |s: SiteId| budgets.get(&s).copied();
-        let Some(d) = decide::decide(&view, targets, now, &self.policy, budget) else {
+        let agent = |s: SiteId| {
+            if self.silent.contains(&s) {
+                decide::Agent::Silent
+            } else {
+                self.back_at
+                    .get(&s)
+                    .map_or(decide::Agent::Live, |at| decide::Agent::BackSince(*at))
+            }
+        };
+        let Some(d) = decide::decide_with(&view, targets, now, &self.policy, budget, agent) else {
             return Ok(Done::default());
         };
         // Every row these decisions may write is read again before the next decision.

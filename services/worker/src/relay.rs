@@ -1,30 +1,96 @@
 //! The outbox relay: publishes every committed outbox row on the event feed with
-//! `Nats-Msg-Id = outbox id`, so a crash between publish and marking only causes a deduplicated
-//! republish. The store says what happened ([`Notice`]); the subject and wire encoding are
-//! decided here.
+//! `Nats-Msg-Id = outbox id`. The store says what happened ([`Notice`]); the subject and wire
+//! encoding are decided here.
+//!
+//! A round claims rows with a lease (no transaction is held while publishing), publishes them
+//! pipelined, then settles the claim in one short statement group:
+//!
+//! - acked rows are marked published;
+//! - a row that failed through its own fault (unreadable, too big for the server, refused while
+//!   other rows of the round went through) is retried with a doubling delay and parked once it
+//!   has been claimed `relay_max_attempts` times: counted, logged at WARN, and never claimed
+//!   again, so it holds up nothing behind it;
+//! - a row that failed because the stream could not be reached at all goes back unpunished.
+//!
+//! A relay that dies between publish and settle leaves its rows to a later claim once the lease
+//! runs out: they are published again under the same `Nats-Msg-Id`, inside the stream's duplicate
+//! window, so the stream drops the copy. Rows are claimed oldest first, so each event's notices go
+//! out in order unless one of them fails and is overtaken by the ones behind it.
+//!
+//! Published rows older than the retention are deleted in bounded batches every
+//! [`PRUNE_EVERY`].
 
+use crate::WorkerConfig;
 use async_nats::jetstream;
+use async_nats::jetstream::context::PublishErrorKind;
+use ebb_bus::publish::PublishError;
 use ebb_bus::{Envelope, EventNotice, subjects};
-use ebb_store::outbox::{self, Message, Notice, Pending};
+use ebb_store::outbox::{self, Failed, Message, Notice, Pending};
 use ebb_store::{PgPool, StoreError};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// Rows published per round; a full round is followed at once by the next.
 pub const BATCH: i64 = 500;
+/// Rows deleted per pruning statement.
+pub const PRUNE_BATCH: i64 = 1_000;
+/// Pruning statements per pruning run at most; the rest waits for the next run.
+pub const PRUNE_ROUNDS: usize = 100;
+/// How often the relay prunes published rows.
+pub const PRUNE_EVERY: Duration = Duration::from_secs(60);
+/// The longest wait before retrying a row that failed.
+pub const MAX_RETRY: Duration = Duration::from_secs(300);
+
+/// How the relay claims, retries, parks and prunes; from the worker's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RelaySettings {
+    /// Rows claimed per round.
+    pub batch: i64,
+    /// How long a claim is the relay's alone.
+    pub lease: Duration,
+    /// Claims of a failing row before it is parked.
+    pub max_attempts: u32,
+    /// Wait before the first retry of a failed row; doubles per attempt up to [`MAX_RETRY`].
+    pub retry: Duration,
+    /// How long published rows are kept.
+    pub retention: Duration,
+}
+
+impl From<&WorkerConfig> for RelaySettings {
+    fn from(c: &WorkerConfig) -> Self {
+        Self {
+            batch: BATCH,
+            lease: Duration::from_secs(c.relay_lease_s),
+            max_attempts: c.relay_max_attempts,
+            retry: Duration::from_millis(c.relay_retry_ms),
+            retention: Duration::from_secs(c.outbox_retention_h * 3600),
+        }
+    }
+}
+
+impl RelaySettings {
+    /// The wait before retrying a row that has failed on its `attempts`-th claim.
+    pub fn retry_in(&self, attempts: u32) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(20);
+        self.retry.saturating_mul(1 << doublings).min(MAX_RETRY)
+    }
+}
 
 /// The job entry: relays until shutdown.
 pub fn job(
-    config: &crate::WorkerConfig,
+    config: &WorkerConfig,
     ctx: ebb_runtime::Context,
 ) -> BoxFuture<'static, anyhow::Result<()>> {
     let idle = Duration::from_millis(config.relay_idle_ms);
+    let settings = RelaySettings::from(config);
     Box::pin(async move {
         run(
             ctx.pool()?.clone(),
             ctx.jetstream().clone(),
+            settings,
             idle,
             ctx.shutdown.clone(),
         )
@@ -38,7 +104,7 @@ pub enum RelayError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Publish(#[from] ebb_bus::publish::PublishError),
+    Publish(#[from] PublishError),
 }
 
 /// The subject and payload of a row, or why it cannot be published.
@@ -71,68 +137,191 @@ pub fn wire(row: &Pending) -> Result<(String, Vec<u8>), String> {
     }
 }
 
-/// Publishes up to `limit` unpublished rows, oldest first, and marks them published. Returns how
-/// many rows the round claimed.
+/// Publishes up to `settings.batch` rows, oldest first, and settles them: published, retried,
+/// parked or given back (see the module docs). Returns how many rows the round claimed, or the
+/// error that kept the round from reaching the stream (after settling what it could).
 pub async fn relay_once(
     pool: &PgPool,
     js: &jetstream::Context,
-    limit: i64,
+    settings: &RelaySettings,
 ) -> Result<usize, RelayError> {
-    let claim = outbox::claim(pool, limit).await?;
+    let claim = outbox::claim(pool, settings.batch, settings.lease).await?;
     let claimed = claim.rows.len();
     if claimed == 0 {
         return Ok(0);
     }
-    match publish(js, &claim.rows).await {
-        Ok(done) => {
-            claim.finish(&done).await?;
-            metrics::counter!(ebb_obs::names::OUTBOX_PUBLISHED).increment(done.len() as u64);
-            Ok(claimed)
-        }
-        Err(e) => {
-            // Nothing is marked: the rows go back for the next round, republished under the
-            // same Nats-Msg-Id, which the stream deduplicates.
-            if let Err(release) = claim.release().await {
-                tracing::debug!(error = ?release, "releasing an outbox claim");
-            }
-            Err(e)
-        }
+    let round = publish(js, &claim.rows, settings).await;
+    for f in &round.failed {
+        tracing::info!(outbox_id = %f.id, error = %f.error, retry_in_ms = f.retry_in.as_millis() as u64, "outbox row not published");
+    }
+    let parked = claim
+        .settle(&round.published, &round.failed, settings.max_attempts)
+        .await?;
+    metrics::counter!(ebb_obs::names::OUTBOX_PUBLISHED).increment(round.published.len() as u64);
+    metrics::counter!(ebb_obs::names::OUTBOX_PARKED).increment(parked.len() as u64);
+    for p in &parked {
+        tracing::warn!(
+            outbox_id = %p.id,
+            kind = p.kind.as_deref().unwrap_or("(none)"),
+            attempts = p.attempts,
+            error = %p.error,
+            "outbox row parked: it kept failing and is no longer published; re-queue it by clearing parked_at and attempts"
+        );
+    }
+    match round.unreachable {
+        // Nothing is counted against the rows: they go back for the next round, republished
+        // under the same Nats-Msg-Id, which the stream deduplicates.
+        Some(e) => Err(e.into()),
+        None => Ok(claimed),
     }
 }
 
-/// Publishes `rows`, pipelined, then awaits every ack; returns the ids the stream acked.
-async fn publish(js: &jetstream::Context, rows: &[Pending]) -> Result<Vec<uuid::Uuid>, RelayError> {
+/// What became of a round's rows.
+#[derive(Debug, Default)]
+struct Round {
+    published: Vec<Uuid>,
+    /// Failures charged to their row.
+    failed: Vec<Failed>,
+    /// Why the stream could not be reached, if it could not: the rows not published go back.
+    unreachable: Option<PublishError>,
+}
+
+/// Whether a publish error is the row's own fault, the stream's, or cannot be told alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Blame {
+    Row,
+    Transport,
+    /// The row's if other rows of the round went through, else the transport's.
+    Unclear,
+}
+
+fn blame(e: &PublishError) -> Blame {
+    let (PublishError::Send { source, .. } | PublishError::Ack { source, .. }) = e;
+    match source.kind() {
+        PublishErrorKind::MaxPayloadExceeded => Blame::Row,
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::MaxAckPending => Blame::Transport,
+        _ => Blame::Unclear,
+    }
+}
+
+/// `e` with its sources, for the row's `last_error`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Publishes `rows`, pipelined, then awaits every ack, and sorts out what failed and whose fault
+/// it was.
+async fn publish(js: &jetstream::Context, rows: &[Pending], settings: &RelaySettings) -> Round {
+    let mut round = Round::default();
+    let row_failure = |row: &Pending, error: String| Failed {
+        id: row.id,
+        error,
+        retry_in: settings.retry_in(row.attempts),
+    };
+    let mut unclear: Vec<(&Pending, PublishError)> = Vec::new();
+    let mut transport: Vec<PublishError> = Vec::new();
     let mut acks = Vec::with_capacity(rows.len());
     for row in rows {
+        if row.attempts > settings.max_attempts {
+            // Claimed that often without ever being settled: the relay dies on it.
+            round.failed.push(row_failure(
+                row,
+                format!(
+                    "claimed {} times without being settled (a relay died publishing it?)",
+                    row.attempts - 1
+                ),
+            ));
+            continue;
+        }
         match wire(row) {
+            Err(error) => round.failed.push(row_failure(row, error)),
             Ok((subject, payload)) => {
-                let (subject, ack) =
-                    ebb_bus::publish::send(js, subject, &row.id.to_string(), payload, None).await?;
-                acks.push((row.id, subject, ack));
+                match ebb_bus::publish::send(js, subject, &row.id.to_string(), payload, None).await
+                {
+                    Ok((subject, ack)) => acks.push((row, subject, ack)),
+                    Err(e) => match blame(&e) {
+                        Blame::Row => round.failed.push(row_failure(row, chain(&e))),
+                        Blame::Transport => transport.push(e),
+                        Blame::Unclear => unclear.push((row, e)),
+                    },
+                }
             }
-            Err(error) => tracing::error!(outbox_id = %row.id, error, "unpublishable outbox row"),
         }
     }
-    let mut done = Vec::with_capacity(acks.len());
-    for (id, subject, ack) in acks {
-        ack.await
-            .map_err(|source| ebb_bus::publish::PublishError::Ack { subject, source })?;
-        done.push(id);
+    for (row, subject, ack) in acks {
+        match ack.await {
+            Ok(_) => round.published.push(row.id),
+            Err(source) => {
+                let e = PublishError::Ack { subject, source };
+                match blame(&e) {
+                    Blame::Row => round.failed.push(row_failure(row, chain(&e))),
+                    Blame::Transport => transport.push(e),
+                    Blame::Unclear => unclear.push((row, e)),
+                }
+            }
+        }
     }
-    Ok(done)
+    if round.published.is_empty() {
+        transport.extend(unclear.into_iter().map(|(_, e)| e));
+    } else {
+        for (row, e) in unclear {
+            round.failed.push(row_failure(row, chain(&e)));
+        }
+    }
+    round.unreachable = transport.into_iter().next();
+    round
 }
 
-/// Runs the relay until `shutdown`: drains in batches, then waits `idle` before looking again.
-/// A failed round is logged and retried; it never ends the loop.
+/// Deletes published rows older than `retention`, [`PRUNE_BATCH`] at a time, at most
+/// [`PRUNE_ROUNDS`] statements, stopping early at shutdown; returns how many it deleted.
+pub async fn prune(
+    pool: &PgPool,
+    retention: Duration,
+    shutdown: &CancellationToken,
+) -> Result<u64, StoreError> {
+    let mut total = 0;
+    for _ in 0..PRUNE_ROUNDS {
+        let n = outbox::prune(pool, retention, PRUNE_BATCH).await?;
+        total += n;
+        metrics::counter!(ebb_obs::names::OUTBOX_PRUNED).increment(n);
+        if n < PRUNE_BATCH as u64 || shutdown.is_cancelled() {
+            break;
+        }
+    }
+    Ok(total)
+}
+
+/// Runs the relay until `shutdown`: drains in batches, then waits `idle` before looking again,
+/// and prunes every [`PRUNE_EVERY`]. A failed round is logged and retried; it never ends the
+/// loop.
 pub async fn run(
     pool: PgPool,
     js: jetstream::Context,
+    settings: RelaySettings,
     idle: Duration,
     shutdown: CancellationToken,
 ) {
+    let mut next_prune = Instant::now();
     loop {
-        let pause = match relay_once(&pool, &js, BATCH).await {
-            Ok(n) if n as i64 >= BATCH => Duration::ZERO,
+        if Instant::now() >= next_prune {
+            next_prune = Instant::now() + PRUNE_EVERY;
+            match prune(&pool, settings.retention, &shutdown).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "pruned published outbox rows"),
+                Err(e) => tracing::warn!(error = ?e, "pruning the outbox failed"),
+            }
+        }
+        let pause = match relay_once(&pool, &js, &settings).await {
+            Ok(n) if n as i64 >= settings.batch => Duration::ZERO,
             Ok(_) => idle,
             Err(e) => {
                 tracing::warn!(error = ?e, "outbox relay round failed");
@@ -143,5 +332,19 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_double_up_to_the_cap() {
+        let s = RelaySettings::from(&WorkerConfig::default());
+        let got: Vec<u64> = (1..=12).map(|a| s.retry_in(a).as_secs()).collect();
+        assert_eq!(got, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
+        assert_eq!(s.retry_in(u32::MAX), MAX_RETRY);
+        assert_eq!(s.retry_in(0), Duration::from_secs(1));
     }
 }

@@ -3,5 +3,6 @@
 mod fixtures;
 mod migrations;
 mod outbox;
+mod session;
 mod targets;
 mod tx;

@@ -1,10 +1,13 @@
 //! The outbox: rows written in a transaction are claimable after commit, once; a rolled-back
-//! write leaves nothing; a claim dropped without finishing leaves its rows for the next one.
-//! (Publishing them is the worker's relay, tested there.)
+//! write leaves nothing; a claim released or dropped without finishing leaves its rows for a
+//! later one. (Publishing them, parking and pruning are the worker's relay, tested there.)
 
 use chrono::Utc;
 use ebb_domain::{EventId, EventState, OrgId};
-use ebb_store::outbox::{self, Message, Notice};
+use ebb_store::outbox::{self, Failed, Message, Notice};
+use std::time::Duration;
+
+const LEASE: Duration = Duration::from_secs(30);
 
 fn notice(org: OrgId) -> Notice {
     Notice::EventTransition {
@@ -34,20 +37,30 @@ async fn committed_rows_are_claimed_once_and_rolled_back_ones_never() {
     rolled.rollback().await.unwrap();
 
     // A claim released unfinished (a relay whose publish failed) leaves its rows for the next.
-    let abandoned = outbox::claim(pool, 10).await.unwrap();
+    let abandoned = outbox::claim(pool, 10, LEASE).await.unwrap();
     assert_eq!(abandoned.rows.len(), 1);
     abandoned.release().await.unwrap();
 
-    let claim = outbox::claim(pool, 10).await.unwrap();
+    let claim = outbox::claim(pool, 10, LEASE).await.unwrap();
     assert_eq!(claim.rows.len(), 1);
     assert_eq!(claim.rows[0].id, id);
     assert_eq!(claim.rows[0].org_id, Some(org));
     assert_eq!(claim.rows[0].message, Message::Notice(one));
     // A second relay running at the same time skips the locked row.
-    assert!(outbox::claim(pool, 10).await.unwrap().rows.is_empty());
+    assert!(
+        outbox::claim(pool, 10, LEASE)
+            .await
+            .unwrap()
+            .rows
+            .is_empty()
+    );
     claim.finish(&[id]).await.unwrap();
     assert!(
-        outbox::claim(pool, 10).await.unwrap().rows.is_empty(),
+        outbox::claim(pool, 10, LEASE)
+            .await
+            .unwrap()
+            .rows
+            .is_empty(),
         "published rows are not claimed again"
     );
 }
@@ -64,7 +77,7 @@ async fn rows_from_before_kinds_are_raw_and_unknown_kinds_unreadable() {
         .execute(pool)
         .await
         .unwrap();
-    let claim = outbox::claim(pool, 10).await.unwrap();
+    let claim = outbox::claim(pool, 10, LEASE).await.unwrap();
     let mut got: Vec<_> = claim.rows.iter().map(|r| r.message.clone()).collect();
     got.sort_by_key(|m| format!("{m:?}"));
     assert!(
@@ -74,5 +87,80 @@ async fn rows_from_before_kinds_are_raw_and_unknown_kinds_unreadable() {
     assert!(
         matches!(&got[1], Message::Unreadable { kind: Some(k), .. } if k == "from_the_future"),
         "{got:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_frees_its_rows_and_its_claim_can_no_longer_settle_them() {
+    let db = super::fixtures::migrated().await;
+    let pool = db.pool();
+    let org = OrgId::new();
+    let mut tx = pool.begin().await.unwrap();
+    let id = outbox::enqueue(&mut tx, Some(org), &notice(org))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    // A relay that dies after claiming: nobody else gets the row while its lease runs.
+    let dead = outbox::claim(pool, 10, Duration::from_millis(200))
+        .await
+        .unwrap();
+    assert_eq!(dead.rows[0].attempts, 1);
+    assert!(
+        outbox::claim(pool, 10, LEASE)
+            .await
+            .unwrap()
+            .rows
+            .is_empty()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = outbox::claim(pool, 10, LEASE).await.unwrap();
+    assert_eq!(next.rows.len(), 1);
+    assert_eq!(next.rows[0].attempts, 2, "the lapsed claim counts");
+
+    // The old claim wakes up and fails the row: the current claim is untouched by it.
+    let parked = dead
+        .settle(
+            &[],
+            &[Failed {
+                id,
+                error: "late".into(),
+                retry_in: Duration::ZERO,
+            }],
+            1,
+        )
+        .await
+        .unwrap();
+    assert!(parked.is_empty(), "{parked:?}");
+    assert!(
+        outbox::claim(pool, 10, LEASE)
+            .await
+            .unwrap()
+            .rows
+            .is_empty()
+    );
+
+    // Failed by its own claim, at the limit: parked, and never claimed again.
+    let parked = next
+        .settle(
+            &[],
+            &[Failed {
+                id,
+                error: "unreadable".into(),
+                retry_in: Duration::ZERO,
+            }],
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!((parked[0].id, parked[0].attempts), (id, 2));
+    assert_eq!(parked[0].error, "unreadable");
+    assert!(
+        outbox::claim(pool, 10, LEASE)
+            .await
+            .unwrap()
+            .rows
+            .is_empty()
     );
 }

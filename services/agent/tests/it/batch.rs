@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream;
+use ebb_bus::InventoryDevice;
 use ebb_bus::{CommandBatch, DeviceRef, Envelope};
 use ebb_domain::{BatchId, CommandKind, CurtailLevel, DeviceId, Outcome};
 use ebb_minersim::{Firmware, Mode};
@@ -382,7 +384,7 @@ async fn shutdown_mid_batch_hands_the_batch_back() {
     // No results were published for the interrupted run.
     h.no_more_results(Duration::from_millis(500)).await;
 
-    // The batch was handed back, not left to wait out the 5-minute ack_wait: the next agent
+    // The batch was handed back, not left to wait out the ack_wait: the next agent
     // runs it at once.
     h.sim
         .clear_faults(&ebb_minersim::FaultSelector::all())
@@ -410,4 +412,111 @@ fn an_invalid_configuration_is_refused_with_every_problem() {
     )
     .unwrap_err();
     assert_eq!(err.0.len(), 2, "{err}");
+}
+
+/// Issue 11: an agent killed while executing a batch (no hand-back, no ack) costs seconds, not the
+/// minutes of a long ack wait: the restarted agent commands the batch's remaining miners within
+/// 30 s of the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_mid_batch_costs_seconds() {
+    let mut h = spawn_agent("killed", mixed(4, 4, 4), instant_paused(), vec![], |c| {
+        // Long enough that the hung miners are still being waited on when the agent dies.
+        c.call_timeout = Duration::from_secs(60);
+        c.control_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let all = h.devices.clone();
+    let (fast, hung) = all.split_at(6);
+    let hung_addrs: Vec<_> = hung.iter().map(|d| h.address(d)).collect();
+    h.sim
+        .inject_fault(
+            &ebb_minersim::FaultSelector::addresses(hung_addrs),
+            ebb_minersim::Fault::NoAnswer,
+        )
+        .unwrap();
+    let batch = h.batch(FULL, &all);
+    h.send(&batch).await;
+    // The agent curtails the miners that answer, and waits on the others.
+    let asleep = |h: &crate::Harness, ds: &[InventoryDevice]| {
+        ds.iter()
+            .filter(|d| h.sim.truth(h.address(d)).unwrap().mode != Mode::Hashing)
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while asleep(&h, fast) < fast.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the answering miners were curtailed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        h.consumer_info().await.num_ack_pending,
+        1,
+        "the agent holds the batch"
+    );
+    h.kill_agent().await;
+    let killed = std::time::Instant::now();
+    assert_eq!(asleep(&h, hung), 0, "the hung miners were not touched yet");
+
+    // The miners answer again; a new agent starts at once.
+    h.sim
+        .clear_faults(&ebb_minersim::FaultSelector::all())
+        .unwrap();
+    h.restart_agent();
+    while asleep(&h, &all) < all.len() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "only {} of {} miners curtailed {:?} after the kill",
+            asleep(&h, &all),
+            all.len(),
+            killed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = h.result(batch.batch_id, all.len()).await;
+    crate::assert_all(&r, "after the restart", |o| {
+        matches!(o, Outcome::Ok | Outcome::AlreadyInState)
+    });
+    h.stop().await;
+}
+
+/// A consumer an older release created with a long ack wait is brought to today's settings when
+/// the agent starts, without losing its position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_consumer_gets_the_short_ack_wait() {
+    let mut h = spawn_agent(
+        "upgraded",
+        one_per_protocol(),
+        instant_paused(),
+        vec![],
+        |_| {},
+    )
+    .await;
+    assert_eq!(
+        h.consumer_info().await.config.ack_wait,
+        ebb_bus::streams::AGENT_ACK_WAIT
+    );
+    h.stop_agent(Duration::from_secs(10)).await;
+    let old = jetstream::consumer::pull::Config {
+        ack_wait: Duration::from_secs(300),
+        ..ebb_bus::streams::agent_consumer(&h.site)
+    };
+    let stream = h.js.get_stream(ebb_bus::streams::CMD).await.unwrap();
+    stream.create_consumer(old).await.unwrap();
+    assert_eq!(
+        h.consumer_info().await.config.ack_wait,
+        Duration::from_secs(300),
+        "nats-server took the old setting"
+    );
+    h.restart_agent();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while h.consumer_info().await.config.ack_wait != ebb_bus::streams::AGENT_ACK_WAIT {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the consumer was updated"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.stop().await;
 }

@@ -8,8 +8,10 @@
 mod batch;
 mod faults;
 mod fleet;
+mod known;
 mod miner_path;
 mod scan;
+mod starved;
 mod telemetry;
 
 use std::collections::HashMap;
@@ -93,7 +95,7 @@ pub fn spawn_run(
     })
 }
 
-/// What the planner would list for a simulated miner: capabilities by firmware, as a scan
+/// What the planner would list for a simulated miner: capabilities and firmware as a scan
 /// finds them.
 pub fn inventory_device(sim: &Simulator, address: Ipv4Addr) -> InventoryDevice {
     let info = sim.miner(address).expect("a simulated miner");
@@ -113,6 +115,8 @@ pub fn inventory_device(sim: &Simulator, address: Ipv4Addr) -> InventoryDevice {
         address: address.to_string(),
         make: info.make.to_string(),
         model: info.model_name.clone(),
+        // What registration stores from a scan: the agent drives it without identifying it.
+        firmware: Some(info.scanned_firmware()),
         capabilities,
     }
 }
@@ -357,6 +361,21 @@ impl Harness {
             exited
                 .expect("the agent task does not panic")
                 .expect("the agent exits cleanly");
+        }
+    }
+
+    /// Kills the agent outright: its task is aborted mid-whatever, nothing is handed back or
+    /// acked, and its NATS connection goes with it (as when the process is SIGKILLed).
+    pub async fn kill_agent(&mut self) {
+        if let Some(agent) = self.agent.take() {
+            agent.abort();
+            let joined = agent.await;
+            assert!(
+                joined
+                    .as_ref()
+                    .is_err_and(tokio::task::JoinError::is_cancelled),
+                "the agent was running until killed: {joined:?}"
+            );
         }
     }
 

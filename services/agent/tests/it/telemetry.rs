@@ -17,6 +17,7 @@ async fn a_poll_cycle_matches_the_truth() {
         address: "127.255.255.253".into(),
         make: "antminer".into(),
         model: "Antminer S19".into(),
+        firmware: None,
         capabilities: Capabilities {
             curtail_full: true,
             ..Capabilities::default()

@@ -33,7 +33,7 @@ pub struct AdminArgs {
     pub nats_auth_dir: Option<PathBuf>,
     /// The running hub, to push a revocation to (with the authority's system user).
     #[arg(long, env = "NATS_URL", global = true)]
-    pub nats_url: Option<String>,
+    pub nats_url: Option<ebb_obs::CredUrl>,
     /// The CA the hub's certificate chains to.
     #[arg(long, env = "EBB_NATS_CA", global = true)]
     pub nats_ca: Option<PathBuf>,
@@ -184,8 +184,8 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     let pool = ebb_store::connect(args.database_url.expose(), 2)
         .await
         .context("connecting to postgresql")?;
-    let hub = args.nats_url.as_deref().map(|url| nats::Hub {
-        url,
+    let hub = args.nats_url.as_ref().map(|url| nats::Hub {
+        url: url.as_str(),
         ca: args.nats_ca.as_deref(),
     });
     let auth_dir = || {

@@ -1,12 +1,12 @@
 //! `ebb bench command`: one `curtail{full}` batch to every miner of a fresh simulated fleet,
 //! executed by the agent's own [`ebb_agent::execute_each`].
 
-use super::fleet::{FirmwareFigures, Fleet, start_sim};
+use super::fleet::{FirmwareFigures, Fleet, Registration, start_sim};
 use super::measure::{
     cpu_delta, cpu_seconds, opens_delta, per_miner, percentile_ms, round, rss_bytes,
     tcp_active_opens,
 };
-use ebb_agent::{HASHING_EPSILON_THS, MinerPath, MinerPathSettings};
+use ebb_agent::{HASHING_EPSILON_THS, MinerPathSettings};
 use ebb_bus::{CommandBatch, DeviceRef};
 use ebb_domain::{BatchId, CommandKind, CurtailLevel, Outcome, SiteCode};
 use ebb_minersim::Mode;
@@ -29,6 +29,11 @@ pub struct CommandReport {
     pub identify_seconds: f64,
     /// Miners identified.
     pub identified: usize,
+    /// Whether the inventory knew each miner's firmware (registered) or not (`--unregistered`:
+    /// asic-rs alone, every miner identified first).
+    pub registered: bool,
+    /// asic-rs identifications during the measured phase (0 for registered miners).
+    pub identifications: u64,
     /// Wall time of the command phase: every miner read, paused and read again.
     pub seconds: f64,
     /// Miners per second in the command phase.
@@ -69,15 +74,17 @@ pub struct CommandReport {
 pub async fn bench_command(
     miners: usize,
     settings: MinerPathSettings,
+    registration: Registration,
 ) -> anyhow::Result<CommandReport> {
     super::validate(miners, &settings)?;
     let started = Instant::now();
     let sim = start_sim(miners).await?;
     let sim_start_seconds = started.elapsed().as_secs_f64();
     let rss_sim = rss_bytes();
-    let fleet = Fleet::of(&sim);
-    let path = MinerPath::new(settings);
-    let (identify_seconds, identified) = fleet.identify(&path).await;
+    let fleet = Fleet::with(&sim, registration);
+    let path = fleet.path(settings);
+    let (identify_seconds, identified) = fleet.warm(&path).await;
+    let identifications_before = path.identifications();
     let batch = CommandBatch {
         batch_id: BatchId::new(),
         event_id: None,
@@ -116,11 +123,12 @@ pub async fn bench_command(
         .count();
     sim.shutdown().await;
 
-    let done: Vec<(Outcome, Duration)> = runs
+    // `None`: deferred for the agent's own shortage (no outcome), counted as failed here.
+    let done: Vec<(Option<Outcome>, Duration)> = runs
         .into_iter()
-        .map(|r| (r.result.outcome, r.took))
+        .map(|r| (r.result.map(|r| r.outcome), r.took))
         .collect();
-    let failed = |o: &Outcome| !matches!(o, Outcome::Ok | Outcome::AlreadyInState);
+    let failed = |o: &Option<Outcome>| !matches!(o, Some(Outcome::Ok | Outcome::AlreadyInState));
     let latencies: Vec<Duration> = done.iter().map(|(_, took)| *took).collect();
     Ok(CommandReport {
         benchmark: "command",
@@ -129,15 +137,17 @@ pub async fn bench_command(
         sim_start_seconds: round(sim_start_seconds, 3),
         identify_seconds: round(identify_seconds, 3),
         identified,
+        registered: registration == Registration::Registered,
+        identifications: path.identifications() - identifications_before,
         seconds: round(seconds, 3),
         per_second: round(miners as f64 / seconds, 1),
         p50_ms: percentile_ms(&latencies, 0.50),
         p99_ms: percentile_ms(&latencies, 0.99),
         max_ms: percentile_ms(&latencies, 1.0),
-        ok: done.iter().filter(|(o, _)| *o == Outcome::Ok).count(),
+        ok: done.iter().filter(|(o, _)| *o == Some(Outcome::Ok)).count(),
         already_in_state: done
             .iter()
-            .filter(|(o, _)| *o == Outcome::AlreadyInState)
+            .filter(|(o, _)| *o == Some(Outcome::AlreadyInState))
             .count(),
         failed: done.iter().filter(|(o, _)| failed(o)).count(),
         confirmed_asleep,

@@ -4,7 +4,7 @@
 
 use super::measure::percentile_ms;
 use anyhow::Context;
-use ebb_agent::{MinerPath, Snapshot};
+use ebb_agent::{MinerPath, MinerPathSettings, Snapshot};
 use ebb_bus::InventoryDevice;
 use ebb_domain::{Capabilities, DeviceId};
 use ebb_minersim::{
@@ -54,16 +54,38 @@ pub async fn start_sim(miners: usize) -> anyhow::Result<Simulator> {
     )
 }
 
+/// Whether the agent's inventory knows each miner's firmware, as registration after a scan
+/// stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registration {
+    /// Make, model and firmware known: a restarted agent drives the miners without identifying
+    /// them, over its own protocols where it has them (ADR 0008).
+    Registered,
+    /// No firmware known, and asic-rs only: every miner is identified on first contact, as the
+    /// agent did before ADR 0008.
+    Unregistered,
+}
+
 /// The simulated fleet in address order, with each miner's protocol, and the inventory the
 /// agent would have of it (same order).
 pub struct Fleet {
     pub addresses: Vec<Ipv4Addr>,
     firmware: Vec<Firmware>,
     pub inventory: Snapshot,
+    pub registration: Registration,
 }
 
 impl Fleet {
+    /// The fleet as a restarted agent knows it: registered.
+    #[allow(
+        dead_code,
+        reason = "kept for benchmarks that need no unregistered variant"
+    )]
     pub fn of(sim: &Simulator) -> Self {
+        Self::with(sim, Registration::Registered)
+    }
+
+    pub fn with(sim: &Simulator, registration: Registration) -> Self {
         let miners = sim.miners();
         let inventory = miners
             .iter()
@@ -72,6 +94,8 @@ impl Fleet {
                 address: m.address.to_string(),
                 make: m.make.to_string(),
                 model: m.model_name.clone(),
+                // As registration stores it after a scan.
+                firmware: (registration == Registration::Registered).then(|| m.scanned_firmware()),
                 // Every simulated firmware can sleep, which is all `curtail{full}` asks.
                 capabilities: Capabilities {
                     curtail_full: true,
@@ -84,6 +108,25 @@ impl Fleet {
             addresses,
             firmware,
             inventory: Snapshot::new(inventory),
+            registration,
+        }
+    }
+
+    /// The agent's miner path for this fleet: its own protocols for registered miners, asic-rs
+    /// alone otherwise.
+    pub fn path(&self, settings: MinerPathSettings) -> MinerPath {
+        match self.registration {
+            Registration::Registered => MinerPath::new(settings),
+            Registration::Unregistered => MinerPath::new(settings).asic_rs_only(),
+        }
+    }
+
+    /// What the agent does before its first command or poll of this fleet: nothing for
+    /// registered miners, identifying every one otherwise. Returns seconds and identified.
+    pub async fn warm(&self, path: &MinerPath) -> (f64, usize) {
+        match self.registration {
+            Registration::Registered => (0.0, 0),
+            Registration::Unregistered => self.identify(path).await,
         }
     }
 

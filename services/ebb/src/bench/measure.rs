@@ -31,7 +31,7 @@ pub fn cpu_seconds() -> Option<f64> {
 
 /// Fields 14 and 15 (utime, stime) of a `/proc/<pid>/stat` line, counted after the command
 /// name, which is parenthesized and may hold spaces.
-fn parse_cpu_seconds(stat: &str) -> Option<f64> {
+pub(super) fn parse_cpu_seconds(stat: &str) -> Option<f64> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     let utime: u64 = fields.get(11)?.parse().ok()?;

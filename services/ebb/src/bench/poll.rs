@@ -1,12 +1,12 @@
 //! `ebb bench poll`: one full telemetry poll of every miner of a fresh simulated fleet, by the
 //! agent's own [`ebb_agent::poll_each`].
 
-use super::fleet::{FirmwareFigures, Fleet, start_sim};
+use super::fleet::{FirmwareFigures, Fleet, Registration, start_sim};
 use super::measure::{
     cpu_delta, cpu_seconds, opens_delta, per_miner, percentile_ms, round, rss_bytes,
     tcp_active_opens,
 };
-use ebb_agent::{MinerPath, MinerPathSettings, Polled};
+use ebb_agent::{MinerPathSettings, Polled};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -26,6 +26,11 @@ pub struct PollReport {
     pub identify_seconds: f64,
     /// Miners identified.
     pub identified: usize,
+    /// Whether the inventory knew each miner's firmware (registered) or not (`--unregistered`:
+    /// asic-rs alone, every miner identified first).
+    pub registered: bool,
+    /// asic-rs identifications during the measured phase (0 for registered miners).
+    pub identifications: u64,
     /// Wall time of the poll: every miner's power and hashrate read and validated.
     pub seconds: f64,
     /// Miners per second in the poll.
@@ -59,16 +64,21 @@ pub struct PollReport {
 /// Polls every miner of a fresh simulated fleet of `miners` once, on a miner path with
 /// `settings`.
 #[tracing::instrument(skip_all, fields(miners = miners), err)]
-pub async fn bench_poll(miners: usize, settings: MinerPathSettings) -> anyhow::Result<PollReport> {
+pub async fn bench_poll(
+    miners: usize,
+    settings: MinerPathSettings,
+    registration: Registration,
+) -> anyhow::Result<PollReport> {
     super::validate(miners, &settings)?;
     let rss_before = rss_bytes();
     let started = Instant::now();
     let sim = start_sim(miners).await?;
     let sim_start_seconds = started.elapsed().as_secs_f64();
     let rss_sim = rss_bytes();
-    let fleet = Fleet::of(&sim);
-    let path = MinerPath::new(settings);
-    let (identify_seconds, identified) = fleet.identify(&path).await;
+    let fleet = Fleet::with(&sim, registration);
+    let path = fleet.path(settings);
+    let (identify_seconds, identified) = fleet.warm(&path).await;
+    let identifications_before = path.identifications();
     let rss_agent = rss_bytes();
 
     let cpu_before = cpu_seconds();
@@ -98,6 +108,8 @@ pub async fn bench_poll(miners: usize, settings: MinerPathSettings) -> anyhow::R
         sim_start_seconds: round(sim_start_seconds, 3),
         identify_seconds: round(identify_seconds, 3),
         identified,
+        registered: registration == Registration::Registered,
+        identifications: path.identifications() - identifications_before,
         seconds: round(seconds, 3),
         per_second: round(miners as f64 / seconds, 1),
         p50_ms: percentile_ms(&latencies, 0.50),

@@ -38,7 +38,7 @@ impl Infra {
             }
             Err(_) => {
                 let (server, url) =
-                    infra::start_postgres(&scratch.join("pg"), free_port()?).await?;
+                    infra::start_postgres(&scratch.join("pg"), free_port()?, &[]).await?;
                 (url, None, Some(server))
             }
         };

@@ -58,7 +58,7 @@ wait "$server"
 /// A server under its watchdog.
 #[derive(Debug)]
 pub struct Server {
-    name: &'static str,
+    name: String,
     watchdog: Child,
     /// Closing it tells the watchdog to stop the server.
     stdin: Option<ChildStdin>,
@@ -70,14 +70,36 @@ impl Server {
     pub async fn stop(mut self) {
         drop(self.stdin.take());
         match tokio::time::timeout(STOP_TIMEOUT, self.watchdog.wait()).await {
-            Ok(Ok(status)) => tracing::info!(server = self.name, %status, "stopped"),
+            Ok(Ok(status)) => tracing::info!(server = %self.name, %status, "stopped"),
             Ok(Err(error)) => {
-                tracing::warn!(server = self.name, %error, "waiting for the server to stop")
+                tracing::warn!(server = %self.name, %error, "waiting for the server to stop")
             }
             Err(_) => {
-                tracing::warn!(server = self.name, log = %self.log.display(), "server did not stop in time")
+                tracing::warn!(server = %self.name, log = %self.log.display(), "server did not stop in time")
             }
         }
+    }
+
+    /// Kills the server, its children and its watchdog at once with SIGKILL: a crash, as
+    /// `ebb chaos` inflicts. They share the watchdog's process group.
+    pub async fn kill(mut self) {
+        if let Some(pid) = self.watchdog.id() {
+            let killed = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+            if !killed.as_ref().is_ok_and(|s| s.success()) {
+                tracing::warn!(server = %self.name, ?killed, "kill -KILL of the process group failed");
+            }
+        }
+        drop(self.stdin.take());
+        if let Ok(Ok(status)) = tokio::time::timeout(STOP_TIMEOUT, self.watchdog.wait()).await {
+            tracing::info!(server = %self.name, %status, "killed");
+        }
+    }
+
+    /// Whether the server (its watchdog) is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.watchdog.try_wait(), Ok(None))
     }
 
     fn log_tail(&self) -> String {
@@ -92,8 +114,21 @@ pub(crate) fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
+/// Starts `program` with `args`, as this process's user, under the watchdog (see the module
+/// docs): it is stopped when the returned [`Server`] is, or when this process exits, however it
+/// exits. Its output goes to `log`.
+pub fn spawn_process(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    cwd: &Path,
+) -> anyhow::Result<Server> {
+    spawn_watched(name, program, args, log, cwd, None)
+}
+
 fn spawn_watched(
-    name: &'static str,
+    name: &str,
     program: &Path,
     args: &[String],
     log: &Path,
@@ -121,7 +156,7 @@ fn spawn_watched(
         .with_context(|| format!("starting {}", program.display()))?;
     let stdin = watchdog.stdin.take();
     Ok(Server {
-        name,
+        name: name.to_owned(),
         watchdog,
         stdin,
         log: log.to_path_buf(),
@@ -260,9 +295,14 @@ const PG_SUPERUSER: &str = "postgres";
 /// The database `ebb dev` uses inside the cluster.
 pub const PG_DATABASE: &str = "ebb";
 
-/// Starts (initialising on first use) the cluster in `dir` on `127.0.0.1:port`; returns the
+/// Starts (initialising on first use) the cluster in `dir` on `127.0.0.1:port`, with the server
+/// `settings` (`name=value`, e.g. `shared_preload_libraries=pg_stat_statements`); returns the
 /// server and the URL of the `ebb` database, created if missing.
-pub async fn start_postgres(dir: &Path, port: u16) -> anyhow::Result<(Server, String)> {
+pub async fn start_postgres(
+    dir: &Path,
+    port: u16,
+    settings: &[&str],
+) -> anyhow::Result<(Server, String)> {
     let bins = find_postgres()?;
     ensure_port_free(
         port,
@@ -322,7 +362,7 @@ pub async fn start_postgres(dir: &Path, port: u16) -> anyhow::Result<(Server, St
             );
         }
     }
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "-D".to_owned(),
         data.display().to_string(),
         "-h".to_owned(),
@@ -334,6 +374,9 @@ pub async fn start_postgres(dir: &Path, port: u16) -> anyhow::Result<(Server, St
         String::new(),
     ]
     .into();
+    for s in settings {
+        args.extend(["-c".to_owned(), (*s).to_owned()]);
+    }
     let log = dir.join("postgres.log");
     let mut server = spawn_watched("postgres", &bins.postgres, &args, &log, dir, user)?;
     // Readiness: the port answers, then a real connection succeeds.

@@ -179,7 +179,7 @@ async fn run_with_servers(
         None => {
             let (server, url) = cancellable(
                 &shutdown,
-                infra::start_postgres(&dir.join("pg"), args.pg_port),
+                infra::start_postgres(&dir.join("pg"), args.pg_port, &[]),
             )
             .await??;
             servers.push(server);
@@ -337,14 +337,14 @@ async fn start_fleet(
 
 /// The NATS `ebb dev` runs on: its own local hub (with every credential), or `NATS_URL`'s.
 #[derive(Debug)]
-struct DevNats {
-    url: String,
-    hub: Option<localhub::Prepared>,
+pub(crate) struct DevNats {
+    pub(crate) url: String,
+    pub(crate) hub: Option<localhub::Prepared>,
 }
 
 impl DevNats {
     /// The settings that make a service connect as itself: its own credentials and the CA.
-    fn settings(&self, identity: &ebb_natsauth::Identity) -> Vec<(String, String)> {
+    pub(crate) fn settings(&self, identity: &ebb_natsauth::Identity) -> Vec<(String, String)> {
         let mut s = vec![("nats_url".to_owned(), self.url.clone())];
         if let Some(hub) = &self.hub {
             s.push((
@@ -475,7 +475,10 @@ async fn run_services(
     outcome
 }
 
-async fn wait_for_planner(client: &async_nats::Client, site: &SiteCode) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_planner(
+    client: &async_nats::Client,
+    site: &SiteCode,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let req = InventoryRequest::default();
@@ -491,7 +494,7 @@ async fn wait_for_planner(client: &async_nats::Client, site: &SiteCode) -> anyho
     }
 }
 
-async fn wait_for_gateway(base: &str) -> anyhow::Result<()> {
+pub(crate) async fn wait_for_gateway(base: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
@@ -514,7 +517,7 @@ async fn wait_for_gateway(base: &str) -> anyhow::Result<()> {
 
 /// Waits until every simulated miner has a sample newer than the call; returns how many have one
 /// at the end. A timeout only warns: the system is up, some miners are just slow.
-async fn wait_for_telemetry(
+pub(crate) async fn wait_for_telemetry(
     pool: &PgPool,
     org: OrgId,
     wanted: &HashSet<DeviceId>,

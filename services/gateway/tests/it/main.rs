@@ -3,6 +3,7 @@
 
 use chrono::{Duration, Utc};
 use ebb_bus::Role;
+use ebb_gateway::guard::GuardStats;
 use ebb_gateway::{Gateway, GatewayConfig};
 use ebb_planner::{Planner, PlannerConfig};
 use ebb_testkit::api::assert_event_summary;
@@ -20,6 +21,8 @@ struct App {
     http: reqwest::Client,
     world: World,
     stop: CancellationToken,
+    /// The gateway's counters: key lookups, requests rate-limited and shed.
+    stats: Arc<GuardStats>,
 }
 
 impl Drop for App {
@@ -72,6 +75,15 @@ impl App {
 /// each role, the world has an `expired` admin key, a `valid` viewer key that expires in an hour,
 /// an operator key `limited` to site-a and one that reaches `nowhere`.
 async fn spawn_app() -> App {
+    spawn_app_with(GatewayConfig {
+        planner_timeout_s: 5,
+        ..GatewayConfig::default()
+    })
+    .await
+}
+
+/// [`spawn_app`] with these settings (but always on a free port).
+async fn spawn_app_with(cfg: GatewayConfig) -> App {
     let db = TestDb::new().await.unwrap();
     let nats = NatsServer::start().await.unwrap();
     let world = World::builder()
@@ -93,7 +105,7 @@ async fn spawn_app() -> App {
     ));
     let cfg = GatewayConfig {
         listen: "127.0.0.1:0".into(),
-        planner_timeout_s: 5,
+        ..cfg
     };
     let common = ebb_runtime::Common {
         database_url: db.url().into(),
@@ -110,6 +122,7 @@ async fn spawn_app() -> App {
     .await
     .unwrap();
     let gw = Gateway::build(&cfg, &ctx).await.unwrap();
+    let stats = gw.stats();
     let base = format!("http://{}", gw.addr());
     tokio::spawn(gw.serve(stop.clone()));
     let app = App {
@@ -119,6 +132,7 @@ async fn spawn_app() -> App {
         http: reqwest::Client::new(),
         world,
         stop,
+        stats,
     };
     // The planner's service may take a moment to subscribe.
     let key = app.key("viewer");
@@ -130,7 +144,8 @@ async fn spawn_app() -> App {
                 json!({"mode":"kw","target_kw":1,"reason":"warm-up"}),
             )
             .await;
-        if s == StatusCode::OK {
+        // A test with a tight rate limit runs out on the viewer key: it uses other keys.
+        if s == StatusCode::OK || s == StatusCode::TOO_MANY_REQUESTS {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -146,6 +161,30 @@ async fn health_readiness_and_metrics() {
     assert_eq!(ok("/readyz").await.unwrap().status(), StatusCode::OK);
     let m = ok("/metrics").await.unwrap();
     assert_eq!(m.status(), StatusCode::OK);
+    // Every answer is counted by its route's pattern and status class, with HELP text.
+    let key = app.key("viewer");
+    let id = uuid::Uuid::now_v7();
+    assert_eq!(
+        app.get(&key, &format!("/v1/curtailments/{id}")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let text = ok("/metrics").await.unwrap().text().await.unwrap();
+    let counted = text.lines().any(|l| {
+        l.starts_with("ebb_gateway_requests_total{")
+            && l.contains(r#"route="/v1/curtailments/{id}""#)
+            && l.contains(r#"status="4xx""#)
+            && l.contains(r#"method="GET""#)
+    });
+    assert!(counted, "the 404 is counted by pattern:\n{text}");
+    assert!(!text.contains(&id.to_string()), "no id in a label");
+    assert!(
+        text.contains("# HELP ebb_gateway_requests_total "),
+        "{text}"
+    );
+    assert!(
+        text.contains("ebb_gateway_request_seconds_bucket{"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -439,4 +478,236 @@ async fn site_limited_keys_see_and_touch_only_their_sites() {
         .map(|i| i["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec![own["id"].as_str().unwrap()]);
+}
+
+/// The `i`-th well-formed token that belongs to no key.
+fn unknown_token(i: usize) -> String {
+    format!("ebb_{:012x}_{:064x}", 0xdead_0000_0000_u64 + i as u64, i)
+}
+
+#[tokio::test]
+async fn a_key_over_its_rate_gets_429_with_retry_after() {
+    let app = spawn_app_with(GatewayConfig {
+        rate_limit_per_s: 1,
+        rate_limit_burst: 3,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let (operator, admin) = (app.key("operator"), app.key("admin"));
+    for _ in 0..3 {
+        assert_eq!(
+            app.get(&operator, "/v1/curtailments").await.0,
+            StatusCode::OK
+        );
+    }
+    let r = app
+        .http
+        .get(app.url("/v1/curtailments"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert_eq!(r.headers()["retry-after"], "1");
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "https://ebb.dev/problems/rate-limited");
+    assert_eq!(p["status"], 429);
+    // Another key is not held back by it.
+    assert_eq!(app.get(&admin, "/v1/curtailments").await.0, StatusCode::OK);
+    // A bad token repeated is limited the same way, before any lookup.
+    let bad = unknown_token(0);
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(app.get(&bad, "/v1/curtailments").await.0);
+    }
+    assert_eq!(
+        got,
+        [
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    // After Retry-After, the key is served again.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        app.get(&operator, "/v1/curtailments").await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn bad_tokens_are_answered_from_the_cache_and_cannot_take_the_pool() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // No rate limit to speak of: this is about lookups.
+    let app = spawn_app_with(GatewayConfig {
+        rate_limit_per_s: 100_000,
+        rate_limit_burst: 100_000,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let lookups = || app.stats.key_lookups.load(Relaxed);
+    let flood = |tokens: Vec<String>| {
+        let app = &app;
+        futures::future::join_all(
+            tokens
+                .into_iter()
+                .map(move |t| async move { app.get(&t, "/v1/curtailments").await.0 }),
+        )
+    };
+    let valid = app.key("valid");
+    let altered = format!(
+        "{}{}",
+        &valid[..valid.len() - 1],
+        if valid.ends_with('0') { '1' } else { '0' }
+    );
+
+    // One unknown token and one wrong secret for a real key, 200 times each at once: one
+    // lookup each.
+    for token in [unknown_token(1), altered] {
+        let before = lookups();
+        let got = flood(vec![token.clone(); 200]).await;
+        assert!(
+            got.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+            "{got:?}"
+        );
+        assert_eq!(lookups() - before, 1, "{token}");
+    }
+    // A valid key is looked up once too, then served from the cache.
+    let before = lookups();
+    for _ in 0..5 {
+        assert_eq!(app.get(&valid, "/v1/curtailments").await.0, StatusCode::OK);
+    }
+    assert_eq!(lookups() - before, 1);
+
+    // 300 distinct bad tokens at once: every one is looked up, but never more than half the
+    // pool's 4 connections at a time, and the valid key is served meanwhile.
+    let before = lookups();
+    let (got, served) = tokio::join!(
+        flood((100..400).map(unknown_token).collect()),
+        app.get(&valid, "/v1/curtailments")
+    );
+    assert!(
+        got.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{got:?}"
+    );
+    assert_eq!(served.0, StatusCode::OK);
+    assert_eq!(lookups() - before, 300);
+    assert!(app.stats.max_lookups_in_flight.load(Relaxed) <= 2);
+}
+
+#[tokio::test]
+async fn a_start_the_planner_answers_too_late_is_504_and_its_retry_converges() {
+    let app = spawn_app_with(GatewayConfig {
+        planner_timeout_s: 1,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let key = app.key("operator");
+    let pool = app.db.pool();
+    // The planner's insert waits behind this lock longer than the gateway waits for it.
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE curtailment_event IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let start = |idem: &'static str| {
+        app.http
+            .post(app.url("/v1/curtailments"))
+            .bearer_auth(&key)
+            .header("Idempotency-Key", idem)
+            .json(&json!({"mode":"kw","target_kw":3,"reason":"late"}))
+            .send()
+    };
+    let r = start("late-1").await.unwrap();
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    assert!(r.headers().contains_key("retry-after"));
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "https://ebb.dev/problems/outcome-unknown");
+    assert!(
+        p["detail"].as_str().unwrap().contains("Idempotency-Key"),
+        "{p}"
+    );
+
+    // The planner is back: the Start it was given goes through after all.
+    lock.rollback().await.unwrap();
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM curtailment_event")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    for _ in 0..100 {
+        if count().await == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(count().await, 1);
+    // The client retries as told: it gets that event, and no second one is made.
+    let r = start("late-1").await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "a replay, not a new event");
+    let event: Value = r.json().await.unwrap();
+    let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM curtailment_event")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(event["id"], id.to_string());
+    assert_eq!(count().await, 1);
+}
+
+#[tokio::test]
+async fn past_max_in_flight_a_request_is_shed_at_once_with_503() {
+    let app = spawn_app_with(GatewayConfig {
+        planner_timeout_s: 3,
+        max_in_flight: 1,
+        ..GatewayConfig::default()
+    })
+    .await;
+    let key = app.key("operator");
+    // A Start held up in the planner by this lock occupies the only slot.
+    let mut lock = app.db.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE curtailment_event IN EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let held = app
+        .http
+        .post(app.url("/v1/curtailments"))
+        .bearer_auth(&key)
+        .header("Idempotency-Key", "held")
+        .json(&json!({"mode":"kw","target_kw":3,"reason":"held"}))
+        .send();
+    let shed = async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let t = std::time::Instant::now();
+        let r = app
+            .http
+            .get(app.url("/v1/curtailments"))
+            .bearer_auth(app.key("admin"))
+            .send()
+            .await
+            .unwrap();
+        let waited = t.elapsed();
+        // Health is outside the limit: an overloaded gateway still answers it.
+        let health = app.http.get(app.url("/healthz")).send().await.unwrap();
+        lock.rollback().await.unwrap();
+        (r, waited, health.status())
+    };
+    let (held, (r, waited, health)) = tokio::join!(held, shed);
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        waited < std::time::Duration::from_secs(1),
+        "shed, not queued: {waited:?}"
+    );
+    assert_eq!(r.headers()["retry-after"], "1");
+    let p: Value = r.json().await.unwrap();
+    assert_eq!(p["type"], "https://ebb.dev/problems/overloaded");
+    assert_eq!(health, StatusCode::OK);
+    assert_eq!(held.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(app.get(&key, "/v1/curtailments").await.0, StatusCode::OK);
 }

@@ -208,6 +208,33 @@ async fn a_random_share_is_deterministic() {
 }
 
 #[tokio::test]
+async fn a_faulty_share_acks_and_never_acts_and_replies_take_the_latency() {
+    let latency: ebb_minersim::Latency = "200,400".parse().unwrap();
+    let opts = instant().with_faulty_share(1.0).with_latency(latency);
+    let sim = spawn(one_of_each(), opts).await;
+    let lux = address_of(&sim, Model::S19kProLuxos);
+    let started = Instant::now();
+    let miner = detect(lux).await;
+    // Identification alone is several replies in sequence, each at least ~100 ms here.
+    assert!(
+        started.elapsed() >= Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(miner.pause(None).await.unwrap(), "acknowledges");
+    assert_eq!(sim.truth(lux).unwrap().mode, Mode::Hashing);
+    sim.shutdown().await;
+
+    // Without the options: no fault, no delay.
+    let sim = spawn(one_of_each(), instant()).await;
+    let lux = address_of(&sim, Model::S19kProLuxos);
+    let miner = detect(lux).await;
+    assert!(miner.pause(None).await.unwrap());
+    assert_eq!(sim.truth(lux).unwrap().mode, Mode::Sleeping);
+    sim.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_client_that_never_sends_a_request_is_dropped() {
     let opts = ebb_minersim::SimOptions {
         read_timeout: Duration::from_millis(300),

@@ -47,6 +47,8 @@ pub struct Seen {
 pub struct ScriptedSite {
     pub miners: Arc<Mutex<HashMap<DeviceId, Miner>>>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// While set, the site is a dead agent: no telemetry, and batches are left unacked.
+    pub muted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ScriptedSite {
@@ -59,6 +61,10 @@ impl ScriptedSite {
     }
     pub fn batches(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+    /// Silences the site's agent (`true`) or brings it back.
+    pub fn mute(&self, muted: bool) {
+        self.muted.store(muted, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -135,6 +141,7 @@ impl Harness {
             tick_ms: 200,
             confirm_deadline_s: 2,
             result_deadline_s: 10,
+            site_silent_after_s: 30,
             max_retries: 2,
             // Scaled down with the deadlines: attempts still wait, tests stay short.
             backoff_base_ms: 200,
@@ -146,7 +153,15 @@ impl Harness {
     }
 
     pub fn spawn_reconciler(&self, holder: &str, hooks: Hooks) -> JoinHandle<anyhow::Result<()>> {
-        let cfg = self.reconciler_config(holder);
+        self.spawn_reconciler_with(hooks, self.reconciler_config(holder))
+    }
+
+    pub fn spawn_reconciler_with(
+        &self,
+        hooks: Hooks,
+        cfg: ReconcilerConfig,
+    ) -> JoinHandle<anyhow::Result<()>> {
+        let holder = cfg.holder.clone();
         let stop = self.shutdown.child_token();
         // Each reconciler has its own connections, as separate processes would.
         let common = ebb_runtime::Common {
@@ -289,6 +304,7 @@ async fn scripted_site(
             .collect(),
     ));
     let seen = Arc::new(Mutex::new(Vec::new()));
+    let muted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let consumer = streams::ensure_consumer(js, streams::CMD, streams::agent_consumer(site))
         .await
         .unwrap();
@@ -335,9 +351,12 @@ async fn scripted_site(
     {
         let publish = publish_telemetry.clone();
         let stop = stop.clone();
+        let muted = muted.clone();
         tokio::spawn(async move {
             while !stop.is_cancelled() {
-                publish().await;
+                if !muted.load(std::sync::atomic::Ordering::SeqCst) {
+                    publish().await;
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
@@ -347,11 +366,16 @@ async fn scripted_site(
         let site = site.clone();
         let miners = miners.clone();
         let seen = seen.clone();
+        let muted = muted.clone();
         tokio::spawn(async move {
             let mut msgs = consumer.messages().await.unwrap();
             loop {
                 let m = tokio::select! { _ = stop.cancelled() => return, m = msgs.next() => m };
                 let Some(Ok(m)) = m else { return };
+                if muted.load(std::sync::atomic::Ordering::SeqCst) {
+                    // A dead agent: the batch comes back after the consumer's ack wait.
+                    continue;
+                }
                 let batch = ebb_bus::decode::<CommandBatch>(&m.payload).unwrap().body;
                 let mut results = Vec::new();
                 {
@@ -403,5 +427,9 @@ async fn scripted_site(
             }
         });
     }
-    ScriptedSite { miners, seen }
+    ScriptedSite {
+        miners,
+        seen,
+        muted,
+    }
 }

@@ -7,4 +7,5 @@ mod harness;
 mod incremental;
 mod invariants;
 mod leader;
+mod silent;
 mod spoof;

@@ -1,0 +1,3 @@
+-- no-transaction
+-- Replaced by outbox_claimable.
+DROP INDEX CONCURRENTLY IF EXISTS outbox_unpublished;
