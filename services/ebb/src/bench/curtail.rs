@@ -16,7 +16,7 @@
 //! - `ramp_excess_kw`: the most baseline power any site got back in any 60-second window of
 //!   the restore, above its ramp limit (from the transition log; must be 0).
 
-use super::measure::{cpu_seconds, round};
+use super::measure::{cpu_seconds, peak_rss_bytes, round};
 use crate::dev::{self, DevNats, fleet as devfleet, infra};
 use crate::{admin, localhub, services};
 use anyhow::{Context as _, bail, ensure};
@@ -873,20 +873,6 @@ fn bucket_quantile(buckets: &[(f64, u64)], q: f64) -> Option<f64> {
         (lower, below) = (le, count);
     }
     Some(lower)
-}
-
-/// The process's peak resident memory (`VmHWM`), in bytes.
-fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))?
-        .trim()
-        .strip_suffix("kB")?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
 }
 
 #[cfg(test)]

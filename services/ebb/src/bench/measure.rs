@@ -73,10 +73,21 @@ pub fn rss_bytes() -> Option<u64> {
     parse_rss_bytes(&status)
 }
 
+/// The most resident memory this process has had, from `VmHWM` (Linux only).
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_status_kb(&status, "VmHWM:")
+}
+
 fn parse_rss_bytes(status: &str) -> Option<u64> {
+    parse_status_kb(status, "VmRSS:")
+}
+
+/// A `<field>  <n> kB` line of `/proc/<pid>/status`, in bytes.
+fn parse_status_kb(status: &str, field: &str) -> Option<u64> {
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .strip_suffix("kB")?
         .trim()
@@ -98,6 +109,7 @@ mod tests {
         let status = "Name:\tebb\nVmPeak:\t  9000 kB\nVmRSS:\t   20480 kB\nThreads:\t3\n";
         assert_eq!(parse_rss_bytes(status), Some(20 * 1024 * 1024));
         assert_eq!(parse_rss_bytes("Name:\tebb\n"), None);
+        assert_eq!(parse_status_kb(status, "VmPeak:"), Some(9000 * 1024));
         let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin ActiveOpens PassiveOpens\nTcp: 1 200 4711 4700\n";
         assert_eq!(parse_active_opens(snmp), Some(4711));
         assert_eq!(parse_active_opens("Tcp: ActiveOpens\n"), None);
