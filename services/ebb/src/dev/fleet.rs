@@ -126,10 +126,11 @@ pub fn site_listeners(miners: u32) -> u64 {
 }
 
 /// Descriptors a simulator process needs beside its listeners: the connections its site's agent
-/// opens at once (up to `max_in_flight`, 256, for a poll round plus as many for a command batch,
-/// each call a connection or a few) and the runtime's own (stdio, epoll, the log). Measured: a
-/// site of 5,000 held at most 1,351 beyond its 11,667 listeners during a `full` curtailment of
-/// 2 × 5,000. Beyond it the simulator makes connections wait (`max_connections`) rather than fail.
+/// opens at once (up to the agent's `max_in_flight`, 4,096 by default since ADR 0008, capped by
+/// the agent's descriptor budget) and the runtime's own (stdio, epoll, the log). Measured with
+/// 256 in flight: a site of 5,000 held at most 1,351 beyond its 11,667 listeners during a `full`
+/// curtailment of 2 × 5,000. Beyond it the simulator makes connections wait (`max_connections`)
+/// rather than fail, so a bigger agent concurrency is slowed here, never failed.
 pub const SIM_FD_HEADROOM: u64 = 2_048;
 /// The part of [`SIM_FD_HEADROOM`] the simulator keeps for itself rather than for connections.
 const SIM_FD_BASE: u64 = 64;
