@@ -128,17 +128,7 @@ impl Inventory {
     /// [`INVENTORY_PAGE_BYTES`] (at least one). `more` says whether the store holds devices after
     /// the last row; the page has a `next` cursor if it does or if some rows did not fit.
     pub fn page(rows: Vec<InventoryDevice>, more: bool) -> Inventory {
-        let mut used: usize = 0;
-        let mut fit = 0;
-        for d in &rows {
-            // A device that cannot be encoded is counted as too large, so the page ends before it.
-            let size = rmp_serde::to_vec_named(d).map_or(usize::MAX, |b| b.len());
-            if fit > 0 && used.saturating_add(size) > INVENTORY_PAGE_BYTES {
-                break;
-            }
-            used = used.saturating_add(size);
-            fit += 1;
-        }
+        let fit = fitting(&rows, INVENTORY_PAGE_BYTES);
         let truncated = fit < rows.len();
         let mut devices = rows;
         devices.truncate(fit);
@@ -147,6 +137,22 @@ impl Inventory {
             .flatten();
         Inventory { devices, next }
     }
+}
+
+/// How many of `rows`, from the first, fit in `max_bytes` encoded (at least one, so a page always
+/// advances). A row that cannot be encoded counts as too large, so the page ends before it.
+pub fn fitting<T: Serialize>(rows: &[T], max_bytes: usize) -> usize {
+    let mut used: usize = 0;
+    let mut fit = 0;
+    for row in rows {
+        let size = rmp_serde::to_vec_named(row).map_or(usize::MAX, |b| b.len());
+        if fit > 0 && used.saturating_add(size) > max_bytes {
+            break;
+        }
+        used = used.saturating_add(size);
+        fit += 1;
+    }
+    fit
 }
 
 /// Who asked for something; recorded on events and audit rows.
@@ -415,6 +421,53 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_is_read_in_pages_that_fit() {
+        let dev = |i: usize, text: usize| DiscoveredDevice {
+            address: format!("10.0.{}.{}", i / 256, i % 256),
+            make: "x".repeat(text),
+            model: "S19".into(),
+            firmware: None,
+            capabilities: Capabilities::default(),
+            nominal_power_w: None,
+        };
+        let id = uuid::Uuid::now_v7();
+        let all: Vec<_> = (0..25).map(|i| dev(i, 10)).collect();
+        let mut seen = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = ScanResult::page(id, 300, 0, &all, after.as_deref(), 10);
+            assert_eq!((page.found, page.scan_id), (25, Some(id)));
+            assert!(page.devices.len() <= 10);
+            seen.extend(page.devices);
+            match page.next {
+                Some(n) => after = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(seen, all);
+        // Large devices are cut by bytes, whatever the limit; every page still fits a message.
+        let large: Vec<_> = (0..500).map(|i| dev(i, 4096)).collect();
+        let page = ScanResult::page(id, 500, 0, &large, None, SCAN_PAGE_MAX);
+        assert!(page.devices.len() < 100, "{}", page.devices.len());
+        let bytes = encode(&Envelope::new(
+            None,
+            Reply::Ok {
+                value: page.clone(),
+            },
+        ))
+        .unwrap();
+        assert!(
+            bytes.len() <= INVENTORY_PAGE_BYTES + 1024,
+            "{}",
+            bytes.len()
+        );
+        assert_eq!(page.next, page.devices.last().map(|d| d.address.clone()));
+        // A cursor past the end (or unknown) reads an empty last page.
+        let page = ScanResult::page(id, 500, 0, &large, Some("10.9.9.9"), 10);
+        assert!(page.devices.is_empty() && page.next.is_none());
+    }
+
+    #[test]
     fn roles_are_ordered() {
         assert!(Role::Viewer < Role::Operator && Role::Operator < Role::Admin);
         for r in [Role::Viewer, Role::Operator, Role::Admin] {
@@ -437,20 +490,85 @@ pub struct DiscoveredDevice {
 }
 
 /// `ebb.svc.agent.<site>.scan`: identify the miners in an address range (`127.0.0.1-50` or a CIDR).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// The reply is paged (a /16 can hold far more miners than one message carries): the first reply
+/// holds the scan's first page, its `scan_id` and a `next` cursor while more remain; a request
+/// naming that `scan_id` and `after` = the cursor reads the next page of the finished scan
+/// without scanning again (`range` and `register` are then ignored). The agent keeps its latest
+/// scans for [`SCAN_KEPT_FOR_S`] seconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScanRequest {
     pub range: String,
     /// Also register what was found with the planner.
     #[serde(default)]
     pub register: bool,
+    /// A finished scan to read a further page of.
+    #[serde(default)]
+    pub scan_id: Option<uuid::Uuid>,
+    /// The page after this cursor (the `next` of the previous page).
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Devices per page, at most [`SCAN_PAGE_MAX`] (the default); pages are also cut at
+    /// [`INVENTORY_PAGE_BYTES`] encoded.
+    #[serde(default)]
+    pub limit: Option<u32>,
 }
+
+/// Most devices in one scan page.
+pub const SCAN_PAGE_MAX: u32 = 1_000;
+/// How long an agent keeps a finished scan's result for further pages.
+pub const SCAN_KEPT_FOR_S: u64 = 900;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ScanResult {
     pub scanned: u32,
+    /// This page's devices, in address order.
     pub devices: Vec<DiscoveredDevice>,
     #[serde(default)]
     pub registered: u32,
+    /// The scan these pages belong to.
+    #[serde(default)]
+    pub scan_id: Option<uuid::Uuid>,
+    /// Every device the scan found, over all pages.
+    #[serde(default)]
+    pub found: u32,
+    /// The cursor of the next page; `None` on the last.
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+impl ScanResult {
+    /// The page of `all` (a finished scan's devices in address order) after `after`: at most
+    /// `limit` devices and [`INVENTORY_PAGE_BYTES`] encoded, at least one.
+    pub fn page(
+        scan_id: uuid::Uuid,
+        scanned: u32,
+        registered: u32,
+        all: &[DiscoveredDevice],
+        after: Option<&str>,
+        limit: u32,
+    ) -> ScanResult {
+        let start = after.map_or(0, |a| {
+            all.iter()
+                .position(|d| d.address == a)
+                .map_or(all.len(), |i| i + 1)
+        });
+        let rest = &all[start..];
+        let take = rest.len().min(limit.clamp(1, SCAN_PAGE_MAX) as usize);
+        let fit = fitting(&rest[..take], INVENTORY_PAGE_BYTES);
+        let devices = rest[..fit].to_vec();
+        let next = (fit < rest.len())
+            .then(|| devices.last().map(|d| d.address.clone()))
+            .flatten();
+        ScanResult {
+            scanned,
+            devices,
+            registered,
+            scan_id: Some(scan_id),
+            found: u32::try_from(all.len()).unwrap_or(u32::MAX),
+            next,
+        }
+    }
 }
 
 /// `ebb.svc.planner.register.<site>`: add or update a site's devices by address. The site is

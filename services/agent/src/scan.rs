@@ -159,10 +159,14 @@ pub async fn scan(
         .collect()
         .await;
     devices.sort_by_key(|(ip, _)| *ip);
+    let devices: Vec<DiscoveredDevice> = devices.into_iter().map(|(_, d)| d).collect();
     Ok(ScanResult {
         scanned,
-        devices: devices.into_iter().map(|(_, d)| d).collect(),
+        found: u32::try_from(devices.len()).unwrap_or(u32::MAX),
+        devices,
         registered: 0,
+        scan_id: None,
+        next: None,
     })
 }
 
@@ -232,8 +236,19 @@ pub async fn register(
     Ok(registered)
 }
 
+/// Finished scans kept for their further pages: at most this many, each for
+/// [`ebb_bus::SCAN_KEPT_FOR_S`].
+const SCANS_KEPT: usize = 4;
+
+/// A finished scan whose pages may still be read.
+struct Kept {
+    id: uuid::Uuid,
+    at: std::time::Instant,
+    result: ScanResult,
+}
+
 /// Serves `ebb.svc.agent.<site>.scan` until `shutdown`. Scans run one at a time: a request that
-/// arrives during a scan waits for it.
+/// arrives during a scan waits for it. Replies are paged (see [`ScanRequest`]).
 pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> anyhow::Result<()> {
     use async_nats::service::ServiceExt;
     let site = agent.site.clone();
@@ -244,6 +259,7 @@ pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> any
         .start("ebb-agent", env!("CARGO_PKG_VERSION"))
         .await
         .map_err(|e| anyhow::anyhow!("starting the agent service: {e}"))?;
+    let mut kept: std::collections::VecDeque<Kept> = std::collections::VecDeque::new();
     let mut endpoint = service
         .group(subjects::agent_group(&site))
         .endpoint("scan")
@@ -259,7 +275,7 @@ pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> any
         };
         let reply = tokio::select! {
             () = shutdown.cancelled() => Err(RpcError::new(RpcErrorKind::Unavailable, "the agent is shutting down")),
-            r = handle_scan(&agent, &request.message.payload) => r,
+            r = handle_scan(&agent, &request.message.payload, &mut kept) => r,
         };
         match rpc::reply(reply) {
             Ok(payload) => {
@@ -276,7 +292,11 @@ pub(crate) async fn serve(agent: Arc<Agent>, shutdown: CancellationToken) -> any
     Ok(())
 }
 
-async fn handle_scan(agent: &Agent, payload: &[u8]) -> Result<ScanResult, RpcError> {
+async fn handle_scan(
+    agent: &Agent,
+    payload: &[u8],
+    kept: &mut std::collections::VecDeque<Kept>,
+) -> Result<ScanResult, RpcError> {
     let site = &agent.site;
     let request: Envelope<ScanRequest> = ebb_bus::decode(payload).map_err(|e| {
         RpcError::new(
@@ -284,6 +304,35 @@ async fn handle_scan(agent: &Agent, payload: &[u8]) -> Result<ScanResult, RpcErr
             format!("undecodable scan request: {e}"),
         )
     })?;
+    let keep_for = Duration::from_secs(ebb_bus::SCAN_KEPT_FOR_S);
+    kept.retain(|k| k.at.elapsed() < keep_for);
+    let limit = request.body.limit.unwrap_or(ebb_bus::SCAN_PAGE_MAX);
+    if limit == 0 || limit > ebb_bus::SCAN_PAGE_MAX {
+        return Err(RpcError::invalid(
+            "limit",
+            format!("must be 1 to {}", ebb_bus::SCAN_PAGE_MAX),
+        ));
+    }
+    if let Some(id) = request.body.scan_id {
+        let Some(k) = kept.iter().find(|k| k.id == id) else {
+            return Err(RpcError::invalid(
+                "scan_id",
+                format!(
+                    "no finished scan {id} on this agent (scans are kept {} s); scan again",
+                    ebb_bus::SCAN_KEPT_FOR_S
+                ),
+            ));
+        };
+        let r = &k.result;
+        return Ok(ScanResult::page(
+            id,
+            r.scanned,
+            r.registered,
+            &r.devices,
+            request.body.after.as_deref(),
+            limit,
+        ));
+    }
     let range = request.body.range;
     let options = ScanOptions {
         concurrency: agent.config.scan_concurrency,
@@ -312,8 +361,27 @@ async fn handle_scan(agent: &Agent, payload: &[u8]) -> Result<ScanResult, RpcErr
             ),
         })?;
     }
-    tracing::info!(%site, %range, scanned = result.scanned, found = result.devices.len(), registered = result.registered, "scan done");
-    Ok(result)
+    let id = uuid::Uuid::now_v7();
+    tracing::info!(%site, %range, scan_id = %id, scanned = result.scanned, found = result.devices.len(), registered = result.registered, "scan done");
+    let first = ScanResult::page(
+        id,
+        result.scanned,
+        result.registered,
+        &result.devices,
+        None,
+        limit,
+    );
+    if first.next.is_some() {
+        if kept.len() >= SCANS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(Kept {
+            id,
+            at: std::time::Instant::now(),
+            result,
+        });
+    }
+    Ok(first)
 }
 
 #[cfg(test)]

@@ -169,23 +169,64 @@ async fn the_planner_supplies_the_inventory_and_takes_registrations() {
     assert_eq!(ids, devices.iter().map(|d| d.device_id).collect::<Vec<_>>());
     assert!(t.samples.iter().all(|s| s.reachable));
 
-    // The scan endpoint, with registration.
+    // The scan endpoint, with registration, read in pages of two devices.
     let request = ScanRequest {
         range: range_of(&sim.addresses()),
         register: true,
+        limit: Some(2),
+        ..ScanRequest::default()
     };
     let result: ScanResult = rpc::call(&client, &site, None, &request, Duration::from_secs(60))
         .await
         .unwrap();
     assert_eq!(
-        (result.scanned, result.devices.len(), result.registered),
-        (3, 3, 3)
+        (
+            result.scanned,
+            result.found,
+            result.devices.len(),
+            result.registered
+        ),
+        (3, 3, 2, 3)
     );
     assert_eq!(registered.lock().unwrap().len(), 3);
+    let next = ScanRequest {
+        scan_id: result.scan_id,
+        after: result.next.clone(),
+        limit: Some(2),
+        ..ScanRequest::default()
+    };
+    let rest: ScanResult = rpc::call(&client, &site, None, &next, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!((rest.devices.len(), rest.next.as_deref()), (1, None));
+    let mut addresses: Vec<String> = result
+        .devices
+        .iter()
+        .chain(&rest.devices)
+        .map(|d| d.address.clone())
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(addresses.len(), 3, "{addresses:?}");
+    // Reading a further page did not scan or register again.
+    assert_eq!(registered.lock().unwrap().len(), 3);
+    // A scan the agent does not hold is the caller's error, with the field named.
+    let unknown = ScanRequest {
+        scan_id: Some(uuid::Uuid::now_v7()),
+        after: result.next,
+        ..ScanRequest::default()
+    };
+    let err = rpc::call(&client, &site, None, &unknown, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, rpc::CallError::Remote(e) if e.field.as_deref() == Some("scan_id")),
+        "{err:?}"
+    );
     // A bad range is the caller's error, with the field named.
     let bad = ScanRequest {
         range: "not a range".into(),
-        register: false,
+        ..ScanRequest::default()
     };
     let err = rpc::call(&client, &site, None, &bad, Duration::from_secs(10))
         .await
