@@ -43,12 +43,24 @@ pub fn fd_limit() -> u64 {
     }
 }
 
+/// The descriptors of this process, shared by every agent in it: `ebb dev` and the benchmarks
+/// run one agent per site in one process, and a descriptor limit is the process's, not an
+/// agent's. Sized once, from the limit, on first use.
+fn process_slots() -> Arc<Semaphore> {
+    static SLOTS: std::sync::OnceLock<Arc<Semaphore>> = std::sync::OnceLock::new();
+    SLOTS
+        .get_or_init(|| Arc::new(Semaphore::new(slots(fd_limit(), usize::MAX >> 4))))
+        .clone()
+}
+
 /// The in-flight budget shared by every miner call of one agent (polls and command batches
-/// alike, which run at the same time).
+/// alike, which run at the same time), within the budget of its process.
 #[derive(Clone, Debug)]
 pub struct Budget {
     /// One permit per miner in flight.
     slots: Arc<Semaphore>,
+    /// The process's descriptors, shared with the other agents in it (`None`: a test budget).
+    process: Option<Arc<Semaphore>>,
     /// The number of permits, for logs and tests.
     size: usize,
     /// The longest a device waits for a slot (or retries its own exhaustion) before it is
@@ -67,6 +79,7 @@ impl Budget {
         let size = slots.max(1);
         Self {
             slots: Arc::new(Semaphore::new(size)),
+            process: None,
             size,
             wait,
         }
@@ -84,7 +97,15 @@ impl Budget {
                 "the file-descriptor limit allows fewer miners in flight than configured"
             );
         }
-        Self::new(size, wait)
+        Self::within(size, wait, process_slots())
+    }
+
+    /// A budget of `slots` miners at once within the shared `process` budget.
+    fn within(slots: usize, wait: Duration, process: Arc<Semaphore>) -> Self {
+        Self {
+            process: Some(process),
+            ..Self::new(slots, wait)
+        }
     }
 
     pub fn size(&self) -> usize {
@@ -95,18 +116,37 @@ impl Budget {
         self.wait
     }
 
-    /// A slot for one miner, waiting at most the budget's `wait` for it.
-    pub async fn acquire(&self) -> Result<OwnedSemaphorePermit, Starved> {
-        match tokio::time::timeout(self.wait, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(permit),
-            // The semaphore is never closed; treat it as the agent's problem all the same.
+    /// A slot for one miner (the agent's, then its process's), waiting at most the budget's
+    /// `wait` for both.
+    pub async fn acquire(&self) -> Result<Slot, Starved> {
+        let both = async {
+            let own = self.slots.clone().acquire_owned().await?;
+            let process = match &self.process {
+                Some(p) => Some(p.clone().acquire_owned().await?),
+                None => None,
+            };
+            Ok::<_, tokio::sync::AcquireError>(Slot {
+                _own: own,
+                _process: process,
+            })
+        };
+        match tokio::time::timeout(self.wait, both).await {
+            Ok(Ok(slot)) => Ok(slot),
+            // The semaphores are never closed; treat it as the agent's problem all the same.
             Ok(Err(_)) => Err(Starved("the in-flight budget is closed".to_owned())),
             Err(_) => Err(Starved(format!(
-                "no in-flight slot within {:?} ({} slots)",
+                "no in-flight slot within {:?} ({} slots, shared with the process's other agents)",
                 self.wait, self.size
             ))),
         }
     }
+}
+
+/// One miner's place in flight, given back when dropped.
+#[derive(Debug)]
+pub struct Slot {
+    _own: OwnedSemaphorePermit,
+    _process: Option<OwnedSemaphorePermit>,
 }
 
 /// Linux errno values that mean this process (or the host) ran short, not the peer.
@@ -179,6 +219,24 @@ mod tests {
         assert!(!mentions_own_exhaustion(
             "connection refused (os error 111)"
         ));
+    }
+
+    #[tokio::test]
+    async fn agents_in_one_process_share_its_descriptors() {
+        // A process with descriptors for 3 miners and two agents of 8 slots each.
+        let process = Arc::new(Semaphore::new(3));
+        let a = Budget::within(8, Duration::from_millis(20), process.clone());
+        let b = Budget::within(8, Duration::from_millis(20), process.clone());
+        let held = [
+            a.acquire().await.unwrap(),
+            a.acquire().await.unwrap(),
+            b.acquire().await.unwrap(),
+        ];
+        // The second agent does not get a descriptor budget of its own: the process's is spent.
+        assert!(b.acquire().await.is_err());
+        assert!(a.acquire().await.is_err());
+        drop(held);
+        assert!(b.acquire().await.is_ok());
     }
 
     #[tokio::test]

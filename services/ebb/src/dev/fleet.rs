@@ -475,7 +475,9 @@ pub fn device(m: &MinerInfo) -> NewDevice {
         address: m.address.to_string(),
         make: make.to_owned(),
         model: m.model_name.clone(),
-        firmware: Some(m.firmware.to_string()),
+        // As a scan stores it (`LuxOS 2025.4.8.220305`), so the agent drives the miner on its
+        // native hot path without identifying it (ADR 0008), as it would a scanned fleet.
+        firmware: Some(m.scanned_firmware()),
         capabilities: capabilities(m.firmware),
         nominal_power_w: Some(m.nominal_power_w),
     }
