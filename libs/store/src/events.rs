@@ -885,8 +885,14 @@ pub async fn event_of_batch(
     Ok(id.map(EventId))
 }
 
+/// The PostgreSQL `NOTIFY` channel of event changes: every transition [`announce`]s on it (the
+/// payload is the event id), delivered when its transaction commits. The reconciler's leader
+/// listens, so a Start or a Stop is acted on at once instead of at the next telemetry or
+/// safety tick.
+pub const EVENT_CHANNEL: &str = "ebb_event";
+
 /// Queues the notice of a state change (published on the event feed by the worker), in the
-/// caller's transaction.
+/// caller's transaction, and notifies [`EVENT_CHANNEL`] when it commits.
 pub async fn announce(
     conn: &mut PgConnection,
     event: &EventRow,
@@ -902,6 +908,11 @@ pub async fn announce(
         at: event.updated_at,
     };
     crate::outbox::enqueue(conn, Some(event.org_id), &notice).await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(EVENT_CHANNEL)
+        .bind(event.id.0.to_string())
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 

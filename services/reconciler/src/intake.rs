@@ -113,6 +113,39 @@ pub async fn results(
     .await;
 }
 
+/// Wakes the pass loop whenever an event changes outside it (a Start or a Stop in the planner,
+/// announced on [`ebb_store::events::EVENT_CHANNEL`] when its transaction commits), until
+/// `stop`. A lost listening connection is opened again; what changed meanwhile is picked up by
+/// the next pass, woken here once the listener is back.
+pub async fn event_changes(pool: PgPool, wake: Arc<Notify>, stop: CancellationToken) {
+    use sqlx::postgres::PgListener;
+    let channel = ebb_store::events::EVENT_CHANNEL;
+    while !stop.is_cancelled() {
+        let listening = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(channel).await?;
+            // Anything announced while no one listened is read by this pass.
+            wake.notify_one();
+            loop {
+                // `try_recv` returns `None` when the connection was lost: listen afresh.
+                match listener.try_recv().await? {
+                    Some(_) => wake.notify_one(),
+                    None => return Ok::<(), sqlx::Error>(()),
+                }
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listening => {
+                if let Err(error) = r {
+                    tracing::warn!(%error, "listening for event changes failed; retrying");
+                }
+            }
+        }
+        tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+    }
+}
+
 /// Ingests telemetry until `stop`: one statement per batch, then the batch's devices go into
 /// `touched`, so the next pass re-reads only those targets, and the pass loop is woken.
 pub async fn telemetry(

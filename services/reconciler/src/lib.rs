@@ -83,6 +83,11 @@ pub async fn run_with_hooks(
     // frees the lock of a leader that vanished without closing its socket.
     let lock_options = ctx.db_connect_options()?;
     let fence_timeout = fence_timeout(ctx.common().db_session().statement_timeout);
+    // Listening for event changes holds a connection for as long as it listens: its own, not
+    // one of the passes' pool.
+    let listen_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(lock_options.clone());
 
     // A standby keeps one connection and retries the lock on it, instead of reconnecting each time.
     let mut standby: Option<PgConnection> = None;
@@ -107,8 +112,11 @@ pub async fn run_with_hooks(
             &config,
             &hooks,
             &holder,
-            pool.clone(),
-            js.clone(),
+            Conns {
+                pool: pool.clone(),
+                listen: listen_pool.clone(),
+                js: js.clone(),
+            },
             LeaderLock {
                 conn: lock,
                 answer_within: fence_timeout,
@@ -192,17 +200,28 @@ async fn try_lock(
     }
 }
 
+/// What a leader talks to: the passes' pool, the listener's own connection, JetStream.
+struct Conns {
+    pool: PgPool,
+    listen: PgPool,
+    js: jetstream::Context,
+}
+
 /// One leadership term: intake tasks feed the pass loop until shutdown or the lock connection
 /// fails. Intake tasks are owned by a tracker and drained before returning.
 async fn lead(
     config: &ReconcilerConfig,
     hooks: &Hooks,
     holder: &str,
-    pool: PgPool,
-    js: jetstream::Context,
+    conns: Conns,
     mut lock: LeaderLock,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let Conns {
+        pool,
+        listen: listen_pool,
+        js,
+    } = conns;
     let term = shutdown.child_token();
     let wake = Arc::new(Notify::new());
     // Results are applied by the pass loop itself, so a result can never interleave with a
@@ -225,6 +244,11 @@ async fn lead(
         pool.clone(),
         reconciler.telemetry_touched(),
         reconciler.liveness(),
+        wake.clone(),
+        term.clone(),
+    ));
+    tasks.spawn(intake::event_changes(
+        listen_pool,
         wake.clone(),
         term.clone(),
     ));

@@ -9,3 +9,4 @@ mod invariants;
 mod leader;
 mod silent;
 mod spoof;
+mod wake;
