@@ -268,6 +268,8 @@ pub async fn execute_each(
     batch: &CommandBatch,
     inventory: &Snapshot,
 ) -> Vec<DeviceRun> {
+    // Polls give way while this batch runs.
+    let _commanding = path.commanding();
     let mut seen = HashSet::new();
     let devices: Vec<&DeviceRef> = batch
         .devices
@@ -521,15 +523,14 @@ async fn native_sample(
     ip: IpAddr,
     id: DeviceId,
 ) -> Option<Polled> {
+    // Stamped when asked, not when answered: a reply describes the miner at some point after
+    // the question, so a read that began before a command is never taken as news after it.
+    let asked = chrono::Utc::now().timestamp_millis();
     match native
         .read(protocol, ip, Want::Telemetry, path.settings().call_timeout)
         .await
     {
-        Ok(reading) => Some(telemetry::sample(
-            id,
-            &reading,
-            chrono::Utc::now().timestamp_millis(),
-        )),
+        Ok(reading) => Some(telemetry::sample(id, &reading, asked)),
         Err(e) if e.is_starved() => None,
         Err(e) if e.is_transport() => Some(Polled::unreachable(id)),
         Err(_) => Some(Polled::Invalid),

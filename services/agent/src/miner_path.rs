@@ -69,6 +69,19 @@ pub struct MinerPath {
     pub(crate) native: Option<Native>,
     /// Deadlines, concurrency and the efficiency limit.
     settings: MinerPathSettings,
+    /// Command batches executing now. Polls yield to them: a grid deadline is met by commands,
+    /// and a commanded miner's read-after already is its telemetry.
+    commanding: tokio::sync::watch::Sender<usize>,
+}
+
+/// A command batch executing; polls yield until it is dropped.
+#[derive(Debug)]
+pub(crate) struct Commanding<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl Drop for Commanding<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl MinerPath {
@@ -87,7 +100,21 @@ impl MinerPath {
             budget,
             native: Some(Native::new(settings.max_cached_miners)),
             settings,
+            commanding: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Marks a command batch as executing until the returned guard is dropped.
+    pub(crate) fn commanding(&self) -> Commanding<'_> {
+        self.commanding.send_modify(|n| *n += 1);
+        Commanding(&self.commanding)
+    }
+
+    /// Waits until no command batch is executing, or `at_most`: a poll gives way to commands
+    /// (issue 12), but is never held off for longer than that per miner, so telemetry goes on.
+    pub(crate) async fn yield_to_commands(&self, at_most: Duration) {
+        let mut running = self.commanding.subscribe();
+        let _ = tokio::time::timeout(at_most, running.wait_for(|n| *n == 0)).await;
     }
 
     /// The same path driving every miner through asic-rs, identified on first contact: what
@@ -139,6 +166,36 @@ impl MinerPath {
 mod tests {
     use super::*;
     use ebb_domain::SiteCode;
+
+    #[tokio::test(start_paused = true)]
+    async fn polls_give_way_to_a_running_batch_for_at_most_their_bound() {
+        let path = std::sync::Arc::new(MinerPath::with_budget(
+            MinerPathSettings::default(),
+            Budget::new(4, Duration::from_secs(1)),
+        ));
+        // Nothing running: no wait.
+        let t = tokio::time::Instant::now();
+        path.yield_to_commands(Duration::from_secs(10)).await;
+        assert_eq!(t.elapsed(), Duration::ZERO);
+        // A batch that ends after 2 s releases the poll then.
+        let batch = {
+            let path = path.clone();
+            tokio::spawn(async move {
+                let _running = path.commanding();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            })
+        };
+        tokio::task::yield_now().await;
+        let t = tokio::time::Instant::now();
+        path.yield_to_commands(Duration::from_secs(10)).await;
+        assert_eq!(t.elapsed(), Duration::from_secs(2));
+        batch.await.unwrap();
+        // A batch that outlasts the bound holds the poll off for the bound only.
+        let _long = path.commanding();
+        let t = tokio::time::Instant::now();
+        path.yield_to_commands(Duration::from_secs(3)).await;
+        assert_eq!(t.elapsed(), Duration::from_secs(3));
+    }
 
     #[test]
     fn settings_are_the_agents() {

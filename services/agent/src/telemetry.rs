@@ -63,6 +63,8 @@ fn now_ms() -> i64 {
 }
 
 /// Turns a reading into a sample, or `Invalid` when a value is missing or impossible.
+/// `sampled_at_ms` is when the read was asked, not answered: a poll that began before a command
+/// and came back after it must not look newer than the command's own read-after.
 pub fn sample(device_id: DeviceId, reading: &Reading, sampled_at_ms: i64) -> Polled {
     let power = reading
         .power_w
@@ -92,6 +94,7 @@ pub async fn poll_handle(
     ip: IpAddr,
     miner: &dyn asic_rs::core::traits::miner::Miner,
 ) -> Polled {
+    let asked = now_ms();
     match driver::read(
         miner,
         driver::TELEMETRY_FIELDS,
@@ -99,7 +102,7 @@ pub async fn poll_handle(
     )
     .await
     {
-        Ok(reading) => sample(device_id, &reading, now_ms()),
+        Ok(reading) => sample(device_id, &reading, asked),
         Err(e) if e.is_starved() => Polled::Deferred,
         Err(e) if e.is_transport() => {
             path.pool.forget(ip);
@@ -125,9 +128,10 @@ pub async fn poll_address(
     };
     if let Some((native, protocol)) = path.native_for(firmware) {
         let deadline = path.settings().call_timeout;
+        let asked = now_ms();
         match native.read(protocol, ip, Want::Telemetry, deadline).await {
             Ok(r) if r.power_w.is_some() && r.hashrate_ths.is_some() => {
-                return sample(device_id, &r, now_ms());
+                return sample(device_id, &r, asked);
             }
             Err(e) if e.is_starved() => return Polled::Deferred,
             Err(e) if e.is_transport() => return Polled::unreachable(device_id),
@@ -161,6 +165,9 @@ async fn poll_indexed(
     firmware: Option<&str>,
     i: usize,
 ) -> (usize, DevicePoll) {
+    // Commands first: while a batch executes, this miner's read waits (at most one call
+    // timeout) and holds no slot.
+    path.yield_to_commands(path.settings().call_timeout).await;
     let Ok(_slot) = path.budget.acquire().await else {
         let polled = Polled::Deferred;
         let took = Duration::ZERO;
@@ -295,10 +302,10 @@ pub async fn poll_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(agent.config.poll_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let scheduled = tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+            at = ticker.tick() => at,
+        };
         let inventory = agent.inventory.snapshot();
         if inventory.devices.is_empty() {
             continue;
@@ -310,6 +317,7 @@ pub async fn poll_loop(agent: Arc<Agent>, shutdown: CancellationToken) {
         };
         let unreachable = samples.unreachable();
         instruments::poll_cycle(started.elapsed(), unreachable);
+        instruments::poll_lag(&agent.site, scheduled.elapsed());
         if samples.deferred > 0 {
             tracing::warn!(site = %agent.site, deferred = samples.deferred, "the agent was starved: some miners were not polled this cycle");
             instruments::starved(instruments::Starved::Poll, u64::from(samples.deferred));
