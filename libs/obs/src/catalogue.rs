@@ -36,6 +36,108 @@ use Kind::{Counter, Gauge, Histogram};
 /// Every family Ebb emits.
 pub const FAMILIES: &[Family] = &[
     family(
+        SITE_POWER_WATTS,
+        Gauge,
+        Unit::Count,
+        "Power drawn per site by its reachable miners, from their latest telemetry, in watts.",
+    ),
+    family(
+        SITE_SHED_WATTS,
+        Gauge,
+        Unit::Count,
+        "Power shed per site in watts: baseline minus latest observed power over the confirmed targets of live events.",
+    ),
+    family(
+        SITE_PROMISED_SHED_WATTS,
+        Gauge,
+        Unit::Count,
+        "Power the live events promised to shed per site in watts: the baseline of their targets there that have not failed.",
+    ),
+    family(
+        SITE_MINERS,
+        Gauge,
+        Unit::Count,
+        "Miners per site by state: hashing, sleeping, unreachable, unknown (no telemetry yet), maintenance.",
+    ),
+    family(
+        SITE_TELEMETRY_AGE_SECONDS,
+        Gauge,
+        Unit::Seconds,
+        "Age of the newest telemetry sample of a site.",
+    ),
+    family(
+        CURTAILMENT_EVENTS,
+        Gauge,
+        Unit::Count,
+        "Curtailment events by state.",
+    ),
+    family(
+        CURTAILMENT_TARGETS,
+        Gauge,
+        Unit::Count,
+        "Targets of live events by state, plus restore_failed targets of events that ended within 24 hours (miners possibly left asleep).",
+    ),
+    family(
+        RECONCILER_HEARTBEAT_AGE_SECONDS,
+        Gauge,
+        Unit::Seconds,
+        "Age of the reconciler leader's heartbeat row, read from the database by the worker.",
+    ),
+    family(
+        OUTBOX_LAG_SECONDS,
+        Gauge,
+        Unit::Seconds,
+        "Age of the oldest outbox row not yet published to the event feed (0 when none).",
+    ),
+    family(
+        OUTBOX_PENDING,
+        Gauge,
+        Unit::Count,
+        "Outbox rows not yet published to the event feed, parked rows excluded.",
+    ),
+    family(
+        GAUGES_REFRESH_SECONDS,
+        Histogram,
+        Unit::Seconds,
+        "Time one refresh of the fleet and event gauges took in the worker.",
+    ),
+    family(
+        CURTAILMENT_START_TO_ACTIVE_SECONDS,
+        Histogram,
+        Unit::Seconds,
+        "Time from a Start to active, observed when the reconciler activates the event.",
+    ),
+    family(
+        RECONCILER_PASS_PANICS,
+        Counter,
+        Unit::Count,
+        "Panics caught in a reconcile pass outside any one event; the leader carries on with the next pass.",
+    ),
+    family(
+        RECONCILER_TARGET_FAILURES,
+        Counter,
+        Unit::Count,
+        "Targets that failed, by phase (curtail, restore) and reason.",
+    ),
+    family(
+        RECONCILER_COMMANDS_PUBLISHED,
+        Counter,
+        Unit::Count,
+        "Devices commanded in command batches published to JetStream, by command kind.",
+    ),
+    family(
+        RECONCILER_PUBLISH_FAILURES,
+        Counter,
+        Unit::Count,
+        "Command batches whose publish to JetStream failed; a later pass publishes them again.",
+    ),
+    family(
+        AGENT_POLL_LAG_SECONDS,
+        Gauge,
+        Unit::Seconds,
+        "How far a site's telemetry lags: from a poll cycle's scheduled start to its end, per site.",
+    ),
+    family(
         STORE_TX_RETRIES,
         Counter,
         Unit::Count,

@@ -59,6 +59,14 @@ pub fn prometheus() -> PrometheusHandle {
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
                 .set_buckets(names::LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        metrics_exporter_prometheus::Matcher::Full(
+                            names::CURTAILMENT_START_TO_ACTIVE_SECONDS.to_owned(),
+                        ),
+                        names::START_TO_ACTIVE_BUCKETS,
+                    )
+                })
                 .expect("static non-empty buckets")
                 .install_recorder();
             match handle {

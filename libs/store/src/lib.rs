@@ -6,6 +6,7 @@
 pub mod error;
 pub mod events;
 pub mod fleet;
+pub mod gauges;
 pub mod heartbeat;
 pub mod keys;
 pub mod natscreds;

@@ -28,6 +28,7 @@ mod binary;
 mod cluster;
 mod db;
 mod error;
+pub mod metrics;
 mod nats;
 pub mod world;
 

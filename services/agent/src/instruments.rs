@@ -77,6 +77,12 @@ pub fn poll_cycle(took: Duration, unreachable: usize) {
     metrics::gauge!(MINERS_UNREACHABLE).set(unreachable as f64);
 }
 
+/// How far the site's telemetry lags: from when a poll cycle was due to when it ended.
+pub fn poll_lag(site: &ebb_domain::SiteCode, lag: Duration) {
+    metrics::gauge!(ebb_obs::names::AGENT_POLL_LAG_SECONDS, "site" => site.to_string())
+        .set(lag.as_secs_f64());
+}
+
 pub fn invalid_samples(n: u32) {
     if n > 0 {
         metrics::counter!(INVALID_SAMPLES_TOTAL).increment(u64::from(n));

@@ -37,6 +37,8 @@ pub struct Hooks {
     /// Called after a batch was stamped `dispatching` and before it is published. If it returns
     /// `true`, the pass stops there and never returns, as if the process died.
     pub after_stamp: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+    /// Called at the start of every pass, outside any event (a test makes it panic).
+    pub before_pass: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// The reconciler as a service of the runtime.
@@ -254,6 +256,13 @@ async fn lead(
     ));
     tasks.close();
 
+    let epoch = match ebb_store::heartbeat::begin_term(&pool, HEARTBEAT, holder).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = ?e, "recording the leader's term failed");
+            0
+        }
+    };
     let tick = Duration::from_millis(config.tick_ms);
     let outcome = loop {
         if let Err(e) = lock.check().await {
@@ -263,9 +272,38 @@ async fn lead(
         while let Ok(r) = results_rx.try_recv() {
             results.push(r);
         }
-        let next = reconciler.pass(results).await;
+        let started_at = chrono::Utc::now();
+        // A panic anywhere in a pass (events are already isolated from each other inside it) is
+        // counted and logged, what the pass kept is dropped, and the next pass runs: one bad
+        // row must not take the control loop down. Results it held come back from JetStream.
+        let run = async {
+            if let Some(hook) = &hooks.before_pass {
+                hook();
+            }
+            reconciler.pass(results).await
+        };
+        let next = match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run)).await {
+            Ok(next) => next,
+            Err(panic) => {
+                metrics::counter!(ebb_obs::names::RECONCILER_PASS_PANICS).increment(1);
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, "a reconcile pass panicked; the next pass starts afresh");
+                reconciler.forget();
+                None
+            }
+        };
+        let pass = ebb_store::heartbeat::Pass {
+            epoch,
+            started_at,
+            finished_at: chrono::Utc::now(),
+            live_events: reconciler.last_pass().live_events,
+        };
         // Liveness is freshness, not query health: beat even if the pass failed.
-        if let Err(e) = ebb_store::heartbeat::beat(&pool, HEARTBEAT, holder).await {
+        if let Err(e) = ebb_store::heartbeat::beat(&pool, HEARTBEAT, holder, Some(&pass)).await {
             tracing::warn!(error = ?e, "heartbeat write failed");
         }
         let sleep = next.map_or(tick, |n| n.min(tick));
@@ -276,6 +314,15 @@ async fn lead(
         }
     };
     term.cancel();
+    if outcome.is_ok() {
+        // A clean stop says so, on a short clock of its own: shutdown must not hang on it.
+        let last = ebb_store::heartbeat::stopped(&pool, HEARTBEAT, holder, epoch);
+        match tokio::time::timeout(Duration::from_secs(2), last).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = ?e, "the last heartbeat write failed"),
+            Err(_) => tracing::warn!("the last heartbeat write timed out"),
+        }
+    }
     // Unblocks an intake task waiting for room in the queue.
     drop(results_rx);
     tasks.wait().await;

@@ -79,6 +79,8 @@ pub struct PassStats {
     pub events_decided: usize,
     /// Target rows the decisions went over.
     pub targets_decided: usize,
+    /// Live events the pass saw.
+    pub live_events: usize,
 }
 
 /// One live event's targets as last read, and what is known to have changed since.
@@ -177,6 +179,14 @@ impl Reconciler {
     }
 
     /// What the latest pass read and decided.
+    /// Drops the targets passes kept after a pass panicked: the next pass reads every live
+    /// event whole again from the database. (The ramp ledger is kept: forgetting it could only
+    /// hand a site's minute out twice.)
+    pub fn forget(&mut self) {
+        self.cache.clear();
+        self.last = PassStats::default();
+    }
+
     pub fn last_pass(&self) -> PassStats {
         self.last
     }
@@ -305,6 +315,7 @@ impl Reconciler {
                 return None;
             }
         };
+        self.last.live_events = live.len();
         let ids: HashSet<EventId> = live.iter().map(|e| e.id).collect();
         self.cache.retain(|id, _| ids.contains(id));
         let touched = std::mem::take(
@@ -524,10 +535,16 @@ impl Reconciler {
             Some(_) if !lost.is_empty() => {
                 tracing::info!(event_id = %ev.id, lost = lost.len(), "targets moved under us; the event waits for the next pass");
             }
-            Some(EventStep::Activate) => {
-                self.move_event(ev, EventState::Pending, EventState::Active, None)
-                    .await?;
+            Some(EventStep::Activate)
+                if self
+                    .move_event(ev, EventState::Pending, EventState::Active, None)
+                    .await? =>
+            {
+                let took = (Utc::now() - ev.created_at).to_std().unwrap_or_default();
+                metrics::histogram!(names::CURTAILMENT_START_TO_ACTIVE_SECONDS)
+                    .record(took.as_secs_f64());
             }
+            Some(EventStep::Activate) => {}
             Some(EventStep::Stop(cause)) => {
                 match cause {
                     StopCause::AllFailed => {
@@ -584,6 +601,13 @@ impl Reconciler {
                     tracing::info!(event_id = %event, devices = moved.len(), "targets drifted; re-sending")
                 }
                 Why::Spent(reason) if m.to.is_terminal() && !moved.is_empty() => {
+                    let phase = if m.to == TargetState::RestoreFailed {
+                        "restore"
+                    } else {
+                        "curtail"
+                    };
+                    metrics::counter!(names::RECONCILER_TARGET_FAILURES, "phase" => phase, "reason" => reason.as_str())
+                        .increment(moved.len() as u64);
                     tracing::warn!(event_id = %event, devices = moved.len(), reason = %reason, state = %m.to, "targets exhausted their attempts")
                 }
                 _ => {}
@@ -717,11 +741,15 @@ impl Reconciler {
         .await;
         if let Err(e) = published {
             // Stays stamped: the next pass republishes under the same id, and it costs no attempt.
+            metrics::counter!(names::RECONCILER_PUBLISH_FAILURES, "kind" => command.label())
+                .increment(1);
             tracing::warn!(event_id = %ev.id, batch_id = %batch, error = %e, "publishing a batch failed");
             return Ok(());
         }
         metrics::counter!(names::RECONCILER_BATCHES_PUBLISHED, "kind" => command.label())
             .increment(1);
+        metrics::counter!(names::RECONCILER_COMMANDS_PUBLISHED, "kind" => command.label())
+            .increment(targets.len() as u64);
         tracing::debug!(event_id = %ev.id, batch_id = %batch, site = %site, devices = targets.len(), trace_id = %trace.trace_id_hex(), "batch published");
         let ids: Vec<DeviceId> = targets.iter().map(|t| t.device_id).collect();
         let change = TargetChange {
@@ -766,7 +794,7 @@ impl Reconciler {
         from: EventState,
         to: EventState,
         reason: Option<&'static str>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<bool> {
         let ev = ev.clone();
         let moved = with_tx(&self.pool, ebb_store::tx::DEFAULT_ATTEMPTS, move |conn| {
             let ev = ev.clone();
@@ -783,7 +811,7 @@ impl Reconciler {
             metrics::counter!(names::RECONCILER_RACE_LOST, "what" => "event").increment(1);
             tracing::warn!(from = %from, to = %to, "event state moved under us; not advancing");
         }
-        Ok(())
+        Ok(moved)
     }
 
     fn ramp_ledger(&self) -> std::sync::MutexGuard<'_, SiteRamp<SiteId>> {

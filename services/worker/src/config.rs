@@ -23,6 +23,8 @@ pub struct WorkerConfig {
     pub relay_retry_ms: u64,
     /// How long published rows are kept before the relay deletes them, in hours.
     pub outbox_retention_h: u64,
+    /// How often the `gauges` job reads the fleet and event figures, in seconds.
+    pub gauges_interval_s: u64,
 }
 
 impl Default for WorkerConfig {
@@ -34,6 +36,7 @@ impl Default for WorkerConfig {
             relay_max_attempts: 10,
             relay_retry_ms: 1_000,
             outbox_retention_h: 7 * 24,
+            gauges_interval_s: 10,
         }
     }
 }
@@ -60,6 +63,10 @@ impl Settings for WorkerConfig {
         Key::new(
             "outbox_retention_h",
             "how long published outbox rows are kept before they are deleted (hours)",
+        ),
+        Key::new(
+            "gauges_interval_s",
+            "how often the gauges job reads the fleet and event figures for /metrics (s)",
         ),
     ];
 
@@ -104,6 +111,12 @@ impl Settings for WorkerConfig {
                 self.relay_retry_ms
             ));
         }
+        if !(1..=3_600).contains(&self.gauges_interval_s) {
+            bad.push(format!(
+                "gauges_interval_s must be between 1 and 3600, got {}",
+                self.gauges_interval_s
+            ));
+        }
         if !(1..=24 * 366).contains(&self.outbox_retention_h) {
             bad.push(format!(
                 "outbox_retention_h must be between 1 and 8784 (a year), got {}",
@@ -136,9 +149,10 @@ mod tests {
             relay_max_attempts: 0,
             relay_retry_ms: 0,
             outbox_retention_h: 0,
+            gauges_interval_s: 0,
         };
         let errs = c.validate().unwrap_err();
-        assert_eq!(errs.len(), 6, "{errs:?}");
+        assert_eq!(errs.len(), 7, "{errs:?}");
         assert!(WorkerConfig::default().validate().is_ok());
     }
 

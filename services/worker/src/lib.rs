@@ -3,10 +3,12 @@
 //! settings name (all by default) under one supervisor, so a failing job stops the worker and
 //! its siblings drain.
 //!
-//! Jobs today: [`relay`] (the outbox → the event feed). The rater and webhook delivery join here.
+//! Jobs today: [`relay`] (the outbox → the event feed) and [`gauges`] (the fleet and event
+//! figures an operator's dashboard and alerts read). The rater and webhook delivery join here.
 //! Several workers may run side by side: each job claims its rows with `FOR UPDATE SKIP LOCKED`.
 
 pub mod config;
+pub mod gauges;
 pub mod relay;
 
 pub use config::WorkerConfig;
@@ -29,10 +31,16 @@ impl std::fmt::Debug for Job {
 }
 
 /// Every job the worker knows.
-pub const JOBS: &[Job] = &[Job {
-    name: "relay",
-    run: relay::job,
-}];
+pub const JOBS: &[Job] = &[
+    Job {
+        name: "relay",
+        run: relay::job,
+    },
+    Job {
+        name: "gauges",
+        run: gauges::job,
+    },
+];
 
 /// The worker as a service of the runtime.
 #[derive(Debug)]
@@ -41,7 +49,8 @@ pub struct WorkerService;
 impl ebb_runtime::Service for WorkerService {
     type Settings = WorkerConfig;
     const NAME: &'static str = "worker";
-    const ABOUT: &'static str = "Background jobs: the outbox relay to the event feed";
+    const ABOUT: &'static str =
+        "Background jobs: the outbox relay to the event feed, the fleet and event gauges";
     const NEEDS: ebb_runtime::Needs = ebb_runtime::Needs::DatabaseAndNats;
     const STREAMS: &'static [&'static str] = &[ebb_bus::streams::EVENT];
 

@@ -14,9 +14,7 @@ mod scan;
 mod starved;
 mod telemetry;
 
-use std::collections::HashMap;
 use std::net::Ipv4Addr;
-use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -31,7 +29,6 @@ use ebb_minersim::{
 };
 use ebb_testkit::NatsServer;
 use futures::StreamExt;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -419,30 +416,4 @@ pub fn assert_all(r: &BatchResult, what: &str, want: impl Fn(&Outcome) -> bool) 
     }
 }
 
-/// The process-wide metrics recorder, installed once, so tests can read the agent's metrics.
-pub fn recorder() -> &'static Snapshotter {
-    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
-    SNAPSHOTTER.get_or_init(|| {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        // Another test binary's recorder cannot be here; if one is, metrics read as zero.
-        let _ = recorder.install();
-        snapshotter
-    })
-}
-
-/// The total of a counter over all its label sets since the process started. Snapshots drain
-/// the debugging recorder's counters, so every reading goes through this cumulative tally.
-pub fn counter(name: &str) -> u64 {
-    static TOTALS: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
-    let mut totals = TOTALS
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    for (key, _, _, value) in recorder().snapshot().into_vec() {
-        if let DebugValue::Counter(c) = value {
-            *totals.entry(key.key().name().to_owned()).or_default() += c;
-        }
-    }
-    totals.get(name).copied().unwrap_or(0)
-}
+pub use ebb_testkit::metrics::{counter, recorder};

@@ -82,7 +82,7 @@ pub struct Harness {
     pub shutdown: CancellationToken,
 }
 
-const BASELINE_W: f64 = 3000.0;
+pub const BASELINE_W: f64 = 3000.0;
 
 /// One site (`site-a`) with `n` miners.
 pub async fn harness(n: usize) -> Harness {
@@ -161,8 +161,17 @@ impl Harness {
         hooks: Hooks,
         cfg: ReconcilerConfig,
     ) -> JoinHandle<anyhow::Result<()>> {
+        self.spawn_reconciler_until(hooks, cfg, self.shutdown.child_token())
+    }
+
+    /// A reconciler that runs until `stop` (or the harness's shutdown).
+    pub fn spawn_reconciler_until(
+        &self,
+        hooks: Hooks,
+        cfg: ReconcilerConfig,
+        stop: CancellationToken,
+    ) -> JoinHandle<anyhow::Result<()>> {
         let holder = cfg.holder.clone();
-        let stop = self.shutdown.child_token();
         // Each reconciler has its own connections, as separate processes would.
         let common = ebb_runtime::Common {
             database_url: self.db.url().into(),

@@ -43,6 +43,7 @@ async fn a_pass_reads_only_what_changed() {
         targets_read,
         events_decided,
         targets_decided: events_decided * N,
+        live_events: 1,
     };
 
     // A new event is read whole, decided, and every target is sent.

@@ -76,6 +76,7 @@ async fn ok_without_effect_never_confirms_and_retries_are_bounded() {
 /// §5.4: a refused outcome costs an attempt and the event still progresses without that miner.
 #[tokio::test]
 async fn a_refusing_miner_fails_alone() {
+    ebb_testkit::metrics::recorder();
     let h = harness(3).await;
     h.site_agent.set(h.devices[0], Behaviour::Refuses);
     let _r = h.spawn_reconciler("r", Hooks::default());
@@ -89,6 +90,13 @@ async fn a_refusing_miner_fails_alone() {
         .await;
     let states = h.target_states(id).await;
     assert_eq!(states[&h.devices[0]], TargetState::Failed);
+    // Counted by phase and reason (issue 10).
+    assert_eq!(
+        ebb_testkit::metrics::counter(
+            "ebb_reconciler_target_failures_total{phase=curtail,reason=command_failed}"
+        ),
+        1
+    );
     assert_eq!(
         states
             .values()

@@ -21,6 +21,7 @@ async fn a_new_leader_finishes_an_event_orphaned_between_stamp_and_publish() {
             flag.store(true, Ordering::SeqCst);
             true
         })),
+        ..Hooks::default()
     };
     let first = h.spawn_reconciler("first", hooks);
     h.wait_for_telemetry().await;
@@ -166,6 +167,7 @@ async fn a_deposed_leader_stamps_nothing_more_in_the_same_pass() {
                 false
             }
         })),
+        ..Hooks::default()
     };
     let _first = h.spawn_reconciler("first", hooks);
     h.wait("a leader", Duration::from_secs(10), || async {

@@ -4,6 +4,7 @@
 //! exercised by the system test in services/ebb.
 
 mod harness;
+mod health;
 mod incremental;
 mod invariants;
 mod leader;
