@@ -889,7 +889,7 @@ pub async fn event_of_batch(
 /// payload is the event id), delivered when its transaction commits. The reconciler's leader
 /// listens, so a Start or a Stop is acted on at once instead of at the next telemetry or
 /// safety tick.
-pub const EVENT_CHANNEL: &str = "ebb_event";
+pub const EVENT_CHANNEL: &str = "ebb.events";
 
 /// Queues the notice of a state change (published on the event feed by the worker), in the
 /// caller's transaction, and notifies [`EVENT_CHANNEL`] when it commits.
