@@ -41,7 +41,7 @@ install_package() {
 	# The lock timeout waits for another apt run (e.g. unattended upgrades) instead of failing.
 	apt-get -o DPkg::Lock::Timeout=600 update -qq >&2 ||
 		die "apt-get update failed; install $package by hand: apt-get install -y $package"
-	DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "$package" >&2 ||
+	DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "$package" >&2 ||
 		die "apt-get install $package failed; install it by hand: apt-get install -y $package"
 }
 
@@ -90,6 +90,20 @@ ensure_nats_server() {
 		found=$(find_nats_server) || die "nats-server is still not found on PATH or in /usr/sbin after installing nats-server"
 	fi
 	command -v nats-server >/dev/null || export EBB_NATS_SERVER=$found
+}
+
+# ensure_promtool: promtool, from Debian's prometheus package, for the alert-rule tests
+# (services/ebb/tests/it/alerts.rs runs `promtool check rules` and `promtool test rules`). An
+# EBB_PROMTOOL already set is used as is.
+ensure_promtool() {
+	if [ -n "${EBB_PROMTOOL:-}" ]; then
+		[ -x "$EBB_PROMTOOL" ] ||
+			die "EBB_PROMTOOL=$EBB_PROMTOOL is not an executable file (unset it to use promtool from PATH)"
+		return 0
+	fi
+	command -v promtool >/dev/null && return 0
+	install_package prometheus promtool
+	command -v promtool >/dev/null || die "promtool is still not found on PATH after installing prometheus"
 }
 
 # The pyasic release services/minersim/tests/pyasic.rs is written against (PyPI).
