@@ -328,6 +328,33 @@ pub async fn target_counts(
     Ok(out)
 }
 
+/// The power each event sheds now, in watts: baseline minus latest observed power (never below 0
+/// per target) over its confirmed targets. It is derived from telemetry, never from a stored copy,
+/// by the same rule as `ebb_site_shed_watts` ([`crate::gauges`]). Events without confirmed
+/// targets are absent (they shed nothing).
+pub async fn observed_shed_w(
+    db: impl PgExecutor<'_>,
+    events: &[EventId],
+) -> Result<BTreeMap<EventId, f64>, StoreError> {
+    let ids: Vec<Uuid> = events.iter().map(|e| e.0).collect();
+    let rows = sqlx::query(
+        "SELECT t.event_id,
+                sum(t.baseline_power_w - least(coalesce(ds.power_w, t.baseline_power_w),
+                                               t.baseline_power_w))::float8
+         FROM curtailment_target t
+         LEFT JOIN device_state ds ON ds.device_id = t.device_id
+         WHERE t.event_id = ANY($1) AND t.state = 'confirmed'
+         GROUP BY t.event_id",
+    )
+    .bind(&ids)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (EventId(r.get(0)), r.get(1)))
+        .collect())
+}
+
 /// One page of an org's events, newest first, after the keyset cursor `before` (an event id).
 pub async fn list_events(
     db: impl PgExecutor<'_>,

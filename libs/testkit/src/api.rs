@@ -8,7 +8,7 @@ use serde_json::Value;
 
 /// The fields of a curtailment as the API shows it, in a list or alone: a summary with target
 /// counts. A new field is a change of the API's contract and is added here on purpose.
-pub const EVENT_VIEW_FIELDS: [&str; 21] = [
+pub const EVENT_VIEW_FIELDS: [&str; 22] = [
     "activated_at",
     "created_at",
     "ended_at",
@@ -18,6 +18,7 @@ pub const EVENT_VIEW_FIELDS: [&str; 21] = [
     "max_duration_s",
     "mode",
     "mode_params",
+    "observed_shed_kw",
     "priority",
     "reason",
     "restore_batch_interval_s",

@@ -165,6 +165,7 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
                 set("poll_interval", "1s");
                 set("inventory_refresh", "2s");
             }
+            "worker" => set("gauges_interval_s", "1"),
             _ => {}
         }
         if let Some(site) = site {
@@ -323,6 +324,61 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
                 m.address
             );
         }
+    }
+
+    // What the event sheds, from telemetry, and what /metrics says the sites shed (the worker's
+    // gauges, read from the same database): within 10 % of each other (issue 10).
+    let observed_kw = get(id.clone()).await["observed_shed_kw"]
+        .as_f64()
+        .expect("the event carries observed_shed_kw");
+    assert!(
+        observed_kw > 0.8 * shed / 1000.0 && observed_kw <= shed / 1000.0,
+        "observed {observed_kw} kW of {shed} W selected"
+    );
+    let metrics = || {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            http.get(format!("{base}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap()
+        }
+    };
+    let site_shed_kw = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("ebb_site_shed_watts{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+            / 1000.0
+    };
+    wait_for(
+        "the site gauges to show the shed",
+        Duration::from_secs(30),
+        || async {
+            let text = metrics().await;
+            let observed = get(id.clone()).await["observed_shed_kw"].as_f64().unwrap();
+            let gauged = site_shed_kw(&text);
+            gauged > 0.0 && (gauged - observed).abs() <= 0.1 * observed
+        },
+    )
+    .await;
+    let text = metrics().await;
+    for family in [
+        "ebb_site_power_watts{",
+        "ebb_site_miners{",
+        "ebb_curtailment_events{",
+        "ebb_reconciler_heartbeat_age_seconds ",
+        "ebb_curtailment_start_to_active_seconds_bucket{",
+        "ebb_reconciler_commands_published_total{",
+        "ebb_agent_poll_lag_seconds{",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(family)),
+            "/metrics has no {family}…: {text}"
+        );
     }
 
     // Stop: paced restore to COMPLETED, every miner hashing again.

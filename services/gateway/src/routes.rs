@@ -458,7 +458,12 @@ async fn load_view(s: &AppState, p: &Principal, id: EventId) -> Result<EventView
         .map_err(Problem::internal)?
         .remove(&id)
         .unwrap_or_default();
-    Ok(EventView::new(ev, counts))
+    let shed = events::observed_shed_w(&s.pool, &[id])
+        .await
+        .map_err(Problem::internal)?
+        .remove(&id)
+        .unwrap_or(0.0);
+    Ok(EventView::new(ev, counts, shed))
 }
 
 /// An event as the API shows it: summary and counts, never per-target rows.
@@ -486,10 +491,13 @@ pub struct EventView {
     pub ended_at: Option<DateTime<Utc>>,
     /// Target counts by state.
     pub targets: BTreeMap<String, i64>,
+    /// What the event sheds now, in kW: baseline minus latest observed power over its confirmed
+    /// targets, from telemetry (0 once nothing is confirmed).
+    pub observed_shed_kw: f64,
 }
 
 impl EventView {
-    fn new(e: EventRow, targets: BTreeMap<String, i64>) -> Self {
+    fn new(e: EventRow, targets: BTreeMap<String, i64>, observed_shed_w: f64) -> Self {
         Self {
             id: e.id,
             state: e.state,
@@ -512,6 +520,7 @@ impl EventView {
             restore_started_at: e.restore_started_at,
             ended_at: e.ended_at,
             targets,
+            observed_shed_kw: observed_shed_w.round() / 1000.0,
         }
     }
 }
@@ -605,11 +614,15 @@ async fn list(
     let mut counts = events::target_counts(&s.pool, &ids)
         .await
         .map_err(Problem::internal)?;
+    let mut shed = events::observed_shed_w(&s.pool, &ids)
+        .await
+        .map_err(Problem::internal)?;
     let items = rows
         .into_iter()
         .map(|r| {
             let c = counts.remove(&r.id).unwrap_or_default();
-            EventView::new(r, c)
+            let w = shed.remove(&r.id).unwrap_or(0.0);
+            EventView::new(r, c, w)
         })
         .collect();
     Ok(Json(EventPage { items, next_cursor }))
