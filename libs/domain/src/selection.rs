@@ -161,11 +161,21 @@ pub fn select(
     }
 
     // Least efficient first, then priority, then id: the same fleet always yields the same plan.
-    eligible.sort_by(|a, b| {
-        b.2.total_cmp(&a.2)
-            .then(a.0.priority.cmp(&b.0.priority))
-            .then(a.0.device_id.cmp(&b.0.device_id))
+    // Device ids are unique, so an unstable sort is as deterministic as a stable one, and the
+    // keys are copied next to each other instead of read through every candidate (issue 12:
+    // 100,000 candidates per preview).
+    let mut order: Vec<(f64, i32, DeviceId, u32)> = eligible
+        .iter()
+        .enumerate()
+        .map(|(i, (c, _, eff))| (*eff, c.priority, c.device_id, i as u32))
+        .collect();
+    order.sort_unstable_by(|a, b| {
+        b.0.total_cmp(&a.0)
+            .then(a.1.cmp(&b.1))
+            .then(a.2.cmp(&b.2))
     });
+    let eligible: Vec<(&Candidate, Sample, f64)> =
+        order.into_iter().map(|(.., i)| eligible[i as usize]).collect();
 
     let shed_of = |s: &Sample| match *mode {
         Mode::PowerTarget { watts } => (s.power_w - watts.get()).max(0.0),
