@@ -42,6 +42,20 @@ pub struct Figures {
     pub outbox_lag_s: f64,
 }
 
+/// A count for every state in `states`, zero for those `counted` (a `GROUP BY state`) lacks, so
+/// a gauge falls back to 0 instead of keeping its last value.
+fn every_state<'a>(
+    states: impl Iterator<Item = &'a str>,
+    counted: &[(String, i64)],
+) -> Vec<(String, i64)> {
+    states
+        .map(|s| {
+            let n = counted.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
+            (s.to_owned(), n)
+        })
+        .collect()
+}
+
 /// The events that hold their targets: pending, active, restoring.
 const LIVE: &str = "('pending', 'active', 'restoring')";
 
@@ -110,16 +124,10 @@ pub async fn read(pool: &PgPool) -> Result<Figures, StoreError> {
         sqlx::query_as("SELECT state, count(*) FROM curtailment_event GROUP BY state")
             .fetch_all(&mut *tx)
             .await?;
-    let events = ebb_domain::EventState::ALL
-        .iter()
-        .map(|s| {
-            let n = counted
-                .iter()
-                .find(|(c, _)| c == s.as_str())
-                .map_or(0, |(_, n)| *n);
-            (s.as_str().to_owned(), n)
-        })
-        .collect();
+    let events = every_state(
+        ebb_domain::EventState::ALL.iter().map(|s| s.as_str()),
+        &counted,
+    );
     let counted: Vec<(String, i64)> = sqlx::query_as(&format!(
         "SELECT t.state, count(*) FROM curtailment_target t
          JOIN curtailment_event e ON e.id = t.event_id
@@ -129,16 +137,10 @@ pub async fn read(pool: &PgPool) -> Result<Figures, StoreError> {
     ))
     .fetch_all(&mut *tx)
     .await?;
-    let targets = ebb_domain::TargetState::ALL
-        .iter()
-        .map(|s| {
-            let n = counted
-                .iter()
-                .find(|(c, _)| c == s.as_str())
-                .map_or(0, |(_, n)| *n);
-            (s.as_str().to_owned(), n)
-        })
-        .collect();
+    let targets = every_state(
+        ebb_domain::TargetState::ALL.iter().map(|s| s.as_str()),
+        &counted,
+    );
     let heartbeat_age_s: Option<f64> = sqlx::query_scalar(
         "SELECT extract(epoch FROM now() - beat_at)::float8 FROM reconciler_heartbeat
          WHERE name = 'reconciler'",
