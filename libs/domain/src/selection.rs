@@ -169,13 +169,11 @@ pub fn select(
         .enumerate()
         .map(|(i, (c, _, eff))| (*eff, c.priority, c.device_id, i as u32))
         .collect();
-    order.sort_unstable_by(|a, b| {
-        b.0.total_cmp(&a.0)
-            .then(a.1.cmp(&b.1))
-            .then(a.2.cmp(&b.2))
-    });
-    let eligible: Vec<(&Candidate, Sample, f64)> =
-        order.into_iter().map(|(.., i)| eligible[i as usize]).collect();
+    order.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let eligible: Vec<(&Candidate, Sample, f64)> = order
+        .into_iter()
+        .map(|(.., i)| eligible[i as usize])
+        .collect();
 
     let shed_of = |s: &Sample| match *mode {
         Mode::PowerTarget { watts } => (s.power_w - watts.get()).max(0.0),
