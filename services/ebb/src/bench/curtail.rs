@@ -120,10 +120,14 @@ pub struct CurtailReport {
     pub setup_s: f64,
     /// The Start request's own round trip (selection and writing every target).
     pub start_request_s: f64,
-    /// From the Start's `201` to the event's `active`.
-    pub start_to_active_s: f64,
-    /// From the stop's answer to the event's `completed`.
-    pub stop_to_completed_s: f64,
+    /// From the Start's `201` to the event's `active`; `null` when it was not reached within
+    /// `--timeout` (the run goes on to the stop and still reports).
+    pub start_to_active_s: Option<f64>,
+    /// From the stop's answer to the event's `completed`; `null` when it was not reached.
+    pub stop_to_completed_s: Option<f64>,
+    /// The event's state when the benchmark stopped waiting: `completed` for a clean run, else
+    /// what it was (`completed_with_failures`, or still `restoring` after `--timeout`).
+    pub ended: String,
     /// Targets confirmed when the event went `active`.
     pub confirmed: u64,
     /// Targets failed when the event went `active`.
@@ -589,9 +593,16 @@ async fn measure(
         .as_str()
         .context("the start's answer has no id")?
         .to_owned();
-    let active = wait_for_state(w, &id, "active", args.timeout).await?;
-    let start_to_active_s = created.elapsed().as_secs_f64();
-    tracing::info!(start_to_active_s, targets = %active["targets"], "active");
+    let waited = wait_for_state(w, &id, "active", args.timeout).await?;
+    let start_to_active_s = waited.reached.then(|| created.elapsed().as_secs_f64());
+    let active = waited.event;
+    tracing::info!(?start_to_active_s, targets = %active["targets"], "active, or given up on");
+    let state = active["state"].as_str().unwrap_or_default().to_owned();
+    ensure!(
+        matches!(state.as_str(), "pending" | "active"),
+        "the event ended {state} before its stop: {}",
+        active["targets"]
+    );
 
     let stopped = w
         .http
@@ -608,9 +619,15 @@ async fn measure(
         stopped.text().await.unwrap_or_default()
     );
     let stop_sent = Instant::now();
-    let done = wait_for_state(w, &id, "completed", args.timeout).await?;
-    let stop_to_completed_s = stop_sent.elapsed().as_secs_f64();
-    tracing::info!(stop_to_completed_s, targets = %done["targets"], "completed");
+    let waited = wait_for_state(w, &id, "completed", args.timeout).await?;
+    let stop_to_completed_s = waited.reached.then(|| stop_sent.elapsed().as_secs_f64());
+    let done = waited.event;
+    let ended = done["state"].as_str().unwrap_or_default().to_owned();
+    if waited.reached {
+        tracing::info!(?stop_to_completed_s, targets = %done["targets"], "completed");
+    } else {
+        tracing::warn!(state = %ended, targets = %done["targets"], "the event did not complete cleanly; reporting what was measured");
+    }
     let after = Counters::read(w, reconciler).await;
 
     let count = |v: &Value, state: &str| v["targets"][state].as_u64().unwrap_or(0);
@@ -640,8 +657,9 @@ async fn measure(
         targets,
         setup_s: round(setup_s, 2),
         start_request_s: round(start_request_s, 3),
-        start_to_active_s: round(start_to_active_s, 3),
-        stop_to_completed_s: round(stop_to_completed_s, 3),
+        start_to_active_s: start_to_active_s.map(|s| round(s, 3)),
+        stop_to_completed_s: stop_to_completed_s.map(|s| round(s, 3)),
+        ended,
         confirmed: count(&active, "confirmed"),
         failed: count(&active, "failed"),
         restored: count(&done, "restored"),
@@ -667,13 +685,20 @@ async fn measure(
     })
 }
 
-/// Polls the event until it is in `state`; fails on any other terminal state or the timeout.
+/// The event as last read, and whether it reached the state waited for.
+struct Waited {
+    event: Value,
+    reached: bool,
+}
+
+/// Polls the event until it is in `state`, another terminal state, or the timeout; only a
+/// failing request is an error, so a run that misses its aim still reports what it measured.
 async fn wait_for_state(
     w: &World<'_>,
     id: &str,
     state: &str,
     timeout: Duration,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Waited> {
     const TERMINAL: &[&str] = &[
         "completed",
         "completed_with_failures",
@@ -692,21 +717,26 @@ async fn wait_for_state(
             .error_for_status()?
             .json()
             .await?;
-        let now = event["state"].as_str().unwrap_or_default();
+        let now = event["state"].as_str().unwrap_or_default().to_owned();
         if now == state {
-            return Ok(event);
+            return Ok(Waited {
+                event,
+                reached: true,
+            });
         }
-        if TERMINAL.contains(&now) {
-            bail!(
-                "the event ended {now} while waiting for {state}: {}",
-                event["targets"]
-            );
+        if TERMINAL.contains(&now.as_str()) {
+            tracing::warn!(state = %now, targets = %event["targets"], "the event ended while waiting for {state}");
+            return Ok(Waited {
+                event,
+                reached: false,
+            });
         }
         if Instant::now() >= deadline {
-            bail!(
-                "the event was still {now} after {timeout:?} (waiting for {state}): {}",
-                event["targets"]
-            );
+            tracing::warn!(state = %now, targets = %event["targets"], "still not {state} after {timeout:?}; giving up on it");
+            return Ok(Waited {
+                event,
+                reached: false,
+            });
         }
         if last_log.elapsed() >= Duration::from_secs(5) {
             tracing::info!(state = now, targets = %event["targets"], "waiting for {state}");
