@@ -11,7 +11,7 @@
 //! database is dropped when done), else a throwaway cluster started like `ebb dev`'s; always a
 //! throwaway nats-server on loopback.
 
-use super::throwaway::Infra;
+use super::throwaway::with_infra;
 use crate::bench::measure::{percentile_ms, round};
 use anyhow::{Context, bail};
 use ebb_gateway::{Gateway, GatewayConfig};
@@ -105,13 +105,11 @@ fn is_distinct(i: usize, requests: usize, distinct: usize) -> bool {
 
 pub async fn bench_gateway_flood(args: &FloodArgs) -> anyhow::Result<FloodReport> {
     validate(args)?;
-    let scratch = std::env::temp_dir().join(format!("ebb-bench-flood-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    let infra = Infra::start(&scratch).await?;
-    let result = flood(args, &infra.database_url, &infra.nats_url).await;
-    infra.stop().await;
-    std::fs::remove_dir_all(&scratch).ok();
-    result
+    with_infra(
+        "flood",
+        |db, nats| async move { flood(args, &db, &nats).await },
+    )
+    .await
 }
 
 async fn flood(args: &FloodArgs, url: &str, nats_url: &str) -> anyhow::Result<FloodReport> {

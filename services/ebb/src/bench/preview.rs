@@ -9,7 +9,7 @@
 //! max) and `--runs` rounds of 8 concurrent previews (median wall time of a round).
 
 use super::measure::round;
-use super::throwaway::Infra;
+use super::throwaway::{connect, with_infra};
 use anyhow::Context;
 use chrono::Utc;
 use ebb_bus::{Actor, PlanView, PreviewRequest, Role, Scope, StartRequest};
@@ -18,7 +18,6 @@ use ebb_domain::{Capabilities, Kw, OrgId, SiteCode};
 use ebb_planner::{Planner, PlannerConfig};
 use ebb_store::fleet::{self, NewDevice, TelemetryRow};
 use serde::Serialize;
-use sqlx::postgres::PgPoolOptions;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,29 +63,23 @@ pub async fn bench_preview(miners: usize, runs: usize) -> anyhow::Result<Preview
     if !(1..=100).contains(&runs) {
         anyhow::bail!("runs must be between 1 and 100, got {runs}");
     }
-    let scratch = std::env::temp_dir().join(format!("ebb-bench-preview-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    let infra = Infra::start(&scratch).await?;
-    let result = run(&infra, miners, runs).await;
-    infra.stop().await;
-    std::fs::remove_dir_all(&scratch).ok();
-    result
+    with_infra("preview", |db, nats| async move {
+        run(&db, &nats, miners, runs).await
+    })
+    .await
 }
 
-async fn run(infra: &Infra, miners: usize, runs: usize) -> anyhow::Result<PreviewReport> {
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&infra.database_url)
-        .await
-        .context("connecting to the benchmark database")?;
-    ebb_store::migrate(&pool).await.context("migrating")?;
+async fn run(
+    database_url: &str,
+    nats_url: &str,
+    miners: usize,
+    runs: usize,
+) -> anyhow::Result<PreviewReport> {
+    let (pool, client) = connect(database_url, nats_url).await?;
     let seeding = Instant::now();
     let org = seed(&pool, miners).await?;
     let seed_seconds = round(seeding.elapsed().as_secs_f64(), 2);
 
-    let client = ebb_bus::connect(&infra.nats_url, "ebb-bench")
-        .await
-        .context("connecting to nats-server")?;
     let planner = Arc::new(Planner::new(pool.clone(), PlannerConfig::default()));
     let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(ebb_planner::serve(

@@ -13,7 +13,7 @@
 //! else a throwaway cluster started like `ebb dev`'s; nats-server is always a throwaway one.
 
 use super::measure::round;
-use super::throwaway::Infra;
+use super::throwaway::{connect, with_infra};
 use anyhow::Context;
 use chrono::Utc;
 use ebb_domain::selection::Selected;
@@ -22,7 +22,6 @@ use ebb_reconciler::{Hooks, Reconciler, ReconcilerConfig};
 use ebb_store::events::{self, NewEvent};
 use ebb_store::fleet::{self, NewDevice, TelemetryRow};
 use serde::Serialize;
-use sqlx::postgres::PgPoolOptions;
 use std::time::Instant;
 
 /// Miners one telemetry batch names (the agent's batches carry at most 2,000 samples).
@@ -75,29 +74,23 @@ pub async fn bench_reconcile_pass(
     if !(1..=50).contains(&runs) {
         anyhow::bail!("runs must be between 1 and 50, got {runs}");
     }
-    let scratch = std::env::temp_dir().join(format!("ebb-bench-reconcile-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    let infra = Infra::start(&scratch).await?;
-    let result = run(&infra, targets, runs).await;
-    infra.stop().await;
-    std::fs::remove_dir_all(&scratch).ok();
-    result
+    with_infra("reconcile", |db, nats| async move {
+        run(&db, &nats, targets, runs).await
+    })
+    .await
 }
 
-async fn run(infra: &Infra, n: usize, runs: usize) -> anyhow::Result<ReconcilePassReport> {
-    let pool = PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&infra.database_url)
-        .await
-        .context("connecting to the benchmark database")?;
-    ebb_store::migrate(&pool).await.context("migrating")?;
+async fn run(
+    database_url: &str,
+    nats_url: &str,
+    n: usize,
+    runs: usize,
+) -> anyhow::Result<ReconcilePassReport> {
+    let (pool, client) = connect(database_url, nats_url).await?;
     let seeding = Instant::now();
     let (site, devices) = seed(&pool, n).await?;
     let seed_seconds = round(seeding.elapsed().as_secs_f64(), 2);
 
-    let client = ebb_bus::connect(&infra.nats_url, "ebb-bench")
-        .await
-        .context("connecting to nats-server")?;
     let js = async_nats::jetstream::new(client);
     ebb_bus::streams::ensure_streams(&js)
         .await

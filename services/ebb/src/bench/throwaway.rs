@@ -95,6 +95,43 @@ impl Infra {
     }
 }
 
+/// Runs `body` against a fresh [`Infra`] whose files live in a scratch directory named after
+/// `name`, and tears it down whatever `body` returned. `body` gets the database's and the
+/// nats-server's URLs.
+pub async fn with_infra<T, Fut>(
+    name: &str,
+    body: impl FnOnce(String, String) -> Fut,
+) -> anyhow::Result<T>
+where
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let scratch = std::env::temp_dir().join(format!("ebb-bench-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
+    let infra = Infra::start(&scratch).await?;
+    let result = body(infra.database_url.clone(), infra.nats_url.clone()).await;
+    infra.stop().await;
+    std::fs::remove_dir_all(&scratch).ok();
+    result
+}
+
+/// A pool of 8 connections to `database_url`, migrated, and a NATS client of `nats_url`: what a
+/// benchmark of one service's own code starts from.
+pub async fn connect(
+    database_url: &str,
+    nats_url: &str,
+) -> anyhow::Result<(sqlx::PgPool, async_nats::Client)> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(8)
+        .connect(database_url)
+        .await
+        .context("connecting to the benchmark database")?;
+    ebb_store::migrate(&pool).await.context("migrating")?;
+    let client = ebb_bus::connect(nats_url, "ebb-bench")
+        .await
+        .context("connecting to nats-server")?;
+    Ok((pool, client))
+}
+
 /// `url` with its database replaced by `name`.
 fn with_database(url: &str, name: &str) -> anyhow::Result<String> {
     let (base, query) = url
