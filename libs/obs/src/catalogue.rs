@@ -318,6 +318,18 @@ pub const FAMILIES: &[Family] = &[
         "Devices deferred because the agent ran short of its own descriptors, memory or in-flight slots (back-pressure, never a miner's outcome), by path.",
     ),
     family(
+        AGENT_RUNTIME_LAG_SECONDS,
+        Gauge,
+        Unit::Seconds,
+        "How late the agent's runtime woke its latest probe timer: its own CPU overload (a slow miner leaves the runtime idle). Past 0.1 s the in-flight limit is cut.",
+    ),
+    family(
+        AGENT_IN_FLIGHT_LIMIT,
+        Gauge,
+        Unit::Count,
+        "Miners this process's agents may drive at once now: their adaptive limits summed, each within its file-descriptor budget.",
+    ),
+    family(
         AGENT_RESTORE_LIMITS_IGNORED,
         Counter,
         Unit::Count,

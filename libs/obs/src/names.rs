@@ -101,3 +101,7 @@ pub const AGENT_POISON_BATCHES: &str = "ebb_agent_poison_batches_total";
 pub const AGENT_RESTORE_LIMITS_IGNORED: &str = "ebb_agent_restore_limits_ignored_total";
 /// Devices deferred because the agent ran short of its own resources (back-pressure).
 pub const AGENT_STARVED: &str = "ebb_agent_starved_total";
+/// How late the agent's runtime wakes a timer: its own CPU overload, never a miner's slowness.
+pub const AGENT_RUNTIME_LAG_SECONDS: &str = "ebb_agent_runtime_lag_seconds";
+/// Miners the process's agents may drive at once now (their adaptive limits, summed).
+pub const AGENT_IN_FLIGHT_LIMIT: &str = "ebb_agent_in_flight_limit";

@@ -1,6 +1,7 @@
-//! The agent's own limits (issue 12, item 3): how many miners it may talk to at once, derived
-//! from the process's file-descriptor limit, and how it tells its own exhaustion from a
-//! miner's failure.
+//! The agent's own limits (issue 12, items 3 and 7): how many miners it may talk to at once,
+//! at most what the process's file-descriptor limit allows and, within that, as many as its CPU
+//! keeps up with ([`crate::limit`], [`crate::pressure`]); and how it tells its own exhaustion
+//! from a miner's failure.
 //!
 //! Architecture invariant: the agent's own limits are never a miner's fault. Running short of
 //! file descriptors, socket buffers or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM), or waiting too
@@ -8,9 +9,18 @@
 //! cached handle), never reported `unreachable`, `refused` or `unsupported`, so it never costs
 //! a retry attempt at the reconciler.
 
-use std::sync::Arc;
+use crate::limit::{Aimd, Signal};
+use crate::pressure::{self, Pressure};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Where an adaptive limit starts: fast enough for instant firmware on a small box, and slow
+/// start reaches the descriptor budget within seconds when miners are slow.
+pub const INITIAL_IN_FLIGHT: usize = 256;
+
+/// The least an adaptive limit goes to: an overloaded agent still makes progress.
+pub const MIN_IN_FLIGHT: usize = 16;
 
 /// File descriptors one miner in flight may hold at once: asic-rs identifies with three probes
 /// at the same time (RPC `version`, RPC `devdetails`, HTTP `GET /`) and reads stock Antminers
@@ -66,6 +76,76 @@ pub struct Budget {
     /// The longest a device waits for a slot (or retries its own exhaustion) before it is
     /// deferred.
     wait: Duration,
+    /// The limit within `size` that follows the runtime's pressure (`None`: always `size`).
+    adaptive: Option<Arc<Adaptive>>,
+}
+
+/// An in-flight limit that follows the CPU: the permits of `slots` are the limit, added when it
+/// grows and forgotten (at once when free, else as they come back) when it is cut.
+#[derive(Debug)]
+struct Adaptive {
+    pressure: &'static Pressure,
+    state: Mutex<Limit>,
+}
+
+#[derive(Debug)]
+struct Limit {
+    aimd: Aimd,
+    /// The limit the semaphore's permits stand for now.
+    granted: usize,
+    /// Permits still to be forgotten as miners in flight come back, after a cut.
+    debt: usize,
+}
+
+impl Adaptive {
+    /// A slot came back: forget its permit if a cut is still owed, then let the limit move.
+    fn release(&self, permit: OwnedSemaphorePermit, slots: &Semaphore) {
+        let mut limit = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if limit.debt > 0 {
+            limit.debt -= 1;
+            permit.forget();
+        } else {
+            drop(permit);
+        }
+        let signal = Signal {
+            overloads: self.pressure.overloads(),
+            behind: self.pressure.last() >= pressure::OVERLOADED,
+        };
+        let settled = limit.debt == 0;
+        let target = limit
+            .aimd
+            .on_release(signal, settled, tokio::time::Instant::now());
+        let granted = limit.granted;
+        if target > granted {
+            let grow = target - granted;
+            let paid = grow.min(limit.debt);
+            limit.debt -= paid;
+            slots.add_permits(grow - paid);
+        } else if target < granted {
+            let cut = granted - target;
+            let forgotten = slots.forget_permits(cut);
+            limit.debt += cut - forgotten;
+            tracing::debug!(
+                from = granted,
+                to = target,
+                lag_ms = self.pressure.last().as_millis() as u64,
+                "the runtime is behind: fewer miners in flight"
+            );
+        }
+        limit.granted = target;
+        crate::instruments::in_flight_limit(target as f64 - granted as f64);
+    }
+}
+
+impl Drop for Adaptive {
+    fn drop(&mut self) {
+        let granted = self
+            .state
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .granted;
+        crate::instruments::in_flight_limit(-(granted as f64));
+    }
 }
 
 /// Why the agent could not serve a device just now: its own shortage, never the miner's.
@@ -82,6 +162,30 @@ impl Budget {
             process: None,
             size,
             wait,
+            adaptive: None,
+        }
+    }
+
+    /// A budget of at most `slots` miners at once whose limit follows `pressure`: it starts at
+    /// [`INITIAL_IN_FLIGHT`] and moves between [`MIN_IN_FLIGHT`] and `slots`.
+    pub fn adaptive(slots: usize, wait: Duration, pressure: &'static Pressure) -> Self {
+        let size = slots.max(1);
+        let initial = INITIAL_IN_FLIGHT.min(size);
+        let aimd = Aimd::new(MIN_IN_FLIGHT, initial, size, pressure.overloads());
+        crate::instruments::in_flight_limit(initial as f64);
+        Self {
+            slots: Arc::new(Semaphore::new(initial)),
+            process: None,
+            size,
+            wait,
+            adaptive: Some(Arc::new(Adaptive {
+                pressure,
+                state: Mutex::new(Limit {
+                    aimd,
+                    granted: initial,
+                    debt: 0,
+                }),
+            })),
         }
     }
 
@@ -100,16 +204,31 @@ impl Budget {
         Self::within(size, wait, process_slots())
     }
 
-    /// A budget of `slots` miners at once within the shared `process` budget.
+    /// A budget of at most `slots` miners at once, adaptive within that, within the shared
+    /// `process` budget.
     fn within(slots: usize, wait: Duration, process: Arc<Semaphore>) -> Self {
         Self {
             process: Some(process),
-            ..Self::new(slots, wait)
+            ..Self::adaptive(slots, wait, pressure::global())
         }
     }
 
+    /// The most miners this budget ever drives at once.
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// How many miners it may drive at once now.
+    pub fn limit(&self) -> usize {
+        match &self.adaptive {
+            Some(a) => {
+                a.state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .granted
+            }
+            None => self.size,
+        }
     }
 
     pub fn wait(&self) -> Duration {
@@ -119,6 +238,9 @@ impl Budget {
     /// A slot for one miner (the agent's, then its process's), waiting at most the budget's
     /// `wait` for both.
     pub async fn acquire(&self) -> Result<Slot, Starved> {
+        if let Some(a) = &self.adaptive {
+            a.pressure.ensure_probe();
+        }
         let both = async {
             let own = self.slots.clone().acquire_owned().await?;
             let process = match &self.process {
@@ -126,8 +248,10 @@ impl Budget {
                 None => None,
             };
             Ok::<_, tokio::sync::AcquireError>(Slot {
-                _own: own,
+                own: Some(own),
                 _process: process,
+                adaptive: self.adaptive.clone(),
+                slots: self.slots.clone(),
             })
         };
         match tokio::time::timeout(self.wait, both).await {
@@ -135,8 +259,10 @@ impl Budget {
             // The semaphores are never closed; treat it as the agent's problem all the same.
             Ok(Err(_)) => Err(Starved("the in-flight budget is closed".to_owned())),
             Err(_) => Err(Starved(format!(
-                "no in-flight slot within {:?} ({} slots, shared with the process's other agents)",
-                self.wait, self.size
+                "no in-flight slot within {:?} ({} of at most {} slots, shared with the process's other agents)",
+                self.wait,
+                self.limit(),
+                self.size
             ))),
         }
     }
@@ -145,8 +271,18 @@ impl Budget {
 /// One miner's place in flight, given back when dropped.
 #[derive(Debug)]
 pub struct Slot {
-    _own: OwnedSemaphorePermit,
+    own: Option<OwnedSemaphorePermit>,
     _process: Option<OwnedSemaphorePermit>,
+    adaptive: Option<Arc<Adaptive>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let (Some(adaptive), Some(permit)) = (&self.adaptive, self.own.take()) {
+            adaptive.release(permit, &self.slots);
+        }
+    }
 }
 
 /// Linux errno values that mean this process (or the host) ran short, not the peer.
@@ -237,6 +373,52 @@ mod tests {
         assert!(a.acquire().await.is_err());
         drop(held);
         assert!(b.acquire().await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overloaded_runtime_cuts_the_limit_and_a_calm_one_grows_it_again() {
+        static P: Pressure = Pressure::new();
+        let budget = Budget::adaptive(1_000, Duration::from_millis(20), &P);
+        assert_eq!((budget.limit(), budget.size()), (INITIAL_IN_FLIGHT, 1_000));
+        let held = hold(&budget, 256).await;
+        assert!(
+            budget.acquire().await.is_err(),
+            "256 in flight is the limit"
+        );
+
+        // The runtime falls behind while all 256 are in flight: the limit halves, and the
+        // permits of miners still in flight are forgotten as they come back.
+        P.record(pressure::OVERLOADED);
+        drop(held);
+        assert_eq!(budget.limit(), 128);
+        let held = hold(&budget, 128).await;
+        assert!(
+            budget.acquire().await.is_err(),
+            "only 128 may be in flight now"
+        );
+        drop(held);
+
+        // On time again: each round of miners done adds to the limit.
+        P.record(Duration::from_millis(1));
+        for _ in 0..20 {
+            let n = budget.limit();
+            drop(hold(&budget, n).await);
+        }
+        let grown = budget.limit();
+        assert!(
+            grown > 140,
+            "the limit grows back while the runtime keeps up: {grown}"
+        );
+        drop(hold(&budget, grown).await);
+    }
+
+    async fn hold(budget: &Budget, n: usize) -> Vec<Slot> {
+        let mut slots = Vec::with_capacity(n);
+        for i in 0..n {
+            let slot = budget.acquire().await;
+            slots.push(slot.unwrap_or_else(|e| panic!("slot {i} of {n}: {e}")));
+        }
+        slots
     }
 
     #[tokio::test]

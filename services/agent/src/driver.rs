@@ -177,6 +177,7 @@ where
     F: Future<Output = anyhow::Result<T>>,
 {
     let started = Instant::now();
+    let since = crate::pressure::global().mark();
     let result = tokio::time::timeout(deadline, fut).await;
     let took = started.elapsed();
     instruments::miner_call(op, took);
@@ -185,17 +186,26 @@ where
         Err(_) => MinerError::Timeout,
         Ok(Err(e)) => classify(&e, took),
     };
-    Err(blame(error))
+    Err(blame(error, since))
 }
 
-/// A transport failure while this process cannot open a socket is the agent's, not the
-/// miner's: asic-rs reports a connect that failed for want of a descriptor as a plain
-/// connection failure.
-fn blame(error: MinerError) -> MinerError {
-    if error.is_transport()
-        && let Err(starved) = budget::can_open_socket()
-    {
+/// A transport failure (a timeout, a refused or lost connection) is the agent's, not the
+/// miner's, while this process cannot open a socket (asic-rs reports a connect that failed for
+/// want of a descriptor as a plain connection failure) or when the call spent its time waiting
+/// for the agent's own CPU ([`crate::pressure`]).
+pub(crate) fn blame(error: MinerError, since: crate::pressure::Mark) -> MinerError {
+    if !error.is_transport() {
+        return error;
+    }
+    if let Err(starved) = budget::can_open_socket() {
         return starved.into();
+    }
+    let pressure = crate::pressure::global();
+    if pressure.blames_agent(since) {
+        return MinerError::Starved(format!(
+            "{error}, while the agent's runtime was behind (latest {} ms late)",
+            pressure.last().as_millis()
+        ));
     }
     error
 }
@@ -596,6 +606,37 @@ mod tests {
         );
         let text = anyhow::anyhow!("error sending request: Too many open files (os error 24)");
         assert!(classify(&text, Duration::from_secs(5)).is_starved());
+    }
+
+    #[test]
+    fn a_deadline_lost_to_the_agents_own_cpu_is_not_the_miners_fault() {
+        let pressure = crate::pressure::global();
+        let since = pressure.mark();
+        // The runtime on time: a timeout and a refused connection are the miner's.
+        pressure.record(Duration::from_millis(2));
+        assert_eq!(blame(MinerError::Timeout, since), MinerError::Timeout);
+        let refused = MinerError::Unreachable("connection refused".into());
+        assert_eq!(blame(refused.clone(), since), refused);
+        // The runtime a second and more behind while the call waited: the agent's.
+        for _ in 0..11 {
+            pressure.record(Duration::from_millis(100));
+        }
+        assert!(blame(MinerError::Timeout, since).is_starved());
+        assert!(blame(refused.clone(), since).is_starved());
+        assert_eq!(
+            blame(refused.clone(), since).outcome(),
+            None,
+            "no outcome, no attempt"
+        );
+        // What the miner said is never the agent's fault, however late the runtime.
+        let invalid = MinerError::InvalidReply("garbage".into());
+        assert_eq!(blame(invalid.clone(), since), invalid);
+        // A call that starts after the stall is judged on its own time.
+        pressure.record(Duration::from_millis(1));
+        assert_eq!(
+            blame(MinerError::Timeout, pressure.mark()),
+            MinerError::Timeout
+        );
     }
 
     #[test]

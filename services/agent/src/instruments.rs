@@ -72,6 +72,16 @@ pub fn miner_call(op: Op, took: Duration) {
     metrics::histogram!(MINER_CALL_SECONDS, "op" => op.label()).record(took.as_secs_f64());
 }
 
+/// How late the runtime woke the pressure probe ([`crate::pressure`]).
+pub fn runtime_lag(lag: Duration) {
+    metrics::gauge!(ebb_obs::names::AGENT_RUNTIME_LAG_SECONDS).set(lag.as_secs_f64());
+}
+
+/// An adaptive in-flight limit moved by `delta` miners ([`crate::budget`]).
+pub fn in_flight_limit(delta: f64) {
+    metrics::gauge!(ebb_obs::names::AGENT_IN_FLIGHT_LIMIT).increment(delta);
+}
+
 pub fn poll_cycle(took: Duration, unreachable: usize) {
     metrics::histogram!(POLL_CYCLE_SECONDS).record(took.as_secs_f64());
     metrics::gauge!(MINERS_UNREACHABLE).set(unreachable as f64);

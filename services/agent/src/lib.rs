@@ -27,8 +27,10 @@ mod driver;
 mod execute;
 pub mod instruments;
 mod inventory;
+pub mod limit;
 mod miner_path;
 mod native;
+pub mod pressure;
 pub mod scan;
 mod telemetry;
 

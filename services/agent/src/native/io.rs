@@ -2,7 +2,7 @@
 //! I/O errors onto [`MinerError`], where the agent's own exhaustion is never the miner's.
 
 use crate::budget;
-use crate::driver::MinerError;
+use crate::driver::{MinerError, blame};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -18,20 +18,11 @@ pub async fn within<T>(
     deadline: Duration,
     fut: impl Future<Output = Result<T, MinerError>>,
 ) -> Result<T, MinerError> {
+    let since = crate::pressure::global().mark();
     match tokio::time::timeout(deadline, fut).await {
-        Ok(r) => r.map_err(blame),
-        Err(_) => Err(blame(MinerError::Timeout)),
+        Ok(r) => r.map_err(|e| blame(e, since)),
+        Err(_) => Err(blame(MinerError::Timeout, since)),
     }
-}
-
-/// A transport failure while this process cannot open a socket is the agent's.
-fn blame(error: MinerError) -> MinerError {
-    if error.is_transport()
-        && let Err(starved) = budget::can_open_socket()
-    {
-        return starved.into();
-    }
-    error
 }
 
 /// Maps a socket error: the agent's exhaustion, a timeout, or an unreachable miner.
