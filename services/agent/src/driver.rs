@@ -186,14 +186,18 @@ where
         Err(_) => MinerError::Timeout,
         Ok(Err(e)) => classify(&e, took),
     };
-    Err(blame(error, since))
+    Err(blame(error, since, deadline))
 }
 
 /// A transport failure (a timeout, a refused or lost connection) is the agent's, not the
 /// miner's, while this process cannot open a socket (asic-rs reports a connect that failed for
 /// want of a descriptor as a plain connection failure) or when the call spent its time waiting
 /// for the agent's own CPU ([`crate::pressure`]).
-pub(crate) fn blame(error: MinerError, since: crate::pressure::Mark) -> MinerError {
+pub(crate) fn blame(
+    error: MinerError,
+    since: crate::pressure::Mark,
+    deadline: Duration,
+) -> MinerError {
     if !error.is_transport() {
         return error;
     }
@@ -201,10 +205,10 @@ pub(crate) fn blame(error: MinerError, since: crate::pressure::Mark) -> MinerErr
         return starved.into();
     }
     let pressure = crate::pressure::global();
-    if pressure.blames_agent(since) {
+    if pressure.blames_agent(since, deadline) {
         return MinerError::Starved(format!(
-            "{error}, while the agent's runtime was behind (latest {} ms late)",
-            pressure.last().as_millis()
+            "{error}, while the agent's runtime ran {} ms late at each step",
+            pressure.lateness_since(since).as_millis()
         ));
     }
     error
@@ -611,30 +615,33 @@ mod tests {
     #[test]
     fn a_deadline_lost_to_the_agents_own_cpu_is_not_the_miners_fault() {
         let pressure = crate::pressure::global();
+        let deadline = Duration::from_secs(10);
         let since = pressure.mark();
         // The runtime on time: a timeout and a refused connection are the miner's.
         pressure.record(Duration::from_millis(2));
-        assert_eq!(blame(MinerError::Timeout, since), MinerError::Timeout);
-        let refused = MinerError::Unreachable("connection refused".into());
-        assert_eq!(blame(refused.clone(), since), refused);
-        // The runtime a second and more behind while the call waited: the agent's.
-        for _ in 0..11 {
-            pressure.record(Duration::from_millis(100));
-        }
-        assert!(blame(MinerError::Timeout, since).is_starved());
-        assert!(blame(refused.clone(), since).is_starved());
         assert_eq!(
-            blame(refused.clone(), since).outcome(),
-            None,
-            "no outcome, no attempt"
+            blame(MinerError::Timeout, since, deadline),
+            MinerError::Timeout
         );
+        let refused = MinerError::Unreachable("connection refused".into());
+        assert_eq!(blame(refused.clone(), since, deadline), refused);
+        // The runtime 400 ms late at every step while the call waited: the agent's.
+        let since = pressure.mark();
+        for _ in 0..5 {
+            pressure.record(Duration::from_millis(400));
+        }
+        assert!(blame(MinerError::Timeout, since, deadline).is_starved());
+        assert!(blame(refused.clone(), since, deadline).is_starved());
+        let outcome = blame(refused.clone(), since, deadline).outcome();
+        assert_eq!(outcome, None, "no outcome, no attempt");
         // What the miner said is never the agent's fault, however late the runtime.
         let invalid = MinerError::InvalidReply("garbage".into());
-        assert_eq!(blame(invalid.clone(), since), invalid);
+        assert_eq!(blame(invalid.clone(), since, deadline), invalid);
         // A call that starts after the stall is judged on its own time.
         pressure.record(Duration::from_millis(1));
+        let fresh = pressure.mark();
         assert_eq!(
-            blame(MinerError::Timeout, pressure.mark()),
+            blame(MinerError::Timeout, fresh, deadline),
             MinerError::Timeout
         );
     }

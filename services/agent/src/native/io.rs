@@ -20,8 +20,8 @@ pub async fn within<T>(
 ) -> Result<T, MinerError> {
     let since = crate::pressure::global().mark();
     match tokio::time::timeout(deadline, fut).await {
-        Ok(r) => r.map_err(|e| blame(e, since)),
-        Err(_) => Err(blame(MinerError::Timeout, since)),
+        Ok(r) => r.map_err(|e| blame(e, since, deadline)),
+        Err(_) => Err(blame(MinerError::Timeout, since, deadline)),
     }
 }
 
