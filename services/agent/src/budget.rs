@@ -236,8 +236,24 @@ impl Budget {
     }
 
     /// A slot for one miner (the agent's, then its process's), waiting at most the budget's
-    /// `wait` for both.
+    /// `wait` for both: for polls, which come round again.
     pub async fn acquire(&self) -> Result<Slot, Starved> {
+        match tokio::time::timeout(self.wait, self.acquire_in_turn()).await {
+            Ok(slot) => slot,
+            Err(_) => Err(Starved(format!(
+                "no in-flight slot within {:?} ({} of at most {} slots, shared with the process's other agents)",
+                self.wait,
+                self.limit(),
+                self.size
+            ))),
+        }
+    }
+
+    /// A slot for one miner, waiting its turn however long the queue: for command batches,
+    /// whose devices all queue at once and may be many times the limit. Every slot is held for
+    /// at most one device's calls, each under its deadline, so the queue always moves, and the
+    /// batch acks progress meanwhile.
+    pub async fn acquire_in_turn(&self) -> Result<Slot, Starved> {
         if let Some(a) = &self.adaptive {
             a.pressure.ensure_probe();
         }
@@ -254,17 +270,9 @@ impl Budget {
                 slots: self.slots.clone(),
             })
         };
-        match tokio::time::timeout(self.wait, both).await {
-            Ok(Ok(slot)) => Ok(slot),
-            // The semaphores are never closed; treat it as the agent's problem all the same.
-            Ok(Err(_)) => Err(Starved("the in-flight budget is closed".to_owned())),
-            Err(_) => Err(Starved(format!(
-                "no in-flight slot within {:?} ({} of at most {} slots, shared with the process's other agents)",
-                self.wait,
-                self.limit(),
-                self.size
-            ))),
-        }
+        // The semaphores are never closed; treat it as the agent's problem all the same.
+        both.await
+            .map_err(|_| Starved("the in-flight budget is closed".to_owned()))
     }
 }
 
@@ -419,6 +427,20 @@ mod tests {
             slots.push(slot.unwrap_or_else(|e| panic!("slot {i} of {n}: {e}")));
         }
         slots
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_command_waits_its_turn_past_the_polls_wait() {
+        let budget = Budget::new(1, Duration::from_millis(20));
+        let held = budget.acquire().await.unwrap();
+        let queued = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.acquire_in_turn().await.map(drop) })
+        };
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(!queued.is_finished(), "still in the queue, not deferred");
+        drop(held);
+        assert!(queued.await.unwrap().is_ok());
     }
 
     #[tokio::test]

@@ -625,10 +625,10 @@ mod tests {
         );
         let refused = MinerError::Unreachable("connection refused".into());
         assert_eq!(blame(refused.clone(), since, deadline), refused);
-        // The runtime 400 ms late at every step while the call waited: the agent's.
+        // The runtime 600 ms late at every step while the call waited: the agent's.
         let since = pressure.mark();
         for _ in 0..5 {
-            pressure.record(Duration::from_millis(400));
+            pressure.record(Duration::from_millis(600));
         }
         assert!(blame(MinerError::Timeout, since, deadline).is_starved());
         assert!(blame(refused.clone(), since, deadline).is_starved());

@@ -304,7 +304,9 @@ async fn execute_indexed(
         sample: None,
         took,
     };
-    let Ok(_slot) = path.budget.acquire().await else {
+    // In turn, however long the queue: a batch's devices all wait at once, and an adaptive
+    // limit may be a small part of the batch.
+    let Ok(_slot) = path.budget.acquire_in_turn().await else {
         return (i, deferred(Duration::ZERO));
     };
     let started = Instant::now();

@@ -25,8 +25,10 @@ use std::time::Duration;
 pub const PROBE_EVERY: Duration = Duration::from_millis(50);
 
 /// Lateness at which a tick counts as overloaded: miners in flight wait this long for the CPU
-/// at each step of a call (connect, write, each read), far more than the work of a step.
-pub const OVERLOADED: Duration = Duration::from_millis(250);
+/// at each step of a call (connect, write, each read), far more than the work of a step, and
+/// eight such waits come near a 10 s read deadline. Below it, more in flight costs latency but
+/// not throughput; and the load of other processes on the machine rarely reaches it.
+pub const OVERLOADED: Duration = Duration::from_millis(500);
 
 /// The waits for the CPU one miner call takes: connect, write, reads, close.
 pub const WAITS_PER_CALL: u32 = 8;
@@ -167,16 +169,16 @@ mod tests {
         for _ in 0..100 {
             p.record(Duration::from_millis(2));
         }
-        p.record(Duration::from_millis(300));
-        assert_eq!(p.overloads(), 1, "only the 300 ms tick was overloaded");
+        p.record(Duration::from_millis(600));
+        assert_eq!(p.overloads(), 1, "only the 600 ms tick was overloaded");
         assert!(
             !p.blames_agent(mark, DEADLINE),
-            "5 ms late on average while the call ran: the miner was slow"
+            "8 ms late on average while the call ran: the miner was slow"
         );
-        // A call that began since runs 320 ms late at every step: 2.6 s of its 10 s.
+        // A call that began since runs 520 ms late at every step: 4.2 s of its 10 s.
         let late = p.mark();
         for _ in 0..10 {
-            p.record(Duration::from_millis(320));
+            p.record(Duration::from_millis(520));
         }
         assert!(p.blames_agent(late, DEADLINE));
         // The same lateness is not enough to blame the agent for a 60 s control call.
@@ -214,10 +216,10 @@ mod tests {
             P.ensure_probe();
             tokio::task::yield_now().await;
             // Hogs the only thread: the probe's tick comes a long way late.
-            std::thread::sleep(Duration::from_millis(400));
+            std::thread::sleep(Duration::from_millis(700));
             tokio::time::sleep(PROBE_EVERY * 2).await;
         });
-        assert!(P.overloads() >= 1, "a 400 ms stall is an overload");
+        assert!(P.overloads() >= 1, "a 700 ms stall is an overload");
         drop(rt);
         assert!(
             !P.probing.load(Ordering::Acquire),
