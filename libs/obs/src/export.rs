@@ -167,4 +167,19 @@ mod tests {
             Err(()),
         );
     }
+
+    /// Both transports build (gRPC inside a runtime, as `ebb` starts it), and shutting down an
+    /// exporter that never reached its collector returns.
+    #[tokio::test]
+    async fn both_protocols_build() {
+        for protocol in [Protocol::HttpProtobuf, Protocol::Grpc] {
+            let export = TraceExport {
+                endpoint: "http://127.0.0.1:9/v1/traces".into(),
+                protocol,
+                service_name: "test".into(),
+            };
+            let provider = export.provider().expect("a provider");
+            drop(provider.shutdown());
+        }
+    }
 }

@@ -99,6 +99,13 @@ pub fn follow_headers(span: &tracing::Span, headers: Option<&HeaderMap>) {
     follow(span, extract(headers));
 }
 
+/// Makes `span` a child of the context an HTTP request carries (a caller that traces its own
+/// work), like [`follow_headers`].
+pub fn follow_http(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+    let tp = headers.get(TRACEPARENT).and_then(|v| v.to_str().ok());
+    follow(span, extract_traceparent(tp));
+}
+
 /// Makes `span` a child of a stored `traceparent`, like [`follow_headers`].
 pub fn follow_traceparent(span: &tracing::Span, traceparent: Option<&str>) {
     follow(span, extract_traceparent(traceparent));
@@ -185,6 +192,27 @@ mod tests {
                 "{tp}"
             );
             assert_ne!(tp, VALID, "a child has its own span id");
+        });
+    }
+
+    #[test]
+    fn an_http_caller_s_trace_is_joined() {
+        with_otel(|| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(TRACEPARENT, VALID.parse().unwrap());
+            let span = tracing::info_span!("http request");
+            follow_http(&span, &h);
+            assert_eq!(
+                trace_id(&span).as_deref(),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736")
+            );
+            h.insert(TRACEPARENT, "garbage".parse().unwrap());
+            let span = tracing::info_span!("http request");
+            follow_http(&span, &h);
+            assert_ne!(
+                trace_id(&span).as_deref(),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736")
+            );
         });
     }
 

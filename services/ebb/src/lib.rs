@@ -132,6 +132,19 @@ mod tests {
     }
 
     #[test]
+    fn a_service_process_is_named_after_its_service() {
+        for (sub, name) in [
+            (Some("planner"), "planner"),
+            (Some("agent"), "agent"),
+            (Some("dev"), "ebb"),
+            (Some("admin"), "ebb"),
+            (None, "ebb"),
+        ] {
+            assert_eq!(service_name(sub), name, "{sub:?}");
+        }
+    }
+
+    #[test]
     fn every_service_of_the_table_is_a_subcommand() {
         for entry in services::SERVICES {
             let m = cli().try_get_matches_from(["ebb", entry.name, "--print-config"]);

@@ -1,6 +1,7 @@
 //! Traces across every hop (issue 10): every service in one process, as `ebb dev` runs them,
 //! exports its spans over OTLP/HTTP to an in-process receiver; one curtailment, from the HTTP
-//! Start to `active`, is one trace holding gateway, planner, reconciler and agent spans.
+//! Start to `active`, is one trace holding gateway, planner, reconciler and agent spans (and the
+//! worker's publish of the event's notices on the feed).
 //!
 //! Its own test binary: the tracer provider is process-wide, and installing it first is what
 //! this test is about (nextest runs it alone, see .config/nextest.toml).
@@ -325,7 +326,7 @@ async fn one_curtailment_is_one_trace_across_every_service() {
 
     // Everything ended so far reaches the receiver.
     ebb_obs::flush_tracing();
-    let wanted = ["gateway", "planner", "reconciler", "agent"];
+    let wanted = ["gateway", "planner", "reconciler", "agent", "worker"];
     let mut seen = BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -358,13 +359,14 @@ async fn one_curtailment_is_one_trace_across_every_service() {
         );
     }
     // The spans that do the event's work say which: the planner's Start, the reconciler's
-    // dispatch and confirmation, the agent's command batch.
+    // dispatch and confirmation, the agent's command batch, the worker's feed notice.
     for (service, name) in [
-        ("gateway", "http request"),
+        ("gateway", "POST /v1/curtailments"),
         ("planner", "planner request"),
         ("reconciler", "dispatch"),
         ("reconciler", "confirm"),
         ("agent", "command batch"),
+        ("worker", "relay"),
     ] {
         assert!(
             in_trace

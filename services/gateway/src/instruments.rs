@@ -26,7 +26,7 @@ pub async fn record(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let started = Instant::now();
-    // The request's span: the root of the trace every hop of a curtailment it starts joins.
+    // The request's span: the trace every hop of a curtailment it starts joins.
     let span = tracing::info_span!(
         "http request",
         ebb.service = "gateway",
@@ -36,6 +36,8 @@ pub async fn record(req: Request, next: Next) -> Response {
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
     );
+    // A caller that traces its own work (a `traceparent` header) has the request join its trace.
+    ebb_obs::trace::follow_http(&span, req.headers());
     let response = next.run(req).instrument(span.clone()).await;
     span.record("http.response.status_code", response.status().as_u16());
     let status = match response.status().as_u16() / 100 {
