@@ -373,7 +373,7 @@ async fn one_curtailment_is_one_trace_across_every_service() {
                 .iter()
                 .any(|g| g.service.as_deref() == Some(service)
                     && g.name == name
-                    && (service == "gateway" || g.event_id.as_deref() == Some(id.as_str()))),
+                    && g.event_id.as_deref() == Some(id.as_str())),
             "no {service} {name:?} span for event {id} in trace {trace_id}: {by_service:?}"
         );
     }

@@ -35,6 +35,7 @@ pub async fn record(req: Request, next: Next) -> Response {
         http.request.method = method,
         http.route = %route,
         http.response.status_code = tracing::field::Empty,
+        event_id = tracing::field::Empty,
     );
     // A caller that traces its own work (a `traceparent` header) has the request join its trace.
     ebb_obs::trace::follow_http(&span, req.headers());
