@@ -1,12 +1,9 @@
 //! Publishing to JetStream with `Nats-Msg-Id`, so a retried publish is a no-op inside the duplicate
-//! window, and with the current trace context in a `traceparent` header.
+//! window, and with the current span's trace context in a `traceparent` header (see
+//! `ebb_obs::trace`).
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use bytes::Bytes;
-
-/// The header that carries W3C trace context between services.
-pub const TRACEPARENT: &str = "traceparent";
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -23,18 +20,15 @@ pub enum PublishError {
 }
 
 /// Sends one message and returns its ack future without waiting, so callers can pipeline many
-/// publishes and then await the acks (about 4× the throughput of awaiting each in turn).
+/// publishes and then await the acks (about 4× the throughput of awaiting each in turn). The
+/// message carries the current span's trace context.
 pub async fn send(
     js: &jetstream::Context,
     subject: String,
     msg_id: &str,
     payload: Vec<u8>,
-    traceparent: Option<&str>,
 ) -> Result<(String, PublishAckFuture), PublishError> {
-    let mut headers = HeaderMap::new();
-    if let Some(tp) = traceparent {
-        headers.insert(TRACEPARENT, tp);
-    }
+    let headers = ebb_obs::trace::headers();
     let msg = PublishMessage::build()
         .payload(Bytes::from(payload))
         .headers(headers)
@@ -52,9 +46,8 @@ pub async fn publish_acked(
     subject: String,
     msg_id: &str,
     payload: Vec<u8>,
-    traceparent: Option<&str>,
 ) -> Result<bool, PublishError> {
-    let (subject, ack) = send(js, subject, msg_id, payload, traceparent).await?;
+    let (subject, ack) = send(js, subject, msg_id, payload).await?;
     let ack = ack
         .await
         .map_err(|source| PublishError::Ack { subject, source })?;

@@ -1,5 +1,6 @@
 //! Typed request/reply over the NATS service API: a request body in an envelope, a [`Reply`] back.
-//! Every call has a timeout; "nobody is listening" is its own error so callers can say so.
+//! Every call has a timeout; "nobody is listening" is its own error so callers can say so. A
+//! request carries the caller's trace context in its headers.
 //!
 //! A request type names its endpoint ([`Request`]): the subject it goes to and the reply it gets
 //! are part of its type, so no caller can send it to the wrong subject or decode the wrong reply,
@@ -82,6 +83,7 @@ async fn send<Req: Serialize, Resp: DeserializeOwned>(
     let payload = encode(&Envelope::new(org, body))?;
     let req = async_nats::Request::new()
         .payload(Bytes::from(payload))
+        .headers(ebb_obs::trace::headers())
         .timeout(Some(timeout));
     let msg = client
         .send_request(subject.to_owned(), req)

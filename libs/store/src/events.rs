@@ -47,12 +47,15 @@ pub struct EventRow {
     pub restore_started_at: Option<DateTime<Utc>>,
     pub last_restore_batch_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// The W3C trace context of the request that started the event: work done for it later
+    /// (dispatch, confirmation, the feed's notices) joins that request's trace.
+    pub traceparent: Option<String>,
 }
 
 const EVENT_COLUMNS: &str = "id, org_id, state, mode, mode_params, command, scope, priority, reason, target_kw,
     selection, restore_batch_size, restore_batch_interval_s, max_duration_s, idempotency_key,
     external_source, external_reference, created_by, source_actor, stop_cause, stop_reason, created_at, updated_at,
-    activated_at, restore_started_at, last_restore_batch_at, ended_at";
+    activated_at, restore_started_at, last_restore_batch_at, ended_at, traceparent";
 
 fn event_from_row(r: &sqlx::postgres::PgRow) -> Result<EventRow, StoreError> {
     let state: String = r.get("state");
@@ -87,6 +90,7 @@ fn event_from_row(r: &sqlx::postgres::PgRow) -> Result<EventRow, StoreError> {
         restore_started_at: r.get("restore_started_at"),
         last_restore_batch_at: r.get("last_restore_batch_at"),
         ended_at: r.get("ended_at"),
+        traceparent: r.get("traceparent"),
     })
 }
 
@@ -123,6 +127,8 @@ pub struct NewEvent {
     pub external_reference: Option<String>,
     pub created_by: Option<Uuid>,
     pub source_actor: String,
+    /// The trace context of the Start request (`None` when traces are not exported).
+    pub traceparent: Option<String>,
 }
 
 /// Inserts the event and all its targets (pending, baseline from the selection) in the caller's
@@ -137,8 +143,8 @@ pub async fn insert_event(
     let row = sqlx::query(&format!(
         "INSERT INTO curtailment_event (id, org_id, state, mode, mode_params, command, scope, priority, reason,
             target_kw, selection, restore_batch_size, restore_batch_interval_s, max_duration_s,
-            idempotency_key, external_source, external_reference, created_by, source_actor)
-         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+            idempotency_key, external_source, external_reference, created_by, source_actor, traceparent)
+         VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
          RETURNING {EVENT_COLUMNS}"
     ))
     .bind(e.id.0)
@@ -159,6 +165,7 @@ pub async fn insert_event(
     .bind(&e.external_reference)
     .bind(e.created_by)
     .bind(&e.source_actor)
+    .bind(&e.traceparent)
     .fetch_one(&mut *conn)
     .await
     .map_err(StoreError::classify)?;
@@ -918,8 +925,8 @@ pub async fn event_of_batch(
 /// safety tick.
 pub const EVENT_CHANNEL: &str = "ebb.events";
 
-/// Queues the notice of a state change (published on the event feed by the worker), in the
-/// caller's transaction, and notifies [`EVENT_CHANNEL`] when it commits.
+/// Queues the notice of a state change (published on the event feed by the worker, in the trace
+/// of the request that started the event), in the caller's transaction, and notifies [`EVENT_CHANNEL`] when it commits.
 pub async fn announce(
     conn: &mut PgConnection,
     event: &EventRow,
@@ -934,7 +941,13 @@ pub async fn announce(
         reason: reason.map(str::to_owned),
         at: event.updated_at,
     };
-    crate::outbox::enqueue(conn, Some(event.org_id), &notice).await?;
+    crate::outbox::enqueue_traced(
+        conn,
+        Some(event.org_id),
+        &notice,
+        event.traceparent.as_deref(),
+    )
+    .await?;
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(EVENT_CHANNEL)
         .bind(event.id.0.to_string())

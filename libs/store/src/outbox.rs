@@ -52,15 +52,28 @@ pub async fn enqueue(
     org: Option<OrgId>,
     notice: &Notice,
 ) -> Result<Uuid, StoreError> {
+    enqueue_traced(conn, org, notice, None).await
+}
+
+/// [`enqueue`], with the W3C trace context its publish is to join.
+pub async fn enqueue_traced(
+    conn: &mut PgConnection,
+    org: Option<OrgId>,
+    notice: &Notice,
+    traceparent: Option<&str>,
+) -> Result<Uuid, StoreError> {
     let id = Uuid::now_v7();
     let payload = serde_json::to_vec(notice).map_err(|e| StoreError::Encode(e.to_string()))?;
-    sqlx::query("INSERT INTO outbox (id, org_id, kind, payload) VALUES ($1, $2, $3, $4)")
-        .bind(id)
-        .bind(org.map(|o| o.0))
-        .bind(notice.kind())
-        .bind(payload)
-        .execute(conn)
-        .await?;
+    sqlx::query(
+        "INSERT INTO outbox (id, org_id, kind, payload, traceparent) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(org.map(|o| o.0))
+    .bind(notice.kind())
+    .bind(payload)
+    .bind(traceparent)
+    .execute(conn)
+    .await?;
     Ok(id)
 }
 
@@ -73,6 +86,8 @@ pub struct Pending {
     /// Claims of this row so far, this one included.
     pub attempts: u32,
     pub message: Message,
+    /// The trace context the publish joins (the event's), if any.
+    pub traceparent: Option<String>,
 }
 
 /// A row's content.
@@ -134,7 +149,8 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Claim, 
                  AND (claimed_until IS NULL OR claimed_until <= now())
                ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) c
          WHERE o.id = c.id
-         RETURNING o.id, o.org_id, o.created_at, o.attempts, o.kind, o.subject, o.payload",
+         RETURNING o.id, o.org_id, o.created_at, o.attempts, o.kind, o.subject, o.payload,
+                   o.traceparent",
     )
     .bind(limit)
     .bind(lease.as_secs_f64())
@@ -166,6 +182,7 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Claim, 
                 created_at: r.get("created_at"),
                 attempts: u32::try_from(r.get::<i32, _>("attempts")).unwrap_or(0),
                 message,
+                traceparent: r.get("traceparent"),
             }
         })
         .collect();

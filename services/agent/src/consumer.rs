@@ -21,6 +21,7 @@ use futures::StreamExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How long one pull waits for a batch; also the longest shutdown waits for an idle pull.
 const PULL_WAIT: Duration = Duration::from_secs(2);
@@ -102,36 +103,50 @@ async fn hand_back(site: &ebb_domain::SiteCode, message: &jetstream::Message) {
     }
 }
 
-/// Handles one delivered batch: run or reject it, publish its results, then ack.
+/// Handles one delivered batch in its span, which continues the trace the batch's headers carry
+/// (the event's): its results are published in the same trace.
 async fn handle(agent: &Agent, message: jetstream::Message, shutdown: &CancellationToken) {
+    let span = tracing::info_span!(
+        "command batch",
+        ebb.service = "agent",
+        otel.kind = "consumer",
+        site = %agent.site,
+        batch_id = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+        kind = tracing::field::Empty,
+        devices = tracing::field::Empty,
+    );
+    ebb_obs::trace::follow_headers(&span, message.headers.as_ref());
+    // Boxed: the spawned consumer's future type is otherwise too deep for the Send check.
+    let run: futures::future::BoxFuture<'_, ()> = Box::pin(run_batch(agent, message, shutdown));
+    run.instrument(span).await
+}
+
+/// Runs or rejects one delivered batch, publishes its results, then acks.
+async fn run_batch(agent: &Agent, message: jetstream::Message, shutdown: &CancellationToken) {
     let site = &agent.site;
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
-    let traceparent = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(publish::TRACEPARENT))
-        .map(|v| v.as_str().to_owned());
     let decoded = ebb_bus::decode::<CommandBatch>(&message.payload);
     let batch = match decoded {
         Ok(env) => match execute::validate(&env.body, site) {
             Ok(()) => env.body,
             Err(reason) => {
-                return reject(
-                    agent,
-                    &message,
-                    Some(&env.body),
-                    &reason,
-                    traceparent.as_deref(),
-                )
-                .await;
+                return reject(agent, &message, Some(&env.body), &reason).await;
             }
         },
         Err(error) => {
             let reason = format!("undecodable command batch: {}", crate::error_chain(&error));
-            return reject(agent, &message, None, &reason, traceparent.as_deref()).await;
+            return reject(agent, &message, None, &reason).await;
         }
     };
     let started = Instant::now();
+    let span = tracing::Span::current();
+    span.record("batch_id", tracing::field::display(batch.batch_id));
+    if let Some(event) = batch.event_id {
+        span.record("event_id", tracing::field::display(event));
+    }
+    span.record("kind", batch.command.label());
+    span.record("devices", batch.devices.len());
     tracing::info!(
         %site,
         batch_id = %batch.batch_id,
@@ -174,7 +189,7 @@ async fn handle(agent: &Agent, message: jetstream::Message, shutdown: &Cancellat
     };
     let summary = Summary::of(&result.results);
     let published = (result.results.is_empty() && deferred > 0)
-        || publish_result_with_retry(agent, result, traceparent.as_deref(), shutdown).await;
+        || publish_result_with_retry(agent, result, shutdown).await;
     if !published || deferred > 0 {
         if deferred > 0 {
             tracing::warn!(%site, batch_id = %batch.batch_id, deferred, delivered, "the agent was starved: running the batch again later for its deferred devices");
@@ -211,14 +226,13 @@ async fn reject(
     message: &jetstream::Message,
     decoded: Option<&CommandBatch>,
     reason: &str,
-    traceparent: Option<&str>,
 ) {
     let site = &agent.site;
     instruments::poison_batch();
     tracing::warn!(%site, batch_id = ?decoded.map(|b| b.batch_id), %reason, "terminating poison command batch");
     if let Some(result) = execute::poison(&message.payload, decoded, site, reason)
         && !result.results.is_empty()
-        && let Err(error) = publish_result(agent, &result, traceparent).await
+        && let Err(error) = publish_result(agent, &result).await
     {
         tracing::error!(%site, error = %crate::error_chain(&error), "publishing invalid_command results failed");
     }
@@ -230,7 +244,6 @@ async fn reject(
 async fn publish_result_with_retry(
     agent: &Agent,
     result: BatchResult,
-    traceparent: Option<&str>,
     shutdown: &CancellationToken,
 ) -> bool {
     let site = &agent.site;
@@ -243,7 +256,7 @@ async fn publish_result_with_retry(
     };
     let mut delay = Duration::from_millis(200);
     for attempt in 1..=RESULT_ATTEMPTS {
-        match send_all(agent, &messages, traceparent).await {
+        match send_all(agent, &messages).await {
             Ok(()) => return true,
             Err(error) => {
                 tracing::warn!(%site, batch_id = %result.batch_id, attempt, error = %crate::error_chain(&error), "publishing results failed")
@@ -258,12 +271,8 @@ async fn publish_result_with_retry(
     false
 }
 
-async fn publish_result(
-    agent: &Agent,
-    result: &BatchResult,
-    traceparent: Option<&str>,
-) -> Result<(), ResultError> {
-    send_all(agent, &encode_result(result)?, traceparent).await
+async fn publish_result(agent: &Agent, result: &BatchResult) -> Result<(), ResultError> {
+    send_all(agent, &encode_result(result)?).await
 }
 
 /// Encodes a batch's results as bounded messages that share the batch id, each with its own
@@ -296,17 +305,11 @@ fn encode_result(result: &BatchResult) -> Result<Vec<(String, Vec<u8>)>, ResultE
 }
 
 /// Publishes every message on `ebb.result.<site>`, all sent before any ack is awaited.
-async fn send_all(
-    agent: &Agent,
-    messages: &[(String, Vec<u8>)],
-    traceparent: Option<&str>,
-) -> Result<(), ResultError> {
+async fn send_all(agent: &Agent, messages: &[(String, Vec<u8>)]) -> Result<(), ResultError> {
     let subject = subjects::result(&agent.site);
     let mut acks = Vec::with_capacity(messages.len());
     for (id, payload) in messages {
-        acks.push(
-            publish::send(&agent.js, subject.clone(), id, payload.clone(), traceparent).await?,
-        );
+        acks.push(publish::send(&agent.js, subject.clone(), id, payload.clone()).await?);
     }
     for (subject, ack) in acks {
         ack.await

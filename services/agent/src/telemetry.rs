@@ -278,7 +278,7 @@ pub async fn publish(agent: &Agent, samples: Samples) -> Result<(), TelemetryErr
     let mut acks = Vec::with_capacity(messages.len());
     for payload in messages {
         let id = uuid::Uuid::now_v7().to_string();
-        acks.push(publish::send(&agent.js, subject.clone(), &id, payload, None).await?);
+        acks.push(publish::send(&agent.js, subject.clone(), &id, payload).await?);
     }
     for (subject, ack) in acks {
         ack.await

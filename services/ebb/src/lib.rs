@@ -84,6 +84,15 @@ pub fn cli() -> clap::Command {
     cmd
 }
 
+/// The default `service.name` of the process `ebb <subcommand>` starts: the service's own name
+/// when it runs one service of the table, `ebb` otherwise (`ebb dev` runs them all in one
+/// process, and each span's `ebb.service` attribute tells them apart).
+pub fn service_name(subcommand: Option<&str>) -> &'static str {
+    subcommand
+        .and_then(services::find)
+        .map_or("ebb", |entry| entry.name)
+}
+
 /// Runs a parsed command line. The tracing subscriber and the Prometheus recorder are installed
 /// by the caller, once per process.
 pub async fn run(matches: ArgMatches) -> anyhow::Result<ExitCode> {
@@ -120,6 +129,19 @@ mod tests {
     #[test]
     fn the_cli_definition_is_consistent() {
         cli().debug_assert();
+    }
+
+    #[test]
+    fn a_service_process_is_named_after_its_service() {
+        for (sub, name) in [
+            (Some("planner"), "planner"),
+            (Some("agent"), "agent"),
+            (Some("dev"), "ebb"),
+            (Some("admin"), "ebb"),
+            (None, "ebb"),
+        ] {
+            assert_eq!(service_name(sub), name, "{sub:?}");
+        }
     }
 
     #[test]

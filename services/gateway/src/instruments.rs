@@ -1,5 +1,5 @@
-//! Request metrics (issue 10): every answer counted by method, route and status class, and timed
-//! by method and route. Labels stay low-cardinality: the route is the matched pattern
+//! Request metrics and spans (issue 10): every answer counted by method, route and status class,
+//! timed by method and route, and handled in a span that starts its trace. Labels stay low-cardinality: the route is the matched pattern
 //! (`/v1/curtailments/{id}`, never an id), an unknown method is `other`, an unmatched path is
 //! `unmatched`.
 
@@ -8,6 +8,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use ebb_obs::names::{GATEWAY_REQUEST_SECONDS, GATEWAY_REQUESTS};
 use std::time::Instant;
+use tracing::Instrument;
 
 pub async fn record(req: Request, next: Next) -> Response {
     let method: &'static str = match req.method().as_str() {
@@ -25,7 +26,21 @@ pub async fn record(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let started = Instant::now();
-    let response = next.run(req).await;
+    // The request's span: the trace every hop of a curtailment it starts joins.
+    let span = tracing::info_span!(
+        "http request",
+        ebb.service = "gateway",
+        otel.kind = "server",
+        otel.name = format!("{method} {route}"),
+        http.request.method = method,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        event_id = tracing::field::Empty,
+    );
+    // A caller that traces its own work (a `traceparent` header) has the request join its trace.
+    ebb_obs::trace::follow_http(&span, req.headers());
+    let response = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
     let status = match response.status().as_u16() / 100 {
         1 => "1xx",
         2 => "2xx",

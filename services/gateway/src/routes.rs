@@ -320,6 +320,8 @@ async fn start(
             CallError::Timeout(_) => outcome_unknown(keyed),
             other => planner_error(other),
         })?;
+    // The request's span (see `instruments::record`) names the event it started.
+    tracing::Span::current().record("event_id", tracing::field::display(reply.event_id));
     let view = load_view(&s, &p, reply.event_id).await?;
     let status = if reply.replayed {
         StatusCode::OK

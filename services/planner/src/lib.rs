@@ -23,6 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// The planner as a service of the runtime: answers `ebb.svc.planner.*` until shutdown.
 #[derive(Debug)]
@@ -120,6 +121,15 @@ async fn serve_requests(
     requests
         .for_each_concurrent(MAX_CONCURRENT_REQUESTS, |(verb, req)| {
             let planner = planner.clone();
+            // The caller's (the gateway's) trace continues here.
+            let span = tracing::info_span!(
+                "planner request",
+                ebb.service = "planner",
+                otel.kind = "server",
+                verb,
+                event_id = tracing::field::Empty,
+            );
+            ebb_obs::trace::follow_headers(&span, req.message.headers.as_ref());
             async move {
                 let payload = planner
                     .handle(verb, &req.message.subject, &req.message.payload)
@@ -128,6 +138,7 @@ async fn serve_requests(
                     tracing::warn!(verb, error = %e, "could not send planner reply");
                 }
             }
+            .instrument(span)
         })
         .await;
     service.stop().await.ok();
@@ -289,6 +300,7 @@ impl Planner {
                     }
                     metrics::counter!(ebb_obs::names::PLANNER_STARTS, "mode" => req.mode.label())
                         .increment(1);
+                    tracing::Span::current().record("event_id", tracing::field::display(id));
                     tracing::info!(event_id = %id, org = %req.org, devices = plan.selected.len(),
                         shed_kw = plan.expected_shed_kw, "curtailment started");
                     return Ok(StartReply {
@@ -455,6 +467,9 @@ impl Planner {
             external_reference: req.external_reference.clone(),
             created_by: actor_id,
             source_actor: actor_kind.to_owned(),
+            // The planner's span is the Start request's (a child of the gateway's): everything
+            // done for the event later joins this trace.
+            traceparent: ebb_obs::trace::current_traceparent(),
         };
         let selected = plan.selected.clone();
         let flags = serde_json::json!({

@@ -27,7 +27,6 @@ use ebb_domain::{
     BatchId, CommandKind, DeviceId, EventId, EventState, SiteCode, SiteId, StopCause, TargetState,
 };
 use ebb_obs::names;
-use ebb_obs::trace::TraceParent;
 use ebb_store::events::{self, EventRow, Failure, Retry, TargetChange, TargetRow};
 use ebb_store::{PgPool, StoreError, fleet, tx::with_tx};
 use futures::FutureExt;
@@ -35,6 +34,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 const ACTOR: &str = "reconciler";
 
@@ -291,7 +291,18 @@ impl Reconciler {
                 message.ack().await.ok();
                 continue;
             };
-            match self.apply_result(&result, site_id).await {
+            // The agent's trace (the event's) continues here.
+            let span = tracing::info_span!(
+                "apply result",
+                ebb.service = "reconciler",
+                otel.kind = "consumer",
+                %site,
+                batch_id = %result.batch_id,
+                event_id = result.event_id.map(tracing::field::display),
+                devices = result.results.len(),
+            );
+            ebb_obs::trace::follow_headers(&span, message.headers.as_ref());
+            match self.apply_result(&result, site_id).instrument(span).await {
                 Ok(event) => {
                     if let Some(c) = event.and_then(|e| self.cache.get_mut(&e)) {
                         c.touch(result.results.iter().map(|r| &r.device_id));
@@ -538,6 +549,7 @@ impl Reconciler {
             Some(EventStep::Activate)
                 if self
                     .move_event(ev, EventState::Pending, EventState::Active, None)
+                    .instrument(confirm_span(ev, EventState::Active))
                     .await? =>
             {
                 let took = (Utc::now() - ev.created_at).to_std().unwrap_or_default();
@@ -558,6 +570,7 @@ impl Reconciler {
             }
             Some(EventStep::End(end)) => {
                 self.move_event(ev, EventState::Restoring, end, None)
+                    .instrument(confirm_span(ev, end))
                     .await?;
                 tracing::info!(event_id = %ev.id, state = %end, "curtailment ended");
             }
@@ -730,14 +743,27 @@ impl Reconciler {
                 payload.len()
             );
         }
-        let trace = TraceParent::new_root();
+        // The event's trace (its Start request's): the agent's command span joins it through the
+        // batch's headers.
+        let span = tracing::info_span!(
+            "dispatch",
+            ebb.service = "reconciler",
+            otel.kind = "producer",
+            event_id = %ev.id,
+            %site,
+            batch_id = %batch,
+            kind = command.label(),
+            devices = targets.len(),
+        );
+        ebb_obs::trace::follow_traceparent(&span, ev.traceparent.as_deref());
+        let trace_id = ebb_obs::trace::trace_id(&span);
         let published = ebb_bus::publish::publish_acked(
             &self.js,
             subjects::cmd(site),
             &batch.to_string(),
             payload,
-            Some(&trace.to_string()),
         )
+        .instrument(span)
         .await;
         if let Err(e) = published {
             // Stays stamped: the next pass republishes under the same id, and it costs no attempt.
@@ -750,7 +776,7 @@ impl Reconciler {
             .increment(1);
         metrics::counter!(names::RECONCILER_COMMANDS_PUBLISHED, "kind" => command.label())
             .increment(targets.len() as u64);
-        tracing::debug!(event_id = %ev.id, batch_id = %batch, site = %site, devices = targets.len(), trace_id = %trace.trace_id_hex(), "batch published");
+        tracing::debug!(event_id = %ev.id, batch_id = %batch, site = %site, devices = targets.len(), trace_id = trace_id.as_deref(), "batch published");
         let ids: Vec<DeviceId> = targets.iter().map(|t| t.device_id).collect();
         let change = TargetChange {
             set_dispatched_at: true,
@@ -915,4 +941,18 @@ fn min_opt(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
         (x, None) => x,
         (None, y) => y,
     }
+}
+
+/// The span of the reconciler confirming an event's state from telemetry (`active`, or an end),
+/// in the event's trace.
+fn confirm_span(ev: &EventRow, to: EventState) -> tracing::Span {
+    let span = tracing::info_span!(
+        "confirm",
+        ebb.service = "reconciler",
+        event_id = %ev.id,
+        from = ev.state.as_str(),
+        to = to.as_str(),
+    );
+    ebb_obs::trace::follow_traceparent(&span, ev.traceparent.as_deref());
+    span
 }

@@ -31,6 +31,7 @@ use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 /// Rows published per round; a full round is followed at once by the next.
@@ -245,8 +246,20 @@ async fn publish(js: &jetstream::Context, rows: &[Pending], settings: &RelaySett
         match wire(row) {
             Err(error) => round.failed.push(row_failure(row, error)),
             Ok((subject, payload)) => {
-                match ebb_bus::publish::send(js, subject, &row.id.to_string(), payload, None).await
-                {
+                // The publish joins the trace of the change it announces (the event's).
+                let span = tracing::info_span!(
+                    "relay",
+                    ebb.service = "worker",
+                    otel.kind = "producer",
+                    outbox_id = %row.id,
+                    event_id = event_of(row).map(tracing::field::display),
+                    %subject,
+                );
+                ebb_obs::trace::follow_traceparent(&span, row.traceparent.as_deref());
+                let sent = ebb_bus::publish::send(js, subject, &row.id.to_string(), payload)
+                    .instrument(span)
+                    .await;
+                match sent {
                     Ok((subject, ack)) => acks.push((row, subject, ack)),
                     Err(e) => match blame(&e) {
                         Blame::Row => round.failed.push(row_failure(row, chain(&e))),
@@ -332,6 +345,14 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
         }
+    }
+}
+
+/// The event a row announces a change of, for its span.
+fn event_of(row: &Pending) -> Option<ebb_domain::EventId> {
+    match &row.message {
+        Message::Notice(Notice::EventTransition { event_id, .. }) => Some(*event_id),
+        _ => None,
     }
 }
 

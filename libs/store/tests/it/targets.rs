@@ -33,6 +33,7 @@ fn new_event(f: &Fleet, key: Option<&str>) -> NewEvent {
         external_reference: None,
         created_by: None,
         source_actor: "api_key".into(),
+        traceparent: None,
     }
 }
 

@@ -245,7 +245,7 @@ impl Harness {
 
     pub async fn send_raw(&self, payload: Vec<u8>) {
         let id = uuid::Uuid::now_v7().to_string();
-        publish::publish_acked(&self.js, subjects::cmd(&self.site), &id, payload, None)
+        publish::publish_acked(&self.js, subjects::cmd(&self.site), &id, payload)
             .await
             .expect("the batch is published");
     }

@@ -234,6 +234,7 @@ async fn seed(
         external_reference: None,
         created_by: None,
         source_actor: "scheduler".into(),
+        traceparent: None,
     };
     let mut conn = pool.acquire().await?;
     events::insert_event(&mut conn, &new_event, &selected).await?;

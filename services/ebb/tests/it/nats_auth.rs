@@ -328,7 +328,6 @@ async fn streams_and_batches(hub: &Hub) {
             ebb_bus::subjects::cmd(&site(code)),
             &format!("batch-{code}"),
             code.as_bytes().to_vec(),
-            None,
         )
         .await
         .expect("the reconciler publishes a command batch");
@@ -453,7 +452,7 @@ async fn a_site_agent_reaches_nothing_of_another_site_and_does_its_own_work() {
         ebb_bus::subjects::result(&site("site-a")),
         ebb_bus::subjects::telemetry(&site("site-a")),
     ] {
-        ebb_bus::publish::publish_acked(&js, subject.clone(), "m-1", b"r".to_vec(), None)
+        ebb_bus::publish::publish_acked(&js, subject.clone(), "m-1", b"r".to_vec())
             .await
             .unwrap_or_else(|e| panic!("site A's agent publishes {subject}: {e}"));
     }
@@ -553,7 +552,6 @@ async fn each_service_reaches_only_what_it_owns() {
         "ebb.event.org.event".into(),
         "e-1",
         b"e".to_vec(),
-        None,
     )
     .await
     .expect("the worker publishes the event feed");
@@ -840,7 +838,6 @@ async fn a_site_leaf_node_carries_only_its_sites_subjects() {
         ebb_bus::subjects::result(&site("site-a")),
         "result-a",
         b"r".to_vec(),
-        None,
     )
     .await
     .expect("site A's results reach the hub's RESULT stream through the leaf");

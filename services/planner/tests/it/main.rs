@@ -309,6 +309,7 @@ async fn claim_uncommitted(
         external_reference: None,
         created_by: None,
         source_actor: "api_key".into(),
+        traceparent: None,
     };
     let selected: Vec<Selected> = devices
         .iter()

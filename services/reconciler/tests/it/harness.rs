@@ -345,15 +345,9 @@ async fn scripted_site(
                 };
                 let payload = ebb_bus::encode(&ebb_bus::Envelope::new(None, body)).unwrap();
                 let id = uuid::Uuid::now_v7().to_string();
-                ebb_bus::publish::publish_acked(
-                    &js,
-                    subjects::telemetry(&site),
-                    &id,
-                    payload,
-                    None,
-                )
-                .await
-                .ok();
+                ebb_bus::publish::publish_acked(&js, subjects::telemetry(&site), &id, payload)
+                    .await
+                    .ok();
             }
         }
     };
@@ -427,7 +421,6 @@ async fn scripted_site(
                     subjects::result(&site),
                     &batch.batch_id.to_string(),
                     payload,
-                    None,
                 )
                 .await
                 .unwrap();

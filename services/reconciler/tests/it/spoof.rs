@@ -79,7 +79,6 @@ async fn a_spoofed_result_changes_nothing() {
                 subject,
                 &uuid::Uuid::now_v7().to_string(),
                 payload,
-                None,
             )
             .await
             .unwrap();

@@ -241,7 +241,7 @@ async fn a_relay_that_died_after_publishing_leaves_a_dropped_duplicate() {
         .await
         .unwrap();
     let (subject, payload) = relay::wire(&dead.rows[0]).unwrap();
-    let (_, ack) = ebb_bus::publish::send(&js, subject, &id.to_string(), payload, None)
+    let (_, ack) = ebb_bus::publish::send(&js, subject, &id.to_string(), payload)
         .await
         .unwrap();
     ack.await.unwrap();
