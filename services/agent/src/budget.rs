@@ -9,7 +9,7 @@
 //! cached handle), never reported `unreachable`, `refused` or `unsupported`, so it never costs
 //! a retry attempt at the reconciler.
 
-use crate::limit::{Aimd, Signal};
+use crate::limit::{self, Aimd, Release, Signal};
 use crate::pressure::{self, Pressure};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -98,23 +98,31 @@ struct Limit {
 }
 
 impl Adaptive {
-    /// A slot came back: forget its permit if a cut is still owed, then let the limit move.
-    fn release(&self, permit: OwnedSemaphorePermit, slots: &Semaphore) {
+    /// A slot came back (`lost`: its miner timed out or lost its connection): forget its
+    /// permit if a cut is still owed, then let the limit move.
+    fn release(&self, permit: OwnedSemaphorePermit, slots: &Semaphore, lost: bool) {
         let mut limit = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let saturated = slots.available_permits() == 0;
         if limit.debt > 0 {
             limit.debt -= 1;
             permit.forget();
         } else {
             drop(permit);
         }
+        let last = self.pressure.last();
         let signal = Signal {
             overloads: self.pressure.overloads(),
-            behind: self.pressure.last() >= pressure::OVERLOADED,
+            behind: last >= pressure::OVERLOADED,
+            busy: last >= limit::BUSY,
         };
         let settled = limit.debt == 0;
-        let target = limit
-            .aimd
-            .on_release(signal, settled, tokio::time::Instant::now());
+        let target = limit.aimd.on_release(Release {
+            signal,
+            lost,
+            settled,
+            saturated,
+            now: tokio::time::Instant::now(),
+        });
         let granted = limit.granted;
         if target > granted {
             let grow = target - granted;
@@ -264,6 +272,7 @@ impl Budget {
                 None => None,
             };
             Ok::<_, tokio::sync::AcquireError>(Slot {
+                lost: false,
                 own: Some(own),
                 _process: process,
                 adaptive: self.adaptive.clone(),
@@ -279,16 +288,25 @@ impl Budget {
 /// One miner's place in flight, given back when dropped.
 #[derive(Debug)]
 pub struct Slot {
+    /// Its miner timed out or lost its connection: with a busy runtime, a sign of congestion.
+    lost: bool,
     own: Option<OwnedSemaphorePermit>,
     _process: Option<OwnedSemaphorePermit>,
     adaptive: Option<Arc<Adaptive>>,
     slots: Arc<Semaphore>,
 }
 
+impl Slot {
+    /// Says that this slot's miner timed out or lost its connection.
+    pub fn lost(&mut self) {
+        self.lost = true;
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         if let (Some(adaptive), Some(permit)) = (&self.adaptive, self.own.take()) {
-            adaptive.release(permit, &self.slots);
+            adaptive.release(permit, &self.slots, self.lost);
         }
     }
 }
@@ -406,17 +424,26 @@ mod tests {
         );
         drop(held);
 
-        // On time again: each round of miners done adds to the limit.
+        // On time again, every slot in use: the limit grows back.
         P.record(Duration::from_millis(1));
-        for _ in 0..20 {
-            let n = budget.limit();
-            drop(hold(&budget, n).await);
+        let mut held = hold(&budget, 128).await;
+        for _ in 0..3_000 {
+            held.pop();
+            while held.len() < budget.limit() {
+                held.push(budget.acquire().await.unwrap());
+            }
         }
         let grown = budget.limit();
         assert!(
             grown > 140,
             "the limit grows back while the runtime keeps up: {grown}"
         );
+        drop(held);
+        // Not while nothing fills it.
+        for _ in 0..3_000 {
+            drop(budget.acquire().await.unwrap());
+        }
+        assert_eq!(budget.limit(), grown, "a limit nothing fills stays");
         drop(hold(&budget, grown).await);
     }
 

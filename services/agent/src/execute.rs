@@ -306,7 +306,7 @@ async fn execute_indexed(
     };
     // In turn, however long the queue: a batch's devices all wait at once, and an adaptive
     // limit may be a small part of the batch.
-    let Ok(_slot) = path.budget.acquire_in_turn().await else {
+    let Ok(mut slot) = path.budget.acquire_in_turn().await else {
         return (i, deferred(Duration::ZERO));
     };
     let started = Instant::now();
@@ -316,6 +316,9 @@ async fn execute_indexed(
     loop {
         match execute_device(path, kind, dev, inventory).await {
             Ok((result, sample)) => {
+                if matches!(result.outcome, Outcome::Timeout | Outcome::Unreachable) {
+                    slot.lost();
+                }
                 let took = started.elapsed();
                 let run = DeviceRun {
                     device_id: dev.device_id,

@@ -168,13 +168,16 @@ async fn poll_indexed(
     // Commands first: while a batch executes, this miner's read waits (at most one call
     // timeout) and holds no slot.
     path.yield_to_commands(path.settings().call_timeout).await;
-    let Ok(_slot) = path.budget.acquire().await else {
+    let Ok(mut slot) = path.budget.acquire().await else {
         let polled = Polled::Deferred;
         let took = Duration::ZERO;
         return (i, DevicePoll { polled, took });
     };
     let started = Instant::now();
     let polled = poll_address(path, device_id, address, firmware).await;
+    if matches!(&polled, Polled::Sample(s) if !s.reachable) {
+        slot.lost();
+    }
     let took = started.elapsed();
     (i, DevicePoll { polled, took })
 }
