@@ -225,7 +225,7 @@ mod tests {
                 behind: false,
                 busy,
             },
-            lost: i % 10 == 0,
+            lost: i.is_multiple_of(10),
             ..ok(0, t)
         };
         // One miner in ten dead, the runtime idle: the limit does not fall (nor grow on the
