@@ -447,6 +447,29 @@ mod tests {
         drop(hold(&budget, grown).await);
     }
 
+    #[test]
+    fn the_limit_and_the_lateness_are_metrics() {
+        use ebb_obs::names::{AGENT_IN_FLIGHT_LIMIT, AGENT_RUNTIME_LAG_SECONDS};
+        static P: Pressure = Pressure::new();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let mut kept = None;
+        let text = ebb_testkit::metrics::rendered(|| {
+            let budget = Budget::adaptive(1_000, Duration::from_millis(20), &P);
+            let held = runtime.block_on(hold(&budget, 256));
+            P.record(pressure::OVERLOADED);
+            drop(held);
+            crate::instruments::runtime_lag(Duration::from_millis(750));
+            kept = Some(budget);
+        });
+        let value = |name| ebb_testkit::metrics::value(&text, name);
+        assert_eq!(value(AGENT_IN_FLIGHT_LIMIT), Some(128.0), "{text}");
+        assert_eq!(value(AGENT_RUNTIME_LAG_SECONDS), Some(0.75), "{text}");
+        drop(kept);
+    }
+
     async fn hold(budget: &Budget, n: usize) -> Vec<Slot> {
         let mut slots = Vec::with_capacity(n);
         for i in 0..n {
