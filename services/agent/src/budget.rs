@@ -137,7 +137,7 @@ impl Adaptive {
                 from = granted,
                 to = target,
                 lag_ms = self.pressure.last().as_millis() as u64,
-                "the runtime is behind: fewer miners in flight"
+                "the runtime is late or miners are lost: fewer miners in flight"
             );
         }
         limit.granted = target;
