@@ -6,21 +6,47 @@ use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
+/// The process-wide recorders: a debugging one that keeps every histogram sample, and a
+/// Prometheus one whose rendering reads gauges without resetting them.
+struct Recorders {
+    snapshotter: Snapshotter,
+    prometheus: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+fn recorders() -> &'static Recorders {
+    static RECORDERS: OnceLock<Recorders> = OnceLock::new();
+    RECORDERS.get_or_init(|| {
+        let debugging = DebuggingRecorder::new();
+        let snapshotter = debugging.snapshotter();
+        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = prometheus.handle();
+        let fanout = metrics_util::layers::FanoutBuilder::default()
+            .add_recorder(debugging)
+            .add_recorder(prometheus)
+            .build();
+        // If another recorder was installed first, metrics read as zero and the test says so.
+        let _ = metrics::set_global_recorder(fanout);
+        Recorders {
+            snapshotter,
+            prometheus: handle,
+        }
+    })
+}
+
 /// The process-wide metrics recorder, installed on first use.
 pub fn recorder() -> &'static Snapshotter {
-    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
-    SNAPSHOTTER.get_or_init(|| {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        // If another recorder was installed first, metrics read as zero and the test says so.
-        let _ = recorder.install();
-        snapshotter
-    })
+    &recorders().snapshotter
+}
+
+/// The current value of a gauge series of the process-wide recorder, written as Prometheus
+/// writes it: `ebb_reconciler_site_silent{site="site-a"}`, or a name alone.
+pub fn gauge(series: &str) -> Option<f64> {
+    value(&recorders().prometheus.render(), series)
 }
 
 /// Everything read so far: counter totals and every histogram sample (snapshots drain both), by
 /// name and labels (`name{k=v,…}` with labels sorted). Gauges are not kept: a snapshot resets
-/// them, so a second reading says 0; read gauges with [`rendered`].
+/// them, so a second reading says 0; read gauges with [`gauge`] or [`rendered`].
 #[derive(Default)]
 struct Seen {
     counters: HashMap<String, u64>,

@@ -81,7 +81,9 @@ async fn feed_telemetry(
         };
         match ebb_bus::decode::<ebb_bus::TelemetryBatch>(&message.payload) {
             Ok(env) => {
-                snapshot.apply_telemetry(&site, &env.body);
+                let applied = snapshot.apply_telemetry(&site, &env.body);
+                metrics::counter!(ebb_obs::names::PLANNER_TELEMETRY_SAMPLES)
+                    .increment(applied as u64);
             }
             Err(e) => tracing::debug!(%site, error = %e, "undecodable telemetry ignored"),
         }

@@ -23,7 +23,8 @@ pub fn job(
     })
 }
 
-async fn run(pool: ebb_store::PgPool, every: Duration, shutdown: CancellationToken) {
+/// Refreshes the gauges every `every` until `shutdown`.
+pub async fn run(pool: ebb_store::PgPool, every: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

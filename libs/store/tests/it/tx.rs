@@ -13,6 +13,7 @@ async fn raise(conn: &mut sqlx::PgConnection, code: &str, message: &str) -> Resu
 
 #[tokio::test]
 async fn serialization_failures_are_retried_and_the_closure_rebuilds_its_result() {
+    ebb_testkit::metrics::recorder();
     let db = super::fixtures::migrated().await;
     sqlx::query("CREATE TABLE t (v int)")
         .execute(db.pool())
@@ -38,6 +39,11 @@ async fn serialization_failures_are_retried_and_the_closure_rebuilds_its_result(
     .unwrap();
     assert_eq!(got, 3);
     assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        ebb_testkit::metrics::counter("ebb_store_tx_retries_total"),
+        2,
+        "each retry is counted"
+    );
     // Only the committed attempt's write survives.
     let rows: Vec<i32> = sqlx::query_scalar("SELECT v FROM t")
         .fetch_all(db.pool())

@@ -242,6 +242,12 @@ async fn one_bad_restore_limit_fails_no_batch() {
     assert_all(&restored, "restore with one bad limit", |o| {
         *o == Outcome::Ok
     });
+    assert_eq!(crate::counter("ebb_agent_restore_limits_ignored_total"), 1);
+    assert_eq!(
+        crate::counter("ebb_agent_commands_total{kind=uncurtail,outcome=ok}"),
+        3,
+        "outcomes are counted by kind"
+    );
     for (i, d) in wm.iter().enumerate() {
         let t = h.sim.truth(h.address(d)).unwrap();
         assert_eq!(t.mode, Mode::Hashing, "miner {i} is awake");

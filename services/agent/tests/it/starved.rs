@@ -44,6 +44,9 @@ struct Report {
     slots_from_limit: usize,
     /// Every descriptor taken.
     exhausted: Phase,
+    /// Command devices the child's `ebb_agent_starved_total{path=command}` counted while
+    /// exhausted.
+    starved_commands: u64,
     /// The descriptors given back; the same miner path.
     recovered: Phase,
 }
@@ -91,6 +94,10 @@ async fn a_starved_agent_spends_no_attempt_and_marks_nothing_unsupported() {
     assert!(e.outcomes.is_empty(), "a starved agent reported {e:?}");
     assert_eq!(e.deferred, n, "{e:?}");
     assert_eq!(
+        report.starved_commands, n as u64,
+        "the deferral is a metric"
+    );
+    assert_eq!(
         (e.valid, e.unreachable, e.poll_deferred),
         (0, 0, n),
         "{e:?}"
@@ -128,6 +135,7 @@ async fn starved_child() {
     let Ok(inventory) = std::env::var(CHILD_ENV) else {
         return;
     };
+    ebb_testkit::metrics::recorder();
     let devices: Vec<InventoryDevice> = serde_json::from_str(&inventory).unwrap();
     let inventory = Snapshot::new(devices.clone());
     let batch = CommandBatch {
@@ -170,6 +178,8 @@ async fn starved_child() {
         assert!(filler.len() < 1_000, "the lowered limit did not hold");
     }
     report.exhausted = phase(&path, &batch, &inventory).await;
+    report.starved_commands =
+        ebb_testkit::metrics::counter("ebb_agent_starved_total{path=command}");
     drop(filler);
     report.recovered = phase(&path, &batch, &inventory).await;
     println!("{REPORT}{}", serde_json::to_string(&report).unwrap());

@@ -86,6 +86,25 @@ async fn a_poll_cycle_matches_the_truth() {
         .unwrap();
     assert!(s.power_w.is_none() && s.hashrate_ths.is_none());
     assert_eq!(t.samples.iter().filter(|s| !s.reachable).count(), 2);
+    // The cycles are metrics: how long one takes, how late the site's telemetry is, how many
+    // miners did not answer, how long each read took.
+    use ebb_testkit::metrics::{gauge, histogram};
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while gauge("ebb_agent_miners_unreachable") != Some(2.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            gauge("ebb_agent_miners_unreachable")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!histogram("ebb_agent_poll_cycle_seconds").is_empty());
+    assert!(!histogram("ebb_agent_miner_call_seconds{op=read}").is_empty());
+    let lag = gauge(&format!(
+        r#"ebb_agent_poll_lag_seconds{{site="{}"}}"#,
+        h.site
+    ));
+    assert!(lag.is_some_and(|s| (0.0..5.0).contains(&s)), "{lag:?}");
 
     // A miner reporting NaN power is dropped and counted, the others are still published.
     let nan = h.devices[3].clone();

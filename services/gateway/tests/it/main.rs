@@ -59,6 +59,21 @@ impl App {
         (status, r.json().await.unwrap_or(Value::Null), ct)
     }
 
+    /// One series of the gateway's own `/metrics`, as it is written there.
+    async fn metric(&self, series: &str) -> f64 {
+        let text = self
+            .http
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        ebb_testkit::metrics::value(&text, series)
+            .unwrap_or_else(|| panic!("{series} is not in /metrics:\n{text}"))
+    }
+
     async fn get(&self, key: &str, path: &str) -> (StatusCode, Value) {
         let r = self
             .http
@@ -531,6 +546,8 @@ async fn a_key_over_its_rate_gets_429_with_retry_after() {
             StatusCode::TOO_MANY_REQUESTS
         ]
     );
+    // One operator request and two of the bad token's were limited.
+    assert_eq!(app.metric("ebb_gateway_rate_limited_total").await, 3.0);
     // After Retry-After, the key is served again.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(
@@ -597,6 +614,11 @@ async fn bad_tokens_are_answered_from_the_cache_and_cannot_take_the_pool() {
     assert_eq!(served.0, StatusCode::OK);
     assert_eq!(lookups() - before, 300);
     assert!(app.stats.max_lookups_in_flight.load(Relaxed) <= 2);
+    // The metric counts what the gateway's own counter does.
+    assert_eq!(
+        app.metric("ebb_gateway_key_lookups_total").await,
+        lookups() as f64
+    );
 }
 
 #[tokio::test]
@@ -632,6 +654,7 @@ async fn a_start_the_planner_answers_too_late_is_504_and_its_retry_converges() {
         p["detail"].as_str().unwrap().contains("Idempotency-Key"),
         "{p}"
     );
+    assert_eq!(app.metric("ebb_gateway_outcome_unknown_total").await, 1.0);
 
     // The planner is back: the Start it was given goes through after all.
     lock.rollback().await.unwrap();
@@ -709,5 +732,6 @@ async fn past_max_in_flight_a_request_is_shed_at_once_with_503() {
     assert_eq!(p["type"], "https://ebb.dev/problems/overloaded");
     assert_eq!(health, StatusCode::OK);
     assert_eq!(held.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(app.metric("ebb_gateway_shed_total").await, 1.0);
     assert_eq!(app.get(&key, "/v1/curtailments").await.0, StatusCode::OK);
 }

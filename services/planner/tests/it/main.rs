@@ -121,6 +121,34 @@ async fn preview_writes_nothing_and_matches_start() {
     assert_eq!(chosen, want);
 }
 
+/// Starts are counted by mode, and the devices left out by why (issue 10).
+#[tokio::test]
+async fn starts_and_exclusions_are_counted() {
+    use ebb_testkit::metrics::{counter, recorder};
+    recorder();
+    let f = fixture(5).await;
+    sqlx::query("UPDATE device SET maintenance = true WHERE id = $1")
+        .bind(f.devices[0].0)
+        .execute(f.db.pool())
+        .await
+        .unwrap();
+    f.planner
+        .start(&req(&f, Role::Operator, 3.0))
+        .await
+        .unwrap();
+    assert_eq!(counter("ebb_planner_starts_total{mode=kw}"), 1);
+    assert_eq!(
+        counter("ebb_planner_candidates_excluded_total{reason=maintenance}"),
+        1
+    );
+    // A preview starts nothing.
+    f.planner
+        .preview(&req(&f, Role::Viewer, 3.0))
+        .await
+        .unwrap();
+    assert_eq!(counter("ebb_planner_starts_total"), 1);
+}
+
 #[tokio::test]
 async fn a_start_that_cannot_proceed_persists_nothing() {
     let f = fixture(2).await;
@@ -537,6 +565,7 @@ async fn served_over_nats() {
 /// database) says went offline is skipped by the next preview.
 #[tokio::test]
 async fn previews_share_a_snapshot_fed_by_telemetry() {
+    ebb_testkit::metrics::recorder();
     let f = fixture(5).await;
     let planner = Arc::new(f.planner.clone());
     let nats = ebb_testkit::NatsServer::start().await.unwrap();
@@ -591,6 +620,7 @@ async fn previews_share_a_snapshot_fed_by_telemetry() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(planner.snapshot().builds(), 1, "fed, not read again");
+    assert!(ebb_testkit::metrics::counter("ebb_planner_telemetry_samples_total") >= 1);
     let state: Option<bool> =
         sqlx::query_scalar("SELECT reachable FROM device_state WHERE device_id = $1")
             .bind(f.devices[0].0)

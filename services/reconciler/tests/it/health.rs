@@ -41,6 +41,26 @@ async fn a_pass_that_panics_is_survived_and_the_event_completes() {
         .await;
     // The control loop's metrics (issue 10): the panics, the time to active, the commands.
     assert!(counter(names::RECONCILER_PASS_PANICS) >= 5);
+    assert!(!histogram(names::RECONCILER_PASS_SECONDS).is_empty());
+    assert_eq!(
+        ebb_testkit::metrics::gauge(names::RECONCILER_IS_LEADER),
+        Some(1.0),
+        "the running reconciler leads"
+    );
+    assert!(counter(names::RECONCILER_TELEMETRY_SAMPLES) >= 3);
+    assert!(
+        counter(&format!(
+            "{}{{kind=uncurtail}}",
+            names::RECONCILER_BATCHES_PUBLISHED
+        )) >= 1
+    );
+    assert!(
+        counter(&format!(
+            "{}{{from=dispatched,to=confirmed}}",
+            names::RECONCILER_TARGET_TRANSITIONS
+        )) >= 1,
+        "targets moved, counted by from and to"
+    );
     let took = histogram(names::CURTAILMENT_START_TO_ACTIVE_SECONDS);
     assert_eq!(took.len(), 1, "{took:?}");
     assert!(took[0] > 0.0 && took[0] < 20.0, "{took:?}");

@@ -3,6 +3,7 @@
 //! each invariant of DESIGN §5 can be provoked precisely; the real agent and simulated miners are
 //! exercised by the system test in services/ebb.
 
+mod faults;
 mod harness;
 mod health;
 mod incremental;

@@ -10,6 +10,9 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn a_silent_sites_targets_are_charged_nothing_until_its_agent_is_back() {
+    use ebb_testkit::metrics::gauge;
+    ebb_testkit::metrics::recorder();
+    let silent = r#"ebb_reconciler_site_silent{site="site-a"}"#;
     let h = harness(3).await;
     // The result deadline is longer than the agent consumer's ack wait (15 s), as in production
     // (600 s): a batch a dead agent held comes back to it before the deadline.
@@ -23,6 +26,7 @@ async fn a_silent_sites_targets_are_charged_nothing_until_its_agent_is_back() {
     // The agent dies; the reconciler notices after 5 s of silence.
     h.site_agent.mute(true);
     tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(gauge(silent), Some(1.0), "the silence is a metric");
     let id = h.start(h.start_request(5.0)).await;
     // Past the 20 s result deadline.
     tokio::time::sleep(Duration::from_secs(25)).await;
@@ -48,4 +52,5 @@ async fn a_silent_sites_targets_are_charged_nothing_until_its_agent_is_back() {
         states.values().all(|s| *s == TargetState::Confirmed),
         "{states:?}"
     );
+    assert_eq!(gauge(silent), Some(0.0), "and so is its end");
 }

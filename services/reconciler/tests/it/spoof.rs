@@ -31,6 +31,7 @@ async fn results_drained(js: &jetstream::Context) {
 
 #[tokio::test]
 async fn a_spoofed_result_changes_nothing() {
+    ebb_testkit::metrics::recorder();
     let h = harness_sites(&[2, 2]).await;
     let _r = h.spawn_reconciler("r", Hooks::default());
     h.wait_for_telemetry().await;
@@ -115,6 +116,11 @@ async fn a_spoofed_result_changes_nothing() {
     )
     .await;
     results_drained(&js).await;
+    // The body that named another site than its subject was refused at intake, and counted.
+    assert_eq!(
+        ebb_testkit::metrics::counter("ebb_reconciler_results_refused_total{reason=site_mismatch}"),
+        1
+    );
 
     let after: Vec<_> = ebb_store::events::targets(h.db.pool(), id)
         .await

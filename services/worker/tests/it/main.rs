@@ -1,3 +1,4 @@
 //! The worker's jobs against a real PostgreSQL and nats-server.
 
+mod gauges;
 mod relay;

@@ -160,6 +160,7 @@ async fn relay_publishes_committed_rows_once_with_their_id() {
 
 #[tokio::test]
 async fn a_row_that_keeps_failing_is_parked_and_holds_up_nothing() {
+    ebb_testkit::metrics::recorder();
     let db = ebb_testkit::TestDb::new().await.unwrap();
     ebb_store::migrate(db.pool()).await.unwrap();
     let nats = ebb_testkit::NatsServer::start().await.unwrap();
@@ -204,6 +205,10 @@ async fn a_row_that_keeps_failing_is_parked_and_holds_up_nothing() {
     assert_eq!((attempts, parked), (4, true));
     assert!(error.unwrap().contains("without being settled"));
     assert!(!published_ids(&js).await.contains(&doomed.to_string()));
+    // Counted: the good row published, the bad and the doomed ones parked.
+    use ebb_testkit::metrics::counter;
+    assert_eq!(counter("ebb_worker_outbox_published_total"), 1);
+    assert_eq!(counter("ebb_worker_outbox_parked_total"), 2);
 }
 
 #[tokio::test]
@@ -260,6 +265,7 @@ async fn a_relay_that_died_after_publishing_leaves_a_dropped_duplicate() {
 
 #[tokio::test]
 async fn pruning_deletes_only_rows_published_before_the_retention() {
+    ebb_testkit::metrics::recorder();
     let db = ebb_testkit::TestDb::new().await.unwrap();
     ebb_store::migrate(db.pool()).await.unwrap();
     let pool = db.pool();
@@ -298,6 +304,10 @@ async fn pruning_deletes_only_rows_published_before_the_retention() {
     let shutdown = tokio_util::sync::CancellationToken::new();
     let retention = Duration::from_secs(3600);
     assert_eq!(relay::prune(pool, retention, &shutdown).await.unwrap(), 1);
+    assert_eq!(
+        ebb_testkit::metrics::counter("ebb_worker_outbox_pruned_total"),
+        1
+    );
     let mut left: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM outbox")
         .fetch_all(pool)
         .await
