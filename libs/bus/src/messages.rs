@@ -259,8 +259,10 @@ pub struct StopRequest {
 }
 
 /// The result of a preview.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PlanView {
+    /// The mode as asked: `{"mode": "kw", "target_kw": …}` and so on.
+    #[schema(value_type = Object)]
     pub mode: Mode,
     pub selected_count: u32,
     pub expected_shed_kw: f64,
@@ -271,7 +273,7 @@ pub struct PlanView {
 }
 
 /// One site's part of a plan.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SiteShare {
     pub devices: u32,
     pub shed_kw: f64,

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod guard;
 mod instruments;
+pub mod openapi;
 pub mod problem;
 mod routes;
 

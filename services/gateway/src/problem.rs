@@ -8,26 +8,31 @@ use ebb_bus::{RpcError, RpcErrorKind};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// A problem response.
-#[derive(Debug, Clone, Serialize)]
+/// A problem response. Besides the members below, a problem the planner raised may carry
+/// numeric members of its own (an `insufficient-load` says `available_kw`, for one).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Problem {
     #[serde(rename = "type")]
+    #[schema(value_type = ProblemType)]
     pub kind: &'static str,
     pub title: &'static str,
     pub status: u16,
     pub detail: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub errors: Vec<FieldError>,
+    /// Devices left out of a plan, by reason (on `insufficient-load` and `empty-plan`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub skipped: BTreeMap<String, u32>,
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extra: BTreeMap<String, f64>,
     /// Seconds for the `Retry-After` header, on the problems a client should retry later.
     #[serde(skip)]
     pub retry_after: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The field a problem is about (a JSON path into the request, or a query or header name).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -55,7 +60,42 @@ pub enum Kind {
     Internal,
 }
 
+/// The closed list of problem `type` URIs, as the OpenAPI document states it.
+#[derive(Debug)]
+pub struct ProblemType;
+
+impl utoipa::PartialSchema for ProblemType {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "The problem's stable type: one of a closed list, each with one status",
+            ))
+            .enum_values(Some(Kind::ALL.iter().map(|k| k.describe().1)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ProblemType {}
+
 impl Kind {
+    /// Every kind, so the OpenAPI document can list them all.
+    pub const ALL: [Kind; 13] = [
+        Kind::InvalidArgument,
+        Kind::Unauthenticated,
+        Kind::PermissionDenied,
+        Kind::NotFound,
+        Kind::Conflict,
+        Kind::FailedPrecondition,
+        Kind::InsufficientLoad,
+        Kind::EmptyPlan,
+        Kind::RateLimited,
+        Kind::Unavailable,
+        Kind::Overloaded,
+        Kind::OutcomeUnknown,
+        Kind::Internal,
+    ];
+
     /// The closed mapping: status, `type`, title.
     pub fn describe(self) -> (StatusCode, &'static str, &'static str) {
         use Kind::*;
@@ -213,5 +253,40 @@ impl IntoResponse for Problem {
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kind;
+
+    /// Every kind is in [`Kind::ALL`], once: adding a kind without listing it fails to compile
+    /// here (the match is exhaustive) or fails the position check.
+    #[test]
+    fn all_lists_every_kind_once() {
+        let position = |k: Kind| -> usize {
+            match k {
+                Kind::InvalidArgument => 0,
+                Kind::Unauthenticated => 1,
+                Kind::PermissionDenied => 2,
+                Kind::NotFound => 3,
+                Kind::Conflict => 4,
+                Kind::FailedPrecondition => 5,
+                Kind::InsufficientLoad => 6,
+                Kind::EmptyPlan => 7,
+                Kind::RateLimited => 8,
+                Kind::Unavailable => 9,
+                Kind::Overloaded => 10,
+                Kind::OutcomeUnknown => 11,
+                Kind::Internal => 12,
+            }
+        };
+        for (i, k) in Kind::ALL.iter().enumerate() {
+            assert_eq!(position(*k), i, "{k:?}");
+        }
+        let mut uris: Vec<_> = Kind::ALL.iter().map(|k| k.describe().1).collect();
+        uris.sort_unstable();
+        uris.dedup();
+        assert_eq!(uris.len(), Kind::ALL.len(), "one type URI per kind");
     }
 }

@@ -7,7 +7,7 @@ use crate::problem::{Kind, Problem};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, request::Parts};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::{Json, Router};
 use base64::Engine;
 use chrono::{DateTime, Utc};
@@ -22,21 +22,47 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+/// The API's routes and the OpenAPI document they make: each route is registered with its
+/// handler's `#[utoipa::path]`, so the document lists exactly the routes served.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi;
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(start, list))
+        .routes(routes!(preview))
+        .routes(routes!(get_one))
+        .routes(routes!(stop))
+        .routes(routes!(terminate))
+        .split_for_parts()
+}
+
 pub fn router(state: AppState) -> Router {
-    // Health and metrics stay outside the in-flight limit, so an overloaded gateway still says so.
-    Router::new()
-        .route("/v1/curtailments", post(start).get(list))
-        .route("/v1/curtailments:preview", post(preview))
-        .route("/v1/curtailments/{id}", get(get_one))
-        .route("/v1/curtailments/{id}/stop", post(stop))
-        .route("/v1/curtailments/{id}/terminate", post(terminate))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.guard.clone(),
-            crate::guard::limit_in_flight,
-        ))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(state)
+    let (api, doc) = api();
+    let doc = std::sync::Arc::new(doc.to_json().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "rendering the OpenAPI document");
+        "{}".to_owned()
+    }));
+    // Health, metrics and the document stay outside the in-flight limit, so an overloaded
+    // gateway still says so.
+    api.route_layer(axum::middleware::from_fn_with_state(
+        state.guard.clone(),
+        crate::guard::limit_in_flight,
+    ))
+    .route("/healthz", get(|| async { "ok" }))
+    .route("/readyz", get(readyz))
+    .route(
+        "/v1/openapi.json",
+        get(move || {
+            let doc = doc.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    doc.as_str().to_owned(),
+                )
+            }
+        }),
+    )
+    .with_state(state)
 }
 
 async fn readyz(State(s): State<AppState>) -> Result<&'static str, Problem> {
@@ -116,10 +142,13 @@ fn outcome_unknown(keyed: bool) -> Problem {
     Problem::new(Kind::OutcomeUnknown, detail).retry_after(1)
 }
 
-/// The body of a Start or a preview.
-#[derive(Debug, Deserialize)]
+/// The body of a Start or a preview. `mode` decides which one of `target_kw`, `percent` and
+/// `watts` is required; the others must be absent.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartBody {
+    /// `kw`, `percent`, `full` or `power_target`.
+    #[schema(example = "kw")]
     pub mode: String,
     #[serde(default)]
     pub target_kw: Option<f64>,
@@ -150,7 +179,8 @@ pub struct StartBody {
     pub min_power_w_override: Option<f64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Where to curtail: the org's sites by code (every site the key reaches when empty).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScopeBody {
     #[serde(default)]
@@ -290,6 +320,14 @@ async fn start_request(
     })
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/curtailments:preview",
+    tag = "curtailments",
+    summary = "What a Start with this body would select, without starting it (viewer)",
+    request_body = StartBody,
+    responses((status = 200, description = "The plan", body = ebb_bus::PlanView), crate::openapi::Problems)
+)]
 async fn preview(
     State(s): State<AppState>,
     p: Principal,
@@ -304,6 +342,20 @@ async fn preview(
     Ok(Json(view))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/curtailments",
+    tag = "curtailments",
+    summary = "Start a curtailment (operator)",
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "1-256 characters: a retry with the same key returns the same event")),
+    request_body = StartBody,
+    responses(
+        (status = 201, description = "Started", body = EventView),
+        (status = 200, description = "A replay of a Start with the same Idempotency-Key", body = EventView),
+        crate::openapi::Problems
+    )
+)]
 async fn start(
     State(s): State<AppState>,
     p: Principal,
@@ -331,13 +383,23 @@ async fn start(
     Ok((status, Json(view)))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Why the event is stopped (recorded with it).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct StopBody {
     #[serde(default)]
     reason: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/curtailments/{id}/stop",
+    tag = "curtailments",
+    summary = "Stop a curtailment: its miners are restored in paced batches (operator)",
+    params(("id" = uuid::Uuid, Path, description = "The curtailment")),
+    request_body(content = Option<StopBody>),
+    responses((status = 200, description = "The event, now restoring", body = EventView), crate::openapi::Problems)
+)]
 async fn stop(
     State(s): State<AppState>,
     p: Principal,
@@ -363,13 +425,24 @@ async fn stop(
     Ok(Json(load_view(&s, &p, event_id).await?))
 }
 
-#[derive(Debug, Deserialize)]
+/// How a stopped event that cannot settle is ended.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct TerminateBody {
+    /// `cancelled` or `failed`.
     target_state: String,
     reason: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/curtailments/{id}/terminate",
+    tag = "curtailments",
+    summary = "End a stopped event once nothing can still be curtailed or in flight (admin)",
+    params(("id" = uuid::Uuid, Path, description = "The curtailment")),
+    request_body = TerminateBody,
+    responses((status = 200, description = "The ended event", body = EventView), crate::openapi::Problems)
+)]
 async fn terminate(
     State(s): State<AppState>,
     p: Principal,
@@ -412,6 +485,14 @@ fn parse_id(id: &str) -> Result<EventId, Problem> {
         .map_err(|_| Problem::field("id", "must be a UUID"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/curtailments/{id}",
+    tag = "curtailments",
+    summary = "One curtailment: its state, counts by target state and observed shed (viewer)",
+    params(("id" = uuid::Uuid, Path, description = "The curtailment")),
+    responses((status = 200, description = "The event", body = EventView), crate::openapi::Problems)
+)]
 async fn get_one(
     State(s): State<AppState>,
     p: Principal,
@@ -469,9 +550,13 @@ async fn load_view(s: &AppState, p: &Principal, id: EventId) -> Result<EventView
 }
 
 /// An event as the API shows it: summary and counts, never per-target rows.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventView {
+    #[schema(value_type = uuid::Uuid)]
     pub id: EventId,
+    /// `pending`, `active`, `restoring`, `completed`, `completed_with_failures`, `cancelled`
+    /// or `failed`.
+    #[schema(value_type = String, example = "active")]
     pub state: EventState,
     pub mode: String,
     pub mode_params: serde_json::Value,
@@ -527,13 +612,17 @@ impl EventView {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only events in this state.
     #[serde(default)]
     state: Option<String>,
+    /// 1 to 200 (default 50).
     #[serde(default)]
     page_size: Option<u32>,
+    /// The `next_cursor` of the previous page, with the same filters.
     #[serde(default)]
     cursor: Option<String>,
 }
@@ -546,7 +635,8 @@ struct Cursor {
     before: Uuid,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// One page of events, newest first.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventPage {
     pub items: Vec<EventView>,
     pub next_cursor: Option<String>,
@@ -555,6 +645,14 @@ pub struct EventPage {
 pub const DEFAULT_PAGE: u32 = 50;
 pub const MAX_PAGE: u32 = 200;
 
+#[utoipa::path(
+    get,
+    path = "/v1/curtailments",
+    tag = "curtailments",
+    summary = "Curtailments, newest first, a page at a time (viewer)",
+    params(ListQuery),
+    responses((status = 200, description = "A page", body = EventPage), crate::openapi::Problems)
+)]
 async fn list(
     State(s): State<AppState>,
     p: Principal,

@@ -735,3 +735,74 @@ async fn past_max_in_flight_a_request_is_shed_at_once_with_503() {
     assert_eq!(app.metric("ebb_gateway_shed_total").await, 1.0);
     assert_eq!(app.get(&key, "/v1/curtailments").await.0, StatusCode::OK);
 }
+
+/// Issue 9: the OpenAPI 3.1 document is generated from the routes, every operation it lists is
+/// served (an unauthenticated call is refused as such, never 404 or 405), and its problem type
+/// is the closed list the gateway answers with.
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_and_problem() {
+    let app = spawn_app().await;
+    let r = app
+        .http
+        .get(app.url("/v1/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let doc: Value = r.json().await.unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{doc}");
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            operations.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    operations.sort();
+    assert_eq!(
+        operations,
+        [
+            "GET /v1/curtailments",
+            "GET /v1/curtailments/{id}",
+            "POST /v1/curtailments",
+            "POST /v1/curtailments/{id}/stop",
+            "POST /v1/curtailments/{id}/terminate",
+            "POST /v1/curtailments:preview",
+        ]
+    );
+    let id = uuid::Uuid::now_v7().to_string();
+    for op in &operations {
+        let (method, path) = op.split_once(' ').unwrap();
+        let url = app.url(&path.replace("{id}", &id));
+        let r = app
+            .http
+            .request(method.parse().unwrap(), url)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED, "{op}");
+        let op = &doc["paths"][path][method.to_lowercase()];
+        assert_eq!(
+            op["security"],
+            Value::Null,
+            "{path}: the document-wide bearer applies"
+        );
+        assert!(op["responses"]["401"].is_object(), "{path} documents 401");
+    }
+    assert_eq!(doc["security"][0]["bearer"], json!([]));
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["Problem"]["properties"]["type"]["$ref"],
+        "#/components/schemas/ProblemType"
+    );
+    let types: Vec<&str> = schemas["ProblemType"]["enum"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", schemas["ProblemType"]))
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    for kind in ebb_gateway::problem::Kind::ALL {
+        assert!(types.contains(&kind.describe().1), "{kind:?}");
+    }
+    assert_eq!(types.len(), ebb_gateway::problem::Kind::ALL.len());
+}
