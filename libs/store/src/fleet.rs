@@ -51,6 +51,20 @@ pub struct TelemetryRow {
     pub sampled_at_ms: i64,
 }
 
+/// The devices of `org` in maintenance (a partial index keeps this a short read however big
+/// the fleet).
+pub async fn in_maintenance(
+    db: impl PgExecutor<'_>,
+    org: OrgId,
+) -> Result<std::collections::HashSet<DeviceId>, StoreError> {
+    let ids: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM device WHERE org_id = $1 AND maintenance")
+            .bind(org.0)
+            .fetch_all(db)
+            .await?;
+    Ok(ids.into_iter().map(DeviceId).collect())
+}
+
 /// An org's settings the planner needs.
 #[derive(Clone, Debug)]
 pub struct OrgSettings {

@@ -4,6 +4,8 @@
 
 pub mod auth;
 pub mod config;
+mod cursor;
+mod fleet;
 pub mod guard;
 mod instruments;
 pub mod openapi;

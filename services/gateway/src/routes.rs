@@ -9,7 +9,6 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, request::Parts};
 use axum::routing::get;
 use axum::{Json, Router};
-use base64::Engine;
 use chrono::{DateTime, Utc};
 use ebb_bus::rpc::{CallError, call};
 use ebb_bus::{
@@ -33,6 +32,12 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(get_one))
         .routes(routes!(stop))
         .routes(routes!(terminate))
+        .routes(routes!(crate::fleet::list_devices))
+        .routes(routes!(
+            crate::fleet::get_device,
+            crate::fleet::patch_device
+        ))
+        .routes(routes!(crate::fleet::fleet_summary))
         .split_for_parts()
 }
 
@@ -101,7 +106,12 @@ impl FromRequestParts<AppState> for Principal {
     }
 }
 
-fn require(p: &Principal, role: Role) -> Result<(), Problem> {
+/// A cursor that was not issued for this listing, its org and its filters.
+pub(crate) fn bad_cursor() -> Problem {
+    Problem::field("cursor", "is not a cursor issued for this listing")
+}
+
+pub(crate) fn require(p: &Principal, role: Role) -> Result<(), Problem> {
     if p.role >= role {
         Ok(())
     } else {
@@ -112,7 +122,7 @@ fn require(p: &Principal, role: Role) -> Result<(), Problem> {
     }
 }
 
-fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
+pub(crate) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
     b.map(|Json(v)| v)
         .map_err(|e| Problem::new(Kind::InvalidArgument, e.body_text()))
 }
@@ -678,14 +688,9 @@ async fn list(
     let before = match q.cursor {
         None => None,
         Some(c) => {
-            let bad = || Problem::field("cursor", "is not a cursor issued for this listing");
-            let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(c.as_bytes())
-                .map_err(|_| bad())?;
-            let cur: Cursor = serde_json::from_slice(&raw).map_err(|_| bad())?;
-            if cur.org != p.org.0 || cur.state != q.state {
-                return Err(bad());
-            }
+            let cur: Cursor = crate::cursor::decode(&c)
+                .filter(|cur: &Cursor| cur.org == p.org.0 && cur.state == q.state)
+                .ok_or_else(bad_cursor)?;
             Some(EventId(cur.before))
         }
     };
@@ -696,13 +701,11 @@ async fn list(
     rows.truncate(size as usize);
     let next_cursor = if more {
         rows.last().map(|last| {
-            let c = Cursor {
+            crate::cursor::encode(&Cursor {
                 org: p.org.0,
                 state: q.state.clone(),
                 before: last.id.0,
-            };
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(serde_json::to_vec(&c).unwrap_or_default())
+            })
         })
     } else {
         None

@@ -310,6 +310,11 @@ impl Planner {
                         replayed: false,
                     });
                 }
+                Err(StoreError::RaceLost(why)) => {
+                    tracing::info!(%why, "the snapshot was behind the database; selecting again");
+                    not_before = Some(built);
+                    continue;
+                }
                 Err(StoreError::Unique { constraint })
                     if constraint == "curtailment_target_device_exclusive" =>
                 {
@@ -489,6 +494,17 @@ impl Planner {
             let selected = selected.clone();
             let flags = flags.clone();
             Box::pin(async move {
+                // The snapshot learns of a maintenance flag only when rebuilt: a device put in
+                // maintenance since is never curtailed on its word (the caller selects again
+                // from a fresh snapshot).
+                if !forced {
+                    let held = ebb_store::fleet::in_maintenance(&mut *conn, org).await?;
+                    if selected.iter().any(|s| held.contains(&s.device_id)) {
+                        return Err(StoreError::RaceLost(
+                            "a selected device was put in maintenance".into(),
+                        ));
+                    }
+                }
                 let event = events::insert_event(conn, &new, &selected).await?;
                 events::audit(
                     &mut *conn,

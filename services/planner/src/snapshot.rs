@@ -10,7 +10,8 @@
 //! planner's own Starts mark their devices busy at once. What only the database knows (a device
 //! registered, put in maintenance or freed by an event that ended) is seen at the next rebuild;
 //! a refusal or a lost race is never decided on an old snapshot: the caller rebuilds and tries
-//! again ([`OrgFleet::built`]), and the exclusivity index stays the last word on Start.
+//! again ([`OrgFleet::built`]). On Start the database has the last word: the exclusivity index,
+//! and a check of the selection against the devices in maintenance in the Start's transaction.
 
 use chrono::{DateTime, Utc};
 use ebb_bus::TelemetryBatch;

@@ -1,6 +1,8 @@
 //! The HTTP API through a real HTTP client, with the planner served over a real nats-server and a
 //! real PostgreSQL database.
 
+mod fleet;
+
 use chrono::{Duration, Utc};
 use ebb_bus::Role;
 use ebb_gateway::guard::GuardStats;
@@ -763,6 +765,10 @@ async fn the_openapi_document_lists_every_route_and_problem() {
         [
             "GET /v1/curtailments",
             "GET /v1/curtailments/{id}",
+            "GET /v1/devices",
+            "GET /v1/devices/{id}",
+            "GET /v1/fleet/summary",
+            "PATCH /v1/devices/{id}",
             "POST /v1/curtailments",
             "POST /v1/curtailments/{id}/stop",
             "POST /v1/curtailments/{id}/terminate",
