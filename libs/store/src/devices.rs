@@ -183,7 +183,7 @@ pub async fn set_maintenance(
         org,
         actor_kind,
         actor_id,
-        "device.update",
+        "device_updated",
         Some(id.0),
         serde_json::json!({ "changed": { "maintenance": { "from": before, "to": maintenance } } }),
     )

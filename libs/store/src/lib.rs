@@ -3,6 +3,7 @@
 //! tables. Queries live here, next to the tables they touch, and every one filters by `org_id`
 //! where the table has one.
 
+pub mod access;
 pub mod devices;
 pub mod error;
 pub mod events;

@@ -187,7 +187,7 @@ impl Guard {
         let lookup = self.cached(hash, now);
         let row = lookup
             .row
-            .get_or_try_init(|| self.look_up(pool, prefix))
+            .get_or_try_init(|| self.look_up(pool, prefix, secret))
             .await?;
         row.as_ref()
             .and_then(|r| auth::verify(r, secret, chrono::Utc::now()))
@@ -236,7 +236,19 @@ impl Guard {
         l
     }
 
-    async fn look_up(&self, pool: &PgPool, prefix: &str) -> Result<Option<ApiKeyRow>, Problem> {
+    /// Forgets every cached lookup, so a key revoked here is refused at once (other gateways
+    /// refuse it within their cache's time to live).
+    pub fn forget_keys(&self) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        *cache = Generations::new(self.settings.key_cache_size);
+    }
+
+    async fn look_up(
+        &self,
+        pool: &PgPool,
+        prefix: &str,
+        secret: &str,
+    ) -> Result<Option<ApiKeyRow>, Problem> {
         let _permit = tokio::time::timeout(LOOKUP_WAIT, self.lookups.acquire())
             .await
             .ok()
@@ -250,6 +262,13 @@ impl Guard {
             .max_lookups_in_flight
             .fetch_max(now, Ordering::Relaxed);
         let row = ebb_store::fleet::api_key_by_prefix(pool, prefix).await;
+        // Its last use, once per lookup (so once per cache lifetime), never once per request.
+        if let Ok(Some(r)) = &row
+            && auth::verify(r, secret, chrono::Utc::now()).is_some()
+            && let Err(e) = ebb_store::access::touch_key(pool, r.id).await
+        {
+            tracing::warn!(error = ?e, "recording a key's last use");
+        }
         stats.lookups_in_flight.fetch_sub(1, Ordering::Relaxed);
         // An error is not cached: the cell stays empty and the next request tries again.
         row.map_err(Problem::internal)

@@ -2,6 +2,7 @@
 //! `problem+json` errors, and the curtailment endpoints. Writes go to the planner over NATS;
 //! reads come from PostgreSQL through the store.
 
+mod access;
 pub mod auth;
 pub mod config;
 mod cursor;

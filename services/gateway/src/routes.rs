@@ -38,6 +38,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
             crate::fleet::patch_device
         ))
         .routes(routes!(crate::fleet::fleet_summary))
+        .routes(routes!(crate::access::create_key, crate::access::list_keys))
+        .routes(routes!(crate::access::revoke_key))
+        .routes(routes!(crate::access::audit))
         .split_for_parts()
 }
 

@@ -9,6 +9,15 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 impl App {
+    pub(crate) async fn patch_json(
+        &self,
+        key: &str,
+        path: &str,
+        body: Value,
+    ) -> (StatusCode, Value) {
+        self.patch(key, path, body).await
+    }
+
     async fn patch(&self, key: &str, path: &str, body: Value) -> (StatusCode, Value) {
         let r = self
             .http
@@ -208,7 +217,7 @@ async fn maintenance_is_set_by_operators_and_audited_once_per_change() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     assert_eq!(
-        app.audit_rows("device.update").await,
+        app.audit_rows("device_updated").await,
         0,
         "refusals write nothing"
     );
@@ -236,7 +245,7 @@ async fn maintenance_is_set_by_operators_and_audited_once_per_change() {
         (s, p["errors"][0]["field"].clone()),
         (StatusCode::BAD_REQUEST, json!("id"))
     );
-    assert_eq!(app.audit_rows("device.update").await, 0);
+    assert_eq!(app.audit_rows("device_updated").await, 0);
 
     let (s, d) = app
         .patch(&app.key("limited"), &path, json!({"maintenance": true}))
@@ -246,9 +255,9 @@ async fn maintenance_is_set_by_operators_and_audited_once_per_change() {
         (d["maintenance"].clone(), d["state"].clone()),
         (json!(true), json!("maintenance"))
     );
-    assert_eq!(app.audit_rows("device.update").await, 1);
+    assert_eq!(app.audit_rows("device_updated").await, 1);
     let meta: Value = sqlx::query_scalar(
-        "SELECT metadata FROM audit_log WHERE action = 'device.update' AND subject_id = $1",
+        "SELECT metadata FROM audit_log WHERE action = 'device_updated' AND subject_id = $1",
     )
     .bind(device.0)
     .fetch_one(app.db.pool())
@@ -263,7 +272,7 @@ async fn maintenance_is_set_by_operators_and_audited_once_per_change() {
         .patch(&operator, &path, json!({"maintenance": true}))
         .await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(app.audit_rows("device.update").await, 1);
+    assert_eq!(app.audit_rows("device_updated").await, 1);
 
     // A Start leaves it out at once, though the planner's snapshot was read before the flag.
     let (s, event, _) = app

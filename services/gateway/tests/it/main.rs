@@ -1,6 +1,7 @@
 //! The HTTP API through a real HTTP client, with the planner served over a real nats-server and a
 //! real PostgreSQL database.
 
+mod access;
 mod fleet;
 
 use chrono::{Duration, Utc};
@@ -763,16 +764,20 @@ async fn the_openapi_document_lists_every_route_and_problem() {
     assert_eq!(
         operations,
         [
+            "DELETE /v1/keys/{id}",
+            "GET /v1/audit",
             "GET /v1/curtailments",
             "GET /v1/curtailments/{id}",
             "GET /v1/devices",
             "GET /v1/devices/{id}",
             "GET /v1/fleet/summary",
+            "GET /v1/keys",
             "PATCH /v1/devices/{id}",
             "POST /v1/curtailments",
             "POST /v1/curtailments/{id}/stop",
             "POST /v1/curtailments/{id}/terminate",
             "POST /v1/curtailments:preview",
+            "POST /v1/keys",
         ]
     );
     let id = uuid::Uuid::now_v7().to_string();
