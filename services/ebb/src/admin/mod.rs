@@ -150,6 +150,31 @@ pub enum AdminCommand {
         /// What the key is for.
         #[arg(long)]
         name: String,
+        /// Limit the key to this site (its code); repeat for several. Without it the key
+        /// reaches every site of the org.
+        #[arg(long = "site", value_parser = parse_site)]
+        sites: Vec<SiteCode>,
+        /// When the key stops working (RFC 3339).
+        #[arg(long)]
+        expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
+    /// List an org's API keys (never their secrets), one per line.
+    ListKeys {
+        /// The org's id.
+        #[arg(long)]
+        org: Uuid,
+    },
+    /// Revoke an API key, now or after a rotation's grace window.
+    RevokeKey {
+        /// The org's id.
+        #[arg(long)]
+        org: Uuid,
+        /// The key's id.
+        #[arg(long)]
+        id: Uuid,
+        /// Seconds the key keeps working (at most a week).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=604_800))]
+        grace_s: u32,
     },
     /// Make sure an org with these sites and an admin key exist (idempotent): the org is found
     /// by its sites, and the key in --key-file is reused while it still works.
@@ -379,10 +404,89 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("creating site {code}"))?;
             println!("{id}");
         }
-        AdminCommand::CreateKey { org, role, name } => {
-            let key = create_key(&pool, OrgId(org), role, &name).await?;
+        AdminCommand::CreateKey {
+            org,
+            role,
+            name,
+            sites,
+            expires_at,
+        } => {
+            let org = OrgId(org);
+            if name.trim().is_empty() {
+                anyhow::bail!("--name must not be empty");
+            }
+            if expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
+                anyhow::bail!("--expires-at must be in the future");
+            }
+            let limited = if sites.is_empty() {
+                None
+            } else {
+                let known = fleet::sites(&pool, org).await?;
+                let mut ids = Vec::new();
+                for code in &sites {
+                    let site = known
+                        .iter()
+                        .find(|s| &s.code == code)
+                        .with_context(|| format!("--site {code} is not a site of org {org}"))?;
+                    ids.push(site.id);
+                }
+                Some(ids)
+            };
+            let key =
+                create_key_limited(&pool, org, role, &name, limited.as_deref(), expires_at).await?;
             println!("{key}");
             eprintln!("this token is shown only once: store it now");
+        }
+        AdminCommand::ListKeys { org } => {
+            let org = OrgId(org);
+            let sites = fleet::sites(&pool, org).await?;
+            for k in ebb_store::access::keys(&pool, org).await? {
+                let reach = k.site_ids.map_or_else(
+                    || "every-site".to_owned(),
+                    |ids| {
+                        ids.iter()
+                            .filter_map(|id| sites.iter().find(|s| s.id.0 == *id))
+                            .map(|s| s.code.to_string())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    },
+                );
+                let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                    t.map_or_else(|| "-".to_owned(), |t| t.to_rfc3339())
+                };
+                println!(
+                    "{}\t{}\t{}\tsites={reach}\texpires={}\trevoked={}\tlast_used={}",
+                    k.id,
+                    k.role,
+                    k.name,
+                    when(k.expires_at),
+                    when(k.revoked_at),
+                    when(k.last_used_at)
+                );
+            }
+        }
+        AdminCommand::RevokeKey { org, id, grace_s } => {
+            let org = OrgId(org);
+            let at = chrono::Utc::now() + chrono::Duration::seconds(i64::from(grace_s));
+            let mut tx = pool.begin().await?;
+            let Some(k) = ebb_store::access::revoke_key(&mut *tx, org, id, at).await? else {
+                anyhow::bail!("org {org} has no key {id}");
+            };
+            ebb_store::events::audit(
+                &mut *tx,
+                org,
+                "admin_cli",
+                None,
+                "key_revoked",
+                Some(id),
+                serde_json::json!({ "revoked_at": k.revoked_at, "grace_s": grace_s }),
+            )
+            .await?;
+            tx.commit().await?;
+            println!(
+                "key {id} is refused from {}",
+                k.revoked_at.map_or_else(String::new, |t| t.to_rfc3339())
+            );
         }
         AdminCommand::Bootstrap {
             org_name,
@@ -411,12 +515,24 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Creates an API key and returns its token.
+/// Creates an API key that reaches every site and returns its token.
 pub async fn create_key(
     pool: &PgPool,
     org: OrgId,
     role: Role,
     name: &str,
+) -> anyhow::Result<String> {
+    create_key_limited(pool, org, role, name, None, None).await
+}
+
+/// Creates an API key, audited, and returns its token.
+pub async fn create_key_limited(
+    pool: &PgPool,
+    org: OrgId,
+    role: Role,
+    name: &str,
+    sites: Option<&[ebb_domain::SiteId]>,
+    expires_at: Option<chrono::DateTime<chrono::Utc>>,
 ) -> anyhow::Result<String> {
     let key = ebb_store::keys::generate();
     let row = fleet::NewApiKey {
@@ -425,12 +541,26 @@ pub async fn create_key(
         secret_hash: &key.secret_hash,
         role: role.as_str(),
         name,
-        expires_at: None,
-        site_ids: None,
+        expires_at,
+        site_ids: sites,
     };
-    fleet::insert_api_key(pool, &row)
+    let mut tx = pool.begin().await?;
+    let id = fleet::insert_api_key(&mut *tx, &row)
         .await
         .context("creating the api key")?;
+    ebb_store::events::audit(
+        &mut *tx,
+        org,
+        "admin_cli",
+        None,
+        "key_created",
+        Some(id),
+        serde_json::json!({ "name": name, "role": role.as_str(),
+            "sites": sites.map(|s| s.iter().map(|x| x.0).collect::<Vec<_>>()),
+            "expires_at": expires_at }),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(key.token)
 }
 

@@ -3,6 +3,7 @@
 //! subject permissions on a real nats-server; of `ebb dev`'s simulator child process; and the
 //! tidy test, which reads the whole repository for what no compiler checks.
 
+mod admin_keys;
 mod alerts;
 mod compose;
 mod dev_sim;
