@@ -110,7 +110,9 @@ pub struct Endpoint {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A new endpoint, its fields parsed at the boundary.
+/// A new endpoint, its fields parsed at the boundary. The store checks the URL's form only: the
+/// caller refuses URLs whose addresses the SSRF policy refuses (`ssrf::resolve`) before storing
+/// them, and the sender checks again before each attempt, since DNS answers change.
 #[derive(Clone, Debug)]
 pub struct NewEndpoint {
     pub url: WebhookUrl,
@@ -484,6 +486,8 @@ pub struct Claimed {
     pub id: DeliveryId,
     pub org_id: OrgId,
     pub endpoint_id: EndpointId,
+    /// Resolve and check it (`ssrf::resolve`) before connecting, and connect to the checked
+    /// addresses only.
     pub url: String,
     pub message_id: MessageId,
     pub event_type: String,
@@ -532,7 +536,7 @@ pub async fn claim(
          RETURNING d.id, d.org_id, d.endpoint_id, e.url, d.message_id, d.event_type, d.payload,
                    d.attempts, d.lease_until, d.seq",
     )
-    .bind(limit)
+    .bind(limit.max(0))
     .bind(lease.as_secs_f64())
     .bind(holder)
     .bind(token)

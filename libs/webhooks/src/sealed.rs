@@ -7,7 +7,7 @@
 //! The keyring's text form is a comma-separated list of `kid:base64key` entries:
 //!
 //! ```text
-//! EBB_SECRETS_KEY=k2026:q83vEjRWeJ8s1bJv2dQ1ZzX4rN0mYkWf3C1fGhJkLmM=,k2025:...
+//! EBB_SECRETS_KEY=k2026:<base64 of 32 random bytes>,k2025:<base64 of 32 random bytes>
 //! ```
 //!
 //! - `kid` is 1 to 32 ASCII letters, digits, `-` or `_`, unique in the list; it is stored beside
