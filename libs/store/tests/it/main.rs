@@ -6,3 +6,4 @@ mod outbox;
 mod session;
 mod targets;
 mod tx;
+mod webhooks;
