@@ -602,20 +602,6 @@ pub struct StopReply {
     pub changed: bool,
 }
 
-/// Published through the outbox on `ebb.event.<org>.<event>` when an event changes state.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EventNotice {
-    pub event_id: EventId,
-    pub state: ebb_domain::EventState,
-    #[serde(default)]
-    pub from: Option<ebb_domain::EventState>,
-    #[serde(default)]
-    pub reason: Option<String>,
-    /// Target counts by state at the time of the change, when known.
-    #[serde(default)]
-    pub targets: BTreeMap<String, i64>,
-}
-
 /// `ebb.svc.planner.terminate`: an admin ends an event that has nothing in flight.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TerminateRequest {

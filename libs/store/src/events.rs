@@ -10,6 +10,7 @@ use ebb_domain::{
     BatchId, CommandKind, DeviceId, EventId, EventState, OrgId, SiteId, SpendReason, StopCause,
     TargetState,
 };
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sqlx::{PgConnection, PgExecutor, PgPool, Row};
 use std::collections::BTreeMap;
@@ -312,6 +313,82 @@ pub async fn lock_event(
     .fetch_optional(&mut *conn)
     .await?;
     row.as_ref().map(event_from_row).transpose()
+}
+
+/// An event as the API shows it: summary and counts, never per-target rows.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventView {
+    #[schema(value_type = uuid::Uuid)]
+    pub id: EventId,
+    /// `pending`, `active`, `restoring`, `completed`, `completed_with_failures`, `cancelled`
+    /// or `failed`.
+    #[schema(value_type = String, example = "active")]
+    pub state: EventState,
+    pub mode: String,
+    pub mode_params: Json,
+    pub scope: Json,
+    pub reason: String,
+    pub priority: i32,
+    pub target_kw: Option<f64>,
+    pub selection: Json,
+    pub restore_batch_size: u32,
+    pub restore_batch_interval_s: u32,
+    pub max_duration_s: Option<u32>,
+    pub external_source: Option<String>,
+    pub external_reference: Option<String>,
+    pub source_actor: String,
+    pub stop_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub activated_at: Option<DateTime<Utc>>,
+    pub restore_started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    /// Target counts by state.
+    pub targets: BTreeMap<String, i64>,
+    /// What the event sheds now, in kW: baseline minus latest observed power over its confirmed
+    /// targets, from telemetry (0 once nothing is confirmed).
+    pub observed_shed_kw: f64,
+}
+
+impl EventView {
+    pub fn new(e: EventRow, targets: BTreeMap<String, i64>, observed_shed_w: f64) -> Self {
+        Self {
+            id: e.id,
+            state: e.state,
+            mode: e.mode,
+            mode_params: e.mode_params,
+            scope: e.scope,
+            reason: e.reason,
+            priority: e.priority,
+            target_kw: e.target_kw,
+            selection: e.selection,
+            restore_batch_size: e.restore_batch_size,
+            restore_batch_interval_s: e.restore_batch_interval_s,
+            max_duration_s: e.max_duration_s,
+            external_source: e.external_source,
+            external_reference: e.external_reference,
+            source_actor: e.source_actor,
+            stop_reason: e.stop_reason,
+            created_at: e.created_at,
+            activated_at: e.activated_at,
+            restore_started_at: e.restore_started_at,
+            ended_at: e.ended_at,
+            targets,
+            observed_shed_kw: observed_shed_w.round() / 1000.0,
+        }
+    }
+}
+
+/// The event as the API shows it now: its row, its target counts and what it sheds.
+pub async fn view(conn: &mut PgConnection, ev: &EventRow) -> Result<EventView, StoreError> {
+    let counts = target_counts(&mut *conn, &[ev.id])
+        .await?
+        .remove(&ev.id)
+        .unwrap_or_default();
+    let shed = observed_shed_w(&mut *conn, &[ev.id])
+        .await?
+        .remove(&ev.id)
+        .unwrap_or(0.0);
+    Ok(EventView::new(ev.clone(), counts, shed))
 }
 
 /// Target counts by state for each of `events`.
@@ -925,6 +1002,21 @@ pub async fn event_of_batch(
 /// safety tick.
 pub const EVENT_CHANNEL: &str = "ebb.events";
 
+/// The feed's and the webhooks' type for an event that reached `state` (a pending event was
+/// just started).
+pub fn event_type(state: EventState) -> ebb_webhooks::EventType {
+    use ebb_webhooks::EventType as T;
+    match state {
+        EventState::Pending => T::CurtailmentStarted,
+        EventState::Active => T::CurtailmentActive,
+        EventState::Restoring => T::CurtailmentRestoring,
+        EventState::Completed => T::CurtailmentCompleted,
+        EventState::CompletedWithFailures => T::CurtailmentCompletedWithFailures,
+        EventState::Cancelled => T::CurtailmentCancelled,
+        EventState::Failed => T::CurtailmentFailed,
+    }
+}
+
 /// Queues the notice of a state change (published on the event feed by the worker, in the trace
 /// of the request that started the event), in the caller's transaction, and notifies [`EVENT_CHANNEL`] when it commits.
 pub async fn announce(
@@ -933,6 +1025,9 @@ pub async fn announce(
     from: Option<EventState>,
     reason: Option<&str>,
 ) -> Result<(), StoreError> {
+    // The feed and the webhooks carry the event as `GET /v1/curtailments/{id}` shows it.
+    let data = serde_json::to_value(view(&mut *conn, event).await?)
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
     let notice = crate::outbox::Notice::EventTransition {
         event_id: event.id,
         org_id: event.org_id,
@@ -940,14 +1035,25 @@ pub async fn announce(
         from,
         reason: reason.map(str::to_owned),
         at: event.updated_at,
+        data: Some(data.clone()),
     };
-    crate::outbox::enqueue_traced(
-        conn,
+    let id = crate::outbox::enqueue_traced(
+        &mut *conn,
         Some(event.org_id),
         &notice,
         event.traceparent.as_deref(),
     )
     .await?;
+    // Webhook deliveries are written with the transition, under the same id as its feed
+    // message: a receiver can deduplicate across both.
+    let message = ebb_webhooks::Event {
+        id: id.into(),
+        event_type: event_type(event.state),
+        time: event.updated_at,
+        subject: event.id.to_string(),
+        data,
+    };
+    crate::webhooks::enqueue(&mut *conn, event.org_id, &message).await?;
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(EVENT_CHANNEL)
         .bind(event.id.0.to_string())

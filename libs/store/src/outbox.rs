@@ -34,6 +34,10 @@ pub enum Notice {
         from: Option<EventState>,
         reason: Option<String>,
         at: DateTime<Utc>,
+        /// The event as the API showed it in the transition's transaction (absent in rows
+        /// written before the feed carried it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<serde_json::Value>,
     },
 }
 

@@ -9,16 +9,14 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, request::Parts};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{DateTime, Utc};
 use ebb_bus::rpc::{CallError, call};
 use ebb_bus::{
     Actor, PlanView, PreviewRequest, Role, Scope, StartReply, StartRequest, StopReply, StopRequest,
 };
 use ebb_domain::selection::Mode;
 use ebb_domain::{EventId, EventState, Kw, SiteCode, Watts};
-use ebb_store::events::{self, EventRow};
+use ebb_store::events::{self, EventRow, EventView};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// The API's routes and the OpenAPI document they make: each route is registered with its
@@ -560,69 +558,6 @@ async fn load_view(s: &AppState, p: &Principal, id: EventId) -> Result<EventView
         .remove(&id)
         .unwrap_or(0.0);
     Ok(EventView::new(ev, counts, shed))
-}
-
-/// An event as the API shows it: summary and counts, never per-target rows.
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct EventView {
-    #[schema(value_type = uuid::Uuid)]
-    pub id: EventId,
-    /// `pending`, `active`, `restoring`, `completed`, `completed_with_failures`, `cancelled`
-    /// or `failed`.
-    #[schema(value_type = String, example = "active")]
-    pub state: EventState,
-    pub mode: String,
-    pub mode_params: serde_json::Value,
-    pub scope: serde_json::Value,
-    pub reason: String,
-    pub priority: i32,
-    pub target_kw: Option<f64>,
-    pub selection: serde_json::Value,
-    pub restore_batch_size: u32,
-    pub restore_batch_interval_s: u32,
-    pub max_duration_s: Option<u32>,
-    pub external_source: Option<String>,
-    pub external_reference: Option<String>,
-    pub source_actor: String,
-    pub stop_reason: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub activated_at: Option<DateTime<Utc>>,
-    pub restore_started_at: Option<DateTime<Utc>>,
-    pub ended_at: Option<DateTime<Utc>>,
-    /// Target counts by state.
-    pub targets: BTreeMap<String, i64>,
-    /// What the event sheds now, in kW: baseline minus latest observed power over its confirmed
-    /// targets, from telemetry (0 once nothing is confirmed).
-    pub observed_shed_kw: f64,
-}
-
-impl EventView {
-    fn new(e: EventRow, targets: BTreeMap<String, i64>, observed_shed_w: f64) -> Self {
-        Self {
-            id: e.id,
-            state: e.state,
-            mode: e.mode,
-            mode_params: e.mode_params,
-            scope: e.scope,
-            reason: e.reason,
-            priority: e.priority,
-            target_kw: e.target_kw,
-            selection: e.selection,
-            restore_batch_size: e.restore_batch_size,
-            restore_batch_interval_s: e.restore_batch_interval_s,
-            max_duration_s: e.max_duration_s,
-            external_source: e.external_source,
-            external_reference: e.external_reference,
-            source_actor: e.source_actor,
-            stop_reason: e.stop_reason,
-            created_at: e.created_at,
-            activated_at: e.activated_at,
-            restore_started_at: e.restore_started_at,
-            ended_at: e.ended_at,
-            targets,
-            observed_shed_kw: observed_shed_w.round() / 1000.0,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

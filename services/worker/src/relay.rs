@@ -24,11 +24,10 @@ use crate::WorkerConfig;
 use async_nats::jetstream;
 use async_nats::jetstream::context::PublishErrorKind;
 use ebb_bus::publish::PublishError;
-use ebb_bus::{Envelope, EventNotice, subjects};
+use ebb_bus::subjects;
 use ebb_store::outbox::{self, Failed, Message, Notice, Pending};
 use ebb_store::{PgPool, StoreError};
 use futures::future::BoxFuture;
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -108,7 +107,14 @@ pub enum RelayError {
     Publish(#[from] PublishError),
 }
 
-/// The subject and payload of a row, or why it cannot be published.
+/// The CloudEvents `source` of an org's events.
+pub fn source(org: ebb_domain::OrgId) -> String {
+    format!("urn:ebb:org:{org}")
+}
+
+/// The subject and payload of a row, or why it cannot be published: a curtailment's
+/// transition is a CloudEvents 1.0 document in structured mode (JSON), the feed's public
+/// contract.
 pub fn wire(row: &Pending) -> Result<(String, Vec<u8>), String> {
     match &row.message {
         Message::Raw { subject, payload } => Ok((subject.clone(), payload.clone())),
@@ -116,18 +122,22 @@ pub fn wire(row: &Pending) -> Result<(String, Vec<u8>), String> {
             event_id,
             org_id,
             state,
-            from,
-            reason,
+            at,
+            data,
             ..
         }) => {
-            let notice = EventNotice {
-                event_id: *event_id,
-                state: *state,
-                from: *from,
-                reason: reason.clone(),
-                targets: BTreeMap::new(),
+            // A row written before notices carried the event says what it knows.
+            let data = data
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({ "id": event_id, "state": state }));
+            let event = ebb_webhooks::Event {
+                id: row.id.into(),
+                event_type: ebb_store::events::event_type(*state),
+                time: *at,
+                subject: event_id.to_string(),
+                data,
             };
-            let payload = ebb_bus::encode(&Envelope::new(Some(*org_id), notice))
+            let payload = serde_json::to_vec(&event.cloud_event(&source(*org_id)))
                 .map_err(|e| e.to_string())?;
             Ok((subjects::event(*org_id, *event_id), payload))
         }

@@ -17,6 +17,7 @@ fn notice(org: OrgId) -> Notice {
         from: Some(EventState::Pending),
         reason: None,
         at: Utc::now(),
+        data: None,
     }
 }
 

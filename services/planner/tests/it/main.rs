@@ -121,6 +121,68 @@ async fn preview_writes_nothing_and_matches_start() {
     assert_eq!(chosen, want);
 }
 
+/// Issue 8: a transition is announced in its own transaction, once for the feed (an outbox row
+/// carrying the event as the API shows it) and once per webhook endpoint that wants its type,
+/// under the same message id; an endpoint that wants other types gets nothing.
+#[tokio::test]
+async fn a_start_queues_its_feed_message_and_its_webhook_deliveries_with_it() {
+    use ebb_store::webhooks::{self, NewEndpoint};
+    use ebb_webhooks::endpoint::{Description, EventFilter};
+    use ebb_webhooks::ssrf::WebhookUrl;
+    let f = fixture(3).await;
+    let ring =
+        ebb_webhooks::Keyring::parse(&ebb_webhooks::Keyring::generate_entry("k").unwrap()).unwrap();
+    let endpoint = |types: &[&str]| NewEndpoint {
+        url: WebhookUrl::parse("https://receiver.example/hooks").unwrap(),
+        event_types: EventFilter::parse(Some(types)).unwrap(),
+        description: Description::new("test").unwrap(),
+    };
+    let (wants, _) = webhooks::create_endpoint(
+        f.db.pool(),
+        &ring,
+        f.org,
+        &endpoint(&["ebb.curtailment.started"]),
+    )
+    .await
+    .unwrap();
+    webhooks::create_endpoint(f.db.pool(), &ring, f.org, &endpoint(&["ebb.usage.rated"]))
+        .await
+        .unwrap();
+    let started = f
+        .planner
+        .start(&req(&f, Role::Operator, 3.0))
+        .await
+        .unwrap();
+
+    let (outbox_id, payload): (uuid::Uuid, Vec<u8>) =
+        sqlx::query_as("SELECT id, payload FROM outbox")
+            .fetch_one(f.db.pool())
+            .await
+            .unwrap();
+    let notice: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    let data = &notice["data"];
+    assert_eq!(data["id"], started.event_id.0.to_string());
+    assert_eq!(data["state"], "pending");
+    assert_eq!(data["targets"]["pending"], 1, "{data}");
+    let rows: Vec<(uuid::Uuid, String, String, String)> =
+        sqlx::query_as("SELECT endpoint_id, message_id, event_type, payload FROM webhook_delivery")
+            .fetch_all(f.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        rows.len(),
+        1,
+        "only the endpoint that wants starts: {rows:?}"
+    );
+    let (to, message, kind, body) = &rows[0];
+    assert_eq!(*to, wants.id.0);
+    assert_eq!(*message, outbox_id.to_string(), "the feed's id");
+    assert_eq!(kind, "ebb.curtailment.started");
+    let body: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["type"], "ebb.curtailment.started");
+    assert_eq!(&body["data"], data, "the same data as the feed");
+}
+
 /// Starts are counted by mode, and the devices left out by why (issue 10).
 #[tokio::test]
 async fn starts_and_exclusions_are_counted() {

@@ -6,7 +6,6 @@
 
 use async_nats::jetstream;
 use chrono::Utc;
-use ebb_bus::EventNotice;
 use ebb_domain::{EventId, EventState, OrgId};
 use ebb_store::outbox::{self, Notice};
 use ebb_worker::relay::{self, RelaySettings};
@@ -32,6 +31,7 @@ fn notice(org: OrgId, state: EventState) -> Notice {
         from: Some(EventState::Pending),
         reason: None,
         at: Utc::now(),
+        data: None,
     }
 }
 
@@ -89,13 +89,15 @@ async fn relay_publishes_committed_rows_once_with_their_id() {
     ebb_bus::streams::ensure_streams(&js).await.unwrap();
     let pool = db.pool();
     let (org, event) = (OrgId::new(), EventId::new());
+    let at = Utc::now();
     let notice = |state| Notice::EventTransition {
         event_id: event,
         org_id: org,
         state,
         from: Some(EventState::Pending),
         reason: Some("why".into()),
-        at: Utc::now(),
+        at,
+        data: Some(serde_json::json!({"id": event, "state": state, "observed_shed_kw": 1.5})),
     };
 
     let mut tx = pool.begin().await.unwrap();
@@ -138,23 +140,33 @@ async fn relay_publishes_committed_rows_once_with_their_id() {
             .as_ref()
             .and_then(|h| h.get("Nats-Msg-Id"))
             .map(|v| v.to_string());
-        let body = ebb_bus::decode::<EventNotice>(&m.payload).unwrap();
-        got.push((m.subject.to_string(), msg_id, body.org, body.body));
+        let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        got.push((m.subject.to_string(), msg_id, body));
     }
+    // The feed's contract: a CloudEvents 1.0 document in structured mode, its id the
+    // message's Nats-Msg-Id, its data the event as the API shows it.
     assert_eq!(
         got,
         vec![(
             ebb_bus::subjects::event(org, event),
             Some(id.to_string()),
-            Some(org),
-            EventNotice {
-                event_id: event,
-                state: EventState::Active,
-                from: Some(EventState::Pending),
-                reason: Some("why".into()),
-                targets: Default::default(),
-            }
+            serde_json::json!({
+                "specversion": "1.0",
+                "id": id.to_string(),
+                "source": format!("urn:ebb:org:{org}"),
+                "type": "ebb.curtailment.active",
+                "time": at,
+                "subject": event.to_string(),
+                "datacontenttype": "application/json",
+                "data": {"id": event, "state": "active", "observed_shed_kw": 1.5},
+            })
         )]
+    );
+    // Each is a valid CloudEvent to the crate that defines them.
+    let parsed: ebb_webhooks::CloudEvent = serde_json::from_value(got[0].2.clone()).unwrap();
+    assert_eq!(
+        parsed.event_type,
+        ebb_webhooks::EventType::CurtailmentActive
     );
 }
 
