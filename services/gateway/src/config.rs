@@ -23,6 +23,10 @@ pub struct GatewayConfig {
     pub key_cache_ttl_s: u64,
     /// Tokens the key cache and the rate limiter remember at most.
     pub key_cache_size: u32,
+    /// Webhook URLs may name loopback addresses (`ebb dev`).
+    pub webhook_allow_loopback: bool,
+    /// Webhook URLs may name private addresses (receivers on the deployment's own network).
+    pub webhook_allow_private: bool,
 }
 
 impl Default for GatewayConfig {
@@ -35,6 +39,8 @@ impl Default for GatewayConfig {
             max_in_flight: 512,
             key_cache_ttl_s: 10,
             key_cache_size: 100_000,
+            webhook_allow_loopback: false,
+            webhook_allow_private: false,
         }
     }
 }
@@ -68,6 +74,14 @@ impl Settings for GatewayConfig {
         Key::new(
             "key_cache_size",
             "tokens the key cache and the rate limiter remember at most",
+        ),
+        Key::new(
+            "webhook_allow_loopback",
+            "webhook URLs may name loopback addresses (ebb dev)",
+        ),
+        Key::new(
+            "webhook_allow_private",
+            "webhook URLs may name private addresses (receivers on the deployment's network)",
         ),
     ];
 
@@ -107,6 +121,17 @@ impl Settings for GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// Which addresses a webhook URL may name.
+    pub fn webhook_policy(&self) -> ebb_webhooks::ssrf::Policy {
+        use ebb_webhooks::ssrf::{Permit, Policy};
+        let permit = |on: bool| if on { Permit::Allow } else { Permit::Refuse };
+        Policy {
+            loopback: permit(self.webhook_allow_loopback),
+            private: permit(self.webhook_allow_private),
+            ..Policy::strict()
+        }
+    }
+
     /// The guard's settings.
     pub fn guard(&self) -> crate::guard::GuardSettings {
         crate::guard::GuardSettings {

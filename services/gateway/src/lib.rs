@@ -12,6 +12,7 @@ mod instruments;
 pub mod openapi;
 pub mod problem;
 mod routes;
+mod webhooks;
 
 pub use config::GatewayConfig;
 
@@ -31,6 +32,10 @@ pub struct AppState {
     pub planner_timeout: Duration,
     /// Rate limit, key cache and limits (see [`guard`]).
     pub guard: Arc<guard::Guard>,
+    /// Seals webhook secrets (`EBB_SECRETS_KEY`); without it webhook endpoints cannot be made.
+    pub keyring: Option<Arc<ebb_webhooks::Keyring>>,
+    /// Which addresses a webhook URL may name.
+    pub webhook_policy: ebb_webhooks::ssrf::Policy,
 }
 
 /// The full router: API, health, metrics, every route counted and timed.
@@ -48,8 +53,31 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Binds the listener; the pool and NATS client come from the process's context.
+    /// Binds the listener; the pool and NATS client come from the process's context, the
+    /// webhook secrets' keyring from `EBB_SECRETS_KEY` (webhooks are off without it).
     pub async fn build(config: &GatewayConfig, ctx: &ebb_runtime::Context) -> anyhow::Result<Self> {
+        let keyring = match std::env::var(ebb_webhooks::sealed::ENV) {
+            Ok(text) if !text.trim().is_empty() => Some(
+                ebb_webhooks::Keyring::parse(&text)
+                    .with_context(|| format!("{} is not a keyring", ebb_webhooks::sealed::ENV))?,
+            ),
+            _ => {
+                tracing::info!(
+                    "{} is not set: webhook endpoints cannot be created",
+                    ebb_webhooks::sealed::ENV
+                );
+                None
+            }
+        };
+        Self::build_with(config, ctx, keyring).await
+    }
+
+    /// [`Gateway::build`] with this keyring.
+    pub async fn build_with(
+        config: &GatewayConfig,
+        ctx: &ebb_runtime::Context,
+        keyring: Option<ebb_webhooks::Keyring>,
+    ) -> anyhow::Result<Self> {
         if let Err(errs) = config.validate() {
             anyhow::bail!("invalid gateway config: {}", errs.join("; "));
         }
@@ -66,6 +94,8 @@ impl Gateway {
             nats: ctx.nats().clone(),
             planner_timeout: Duration::from_secs(config.planner_timeout_s),
             guard: guard.clone(),
+            keyring: keyring.map(Arc::new),
+            webhook_policy: config.webhook_policy(),
         };
         Ok(Self {
             listener,

@@ -39,6 +39,15 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(crate::access::create_key, crate::access::list_keys))
         .routes(routes!(crate::access::revoke_key))
         .routes(routes!(crate::access::audit))
+        .routes(routes!(crate::webhooks::create, crate::webhooks::list))
+        .routes(routes!(
+            crate::webhooks::get_one,
+            crate::webhooks::patch,
+            crate::webhooks::delete
+        ))
+        .routes(routes!(crate::webhooks::rotate))
+        .routes(routes!(crate::webhooks::deliveries))
+        .routes(routes!(crate::webhooks::redeliver))
         .split_for_parts()
 }
 

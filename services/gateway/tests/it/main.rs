@@ -3,6 +3,7 @@
 
 mod access;
 mod fleet;
+mod webhooks;
 
 use chrono::{Duration, Utc};
 use ebb_bus::Role;
@@ -100,8 +101,17 @@ async fn spawn_app() -> App {
     .await
 }
 
-/// [`spawn_app`] with these settings (but always on a free port).
+/// [`spawn_app`] with these settings (but always on a free port), and a keyring for webhook
+/// secrets.
 async fn spawn_app_with(cfg: GatewayConfig) -> App {
+    let ring =
+        ebb_webhooks::Keyring::parse(&ebb_webhooks::Keyring::generate_entry("test").unwrap())
+            .unwrap();
+    spawn_app_keyed(cfg, Some(ring)).await
+}
+
+/// [`spawn_app_with`], with this keyring (`None`: webhooks off).
+async fn spawn_app_keyed(cfg: GatewayConfig, keyring: Option<ebb_webhooks::Keyring>) -> App {
     let db = TestDb::new().await.unwrap();
     let nats = NatsServer::start().await.unwrap();
     let world = World::builder()
@@ -139,7 +149,7 @@ async fn spawn_app_with(cfg: GatewayConfig) -> App {
     )
     .await
     .unwrap();
-    let gw = Gateway::build(&cfg, &ctx).await.unwrap();
+    let gw = Gateway::build_with(&cfg, &ctx, keyring).await.unwrap();
     let stats = gw.stats();
     let base = format!("http://{}", gw.addr());
     tokio::spawn(gw.serve(stop.clone()));
@@ -765,6 +775,7 @@ async fn the_openapi_document_lists_every_route_and_problem() {
         operations,
         [
             "DELETE /v1/keys/{id}",
+            "DELETE /v1/webhooks/{id}",
             "GET /v1/audit",
             "GET /v1/curtailments",
             "GET /v1/curtailments/{id}",
@@ -772,18 +783,25 @@ async fn the_openapi_document_lists_every_route_and_problem() {
             "GET /v1/devices/{id}",
             "GET /v1/fleet/summary",
             "GET /v1/keys",
+            "GET /v1/webhooks",
+            "GET /v1/webhooks/{id}",
+            "GET /v1/webhooks/{id}/deliveries",
             "PATCH /v1/devices/{id}",
+            "PATCH /v1/webhooks/{id}",
             "POST /v1/curtailments",
             "POST /v1/curtailments/{id}/stop",
             "POST /v1/curtailments/{id}/terminate",
             "POST /v1/curtailments:preview",
             "POST /v1/keys",
+            "POST /v1/webhooks",
+            "POST /v1/webhooks/{id}/deliveries/{delivery}/redeliver",
+            "POST /v1/webhooks/{id}/rotate-secret",
         ]
     );
     let id = uuid::Uuid::now_v7().to_string();
     for op in &operations {
         let (method, path) = op.split_once(' ').unwrap();
-        let url = app.url(&path.replace("{id}", &id));
+        let url = app.url(&path.replace("{id}", &id).replace("{delivery}", &id));
         let r = app
             .http
             .request(method.parse().unwrap(), url)
