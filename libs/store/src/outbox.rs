@@ -42,6 +42,13 @@ pub enum Notice {
 }
 
 impl Notice {
+    /// The key its row is ordered by: rows of one key are published in the order written.
+    pub fn ordering_key(&self) -> Option<Uuid> {
+        match self {
+            Notice::EventTransition { event_id, .. } => Some(event_id.0),
+        }
+    }
+
     /// The `kind` column's value.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -69,13 +76,15 @@ pub async fn enqueue_traced(
     let id = Uuid::now_v7();
     let payload = serde_json::to_vec(notice).map_err(|e| StoreError::Encode(e.to_string()))?;
     sqlx::query(
-        "INSERT INTO outbox (id, org_id, kind, payload, traceparent) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO outbox (id, org_id, kind, payload, traceparent, ordering_key)
+         VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(id)
     .bind(org.map(|o| o.0))
     .bind(notice.kind())
     .bind(payload)
     .bind(traceparent)
+    .bind(notice.ordering_key())
     .execute(conn)
     .await?;
     Ok(id)
@@ -148,9 +157,16 @@ pub async fn claim(pool: &PgPool, limit: i64, lease: Duration) -> Result<Claim, 
     let rows = sqlx::query(
         "UPDATE outbox o SET claimed_until = now() + make_interval(secs => $2),
                 claim_token = $3, attempts = o.attempts + 1
-         FROM (SELECT id FROM outbox
+         FROM (SELECT id FROM outbox r
                WHERE published_at IS NULL AND parked_at IS NULL
                  AND (claimed_until IS NULL OR claimed_until <= now())
+                 -- Only the head of its key: an older row of the same key, still to be
+                 -- published (or waiting for its retry), goes first.
+                 AND NOT EXISTS (
+                     SELECT 1 FROM outbox p
+                     WHERE p.ordering_key = r.ordering_key
+                       AND p.published_at IS NULL AND p.parked_at IS NULL
+                       AND (p.created_at, p.id) < (r.created_at, r.id))
                ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED) c
          WHERE o.id = c.id
          RETURNING o.id, o.org_id, o.created_at, o.attempts, o.kind, o.subject, o.payload,

@@ -27,6 +27,9 @@ pub struct GatewayConfig {
     pub webhook_allow_loopback: bool,
     /// Webhook URLs may name private addresses (receivers on the deployment's own network).
     pub webhook_allow_private: bool,
+    /// A file holding the webhook secrets' keyring (`kid:base64key,…`); when empty, the
+    /// `EBB_SECRETS_KEY` variable holds it. Without either, webhook endpoints cannot be made.
+    pub secrets_key_file: String,
 }
 
 impl Default for GatewayConfig {
@@ -41,6 +44,7 @@ impl Default for GatewayConfig {
             key_cache_size: 100_000,
             webhook_allow_loopback: false,
             webhook_allow_private: false,
+            secrets_key_file: String::new(),
         }
     }
 }
@@ -82,6 +86,10 @@ impl Settings for GatewayConfig {
         Key::new(
             "webhook_allow_private",
             "webhook URLs may name private addresses (receivers on the deployment's network)",
+        ),
+        Key::new(
+            "secrets_key_file",
+            "a file holding the webhook secrets' keyring (else EBB_SECRETS_KEY)",
         ),
     ];
 

@@ -56,14 +56,24 @@ impl Gateway {
     /// Binds the listener; the pool and NATS client come from the process's context, the
     /// webhook secrets' keyring from `EBB_SECRETS_KEY` (webhooks are off without it).
     pub async fn build(config: &GatewayConfig, ctx: &ebb_runtime::Context) -> anyhow::Result<Self> {
-        let keyring = match std::env::var(ebb_webhooks::sealed::ENV) {
-            Ok(text) if !text.trim().is_empty() => Some(
+        let (text, from) = if config.secrets_key_file.is_empty() {
+            (
+                std::env::var(ebb_webhooks::sealed::ENV).ok(),
+                ebb_webhooks::sealed::ENV.to_owned(),
+            )
+        } else {
+            let text = std::fs::read_to_string(&config.secrets_key_file)
+                .with_context(|| format!("reading secrets_key_file {}", config.secrets_key_file))?;
+            (Some(text), config.secrets_key_file.clone())
+        };
+        let keyring = match text {
+            Some(text) if !text.trim().is_empty() => Some(
                 ebb_webhooks::Keyring::parse(&text)
-                    .with_context(|| format!("{} is not a keyring", ebb_webhooks::sealed::ENV))?,
+                    .with_context(|| format!("{from} does not hold a keyring"))?,
             ),
             _ => {
                 tracing::info!(
-                    "{} is not set: webhook endpoints cannot be created",
+                    "neither secrets_key_file nor {} is set: webhook endpoints cannot be created",
                     ebb_webhooks::sealed::ENV
                 );
                 None

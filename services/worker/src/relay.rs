@@ -14,8 +14,9 @@
 //!
 //! A relay that dies between publish and settle leaves its rows to a later claim once the lease
 //! runs out: they are published again under the same `Nats-Msg-Id`, inside the stream's duplicate
-//! window, so the stream drops the copy. Rows are claimed oldest first, so each event's notices go
-//! out in order unless one of them fails and is overtaken by the ones behind it.
+//! window, so the stream drops the copy. Rows are claimed oldest first, and only the oldest
+//! unpublished row of each event (`outbox.ordering_key`), so an event's notices go out in order
+//! even when one fails and waits for its retry; a parked one is skipped, logged at WARN.
 //!
 //! Published rows older than the retention are deleted in bounded batches every
 //! [`PRUNE_EVERY`].

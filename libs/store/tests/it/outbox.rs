@@ -165,3 +165,89 @@ async fn a_lapsed_lease_frees_its_rows_and_its_claim_can_no_longer_settle_them()
             .is_empty()
     );
 }
+
+/// Issue 8: one event's notices are claimed one at a time, oldest first, so a failed one waiting
+/// for its retry is never overtaken; another event's are not held up by it; a parked one no
+/// longer holds its successors.
+#[tokio::test]
+async fn an_events_notices_are_claimed_in_order_one_at_a_time() {
+    let db = super::fixtures::migrated().await;
+    let pool = db.pool();
+    let org = OrgId::new();
+    let event = EventId::new();
+    let of = |state| Notice::EventTransition {
+        event_id: event,
+        org_id: org,
+        state,
+        from: None,
+        reason: None,
+        at: Utc::now(),
+        data: None,
+    };
+    let mut ids = Vec::new();
+    for state in [
+        EventState::Pending,
+        EventState::Active,
+        EventState::Restoring,
+    ] {
+        let mut tx = pool.begin().await.unwrap();
+        ids.push(
+            outbox::enqueue(&mut tx, Some(org), &of(state))
+                .await
+                .unwrap(),
+        );
+        tx.commit().await.unwrap();
+    }
+    let mut tx = pool.begin().await.unwrap();
+    let other = outbox::enqueue(&mut tx, Some(org), &notice(org))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let claim = outbox::claim(pool, 10, LEASE).await.unwrap();
+    let got: Vec<_> = claim.rows.iter().map(|r| r.id).collect();
+    assert_eq!(got, [ids[0], other], "the head of each event");
+    // The head fails and waits for its retry: nothing of its event is claimable meanwhile.
+    let failed = Failed {
+        id: ids[0],
+        error: "refused".into(),
+        retry_in: Duration::from_secs(3600),
+    };
+    claim.settle(&[other], &[failed], 10).await.unwrap();
+    assert!(
+        outbox::claim(pool, 10, LEASE)
+            .await
+            .unwrap()
+            .rows
+            .is_empty()
+    );
+    // Its retry comes: it goes, then the next one.
+    sqlx::query("UPDATE outbox SET claimed_until = now() WHERE id = $1")
+        .bind(ids[0])
+        .execute(pool)
+        .await
+        .unwrap();
+    let claim = outbox::claim(pool, 10, LEASE).await.unwrap();
+    assert_eq!(
+        claim.rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [ids[0]]
+    );
+    claim.finish(&[ids[0]]).await.unwrap();
+    let claim = outbox::claim(pool, 10, LEASE).await.unwrap();
+    assert_eq!(
+        claim.rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [ids[1]]
+    );
+    // Parked, it holds nothing up.
+    let failed = Failed {
+        id: ids[1],
+        error: "refused".into(),
+        retry_in: Duration::from_secs(3600),
+    };
+    claim.settle(&[], &[failed], 1).await.unwrap();
+    let claim = outbox::claim(pool, 10, LEASE).await.unwrap();
+    assert_eq!(
+        claim.rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+        [ids[2]]
+    );
+}

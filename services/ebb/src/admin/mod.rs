@@ -107,6 +107,23 @@ pub enum SiteCommand {
 }
 
 #[derive(Debug, clap::Subcommand)]
+pub enum IntegrationCommand {
+    /// Mint credentials for an integration: it may only create and read its durable consumer
+    /// `integration-<name>` on the event feed, filtered inside its org's events
+    /// (`ebb.event.<org>.>`). The same as `ebb admin nats integration`.
+    Add {
+        /// Its name: 1-64 of a-z, 0-9, `_` and `-`.
+        name: String,
+        /// The org whose events it reads.
+        #[arg(long)]
+        org: Uuid,
+        /// Where its `.creds` file goes.
+        #[arg(long, default_value = ".")]
+        creds_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub enum AdminCommand {
     /// Apply pending migrations (safe to run from several processes at once).
     Migrate,
@@ -119,6 +136,11 @@ pub enum AdminCommand {
     Site {
         #[command(subcommand)]
         command: SiteCommand,
+    },
+    /// Integrations that read an org's event feed.
+    Integration {
+        #[command(subcommand)]
+        command: IntegrationCommand,
     },
     /// Create an org; prints its id.
     CreateOrg {
@@ -283,6 +305,14 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
                     org,
                     creds_dir,
                 },
+        }
+        | AdminCommand::Integration {
+            command:
+                IntegrationCommand::Add {
+                    name,
+                    org,
+                    creds_dir,
+                },
         } => {
             if !ebb_natsauth::identity::valid_name(&name) {
                 anyhow::bail!("integration name {name:?} must be 1-64 of a-z, 0-9, '_' and '-'");
@@ -302,6 +332,12 @@ pub async fn run(args: AdminArgs) -> anyhow::Result<ExitCode> {
             )
             .await?;
             println!("{}", path.display());
+            eprintln!(
+                "its durable consumer on stream {}: {}, filter {}.{org}.>",
+                ebb_bus::streams::EVENT,
+                identity.name(),
+                ebb_bus::subjects::EVENT_PREFIX
+            );
         }
         AdminCommand::Site {
             command:

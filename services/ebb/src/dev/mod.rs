@@ -205,6 +205,14 @@ async fn run_with_servers(
     let (org, sites) = admin::ensure_org_and_sites(&pool, "dev", &codes, None).await?;
     let key_file = dir.join("dev-api-key");
     let key = admin::ensure_admin_key(&pool, org, &key_file).await?;
+    // Webhook secrets are sealed under this keyring, kept beside the data so they stay readable
+    // across restarts.
+    let secrets_key_file = dir.join("secrets.key");
+    if !secrets_key_file.exists() {
+        let entry = ebb_webhooks::Keyring::generate_entry("dev")?;
+        admin::write_secret_file(&secrets_key_file, &entry)
+            .with_context(|| format!("writing {}", secrets_key_file.display()))?;
+    }
     tracing::info!(%org, key_file = %key_file.display(), reused = !key.created, "dev org, sites and admin key ready");
 
     // NATS runs the production auth: nats/hub.conf in operator mode with TLS, one credential per
@@ -255,6 +263,7 @@ async fn run_with_servers(
             &sims,
             &key.token,
             &key_file,
+            &secrets_key_file,
             &database_url,
             &nats,
             shutdown,
@@ -362,6 +371,8 @@ struct DevSettings<'a> {
     args: &'a DevArgs,
     database_url: &'a str,
     nats: &'a DevNats,
+    /// The webhook secrets' keyring (`<data-dir>/secrets.key`).
+    secrets_key_file: String,
 }
 
 impl services::Overrides for DevSettings<'_> {
@@ -372,7 +383,12 @@ impl services::Overrides for DevSettings<'_> {
         }
         let mut set = |k: &str, v: String| s.push((k.to_owned(), v));
         match entry.name {
-            "gateway" => set("listen", self.args.listen.clone()),
+            "gateway" => {
+                set("listen", self.args.listen.clone());
+                // A receiver on the developer's machine may get webhooks.
+                set("webhook_allow_loopback", "true".into());
+                set("secrets_key_file", self.secrets_key_file.clone());
+            }
             // Paced, but quick enough to watch: 25 miners every 5 s.
             "planner" => {
                 set("restore_batch_size", "25".into());
@@ -408,6 +424,7 @@ async fn run_services(
     sims: &[fleet::SiteSim],
     token: &str,
     key_file: &Path,
+    secrets_key_file: &Path,
     database_url: &str,
     nats: &DevNats,
     shutdown: CancellationToken,
@@ -416,6 +433,7 @@ async fn run_services(
         args,
         database_url,
         nats,
+        secrets_key_file: secrets_key_file.display().to_string(),
     };
     // The process's own connections: one pool for every service, and NATS as the operator (each
     // service connects again as itself).
@@ -606,6 +624,23 @@ fn print_banner(
         }
         None => println!("  nats      {}", nats.url),
     }
+    let org = sites
+        .first()
+        .map(|s| s.org_id.to_string())
+        .unwrap_or_default();
+    println!(
+        "  feed      {}.{org}.> on stream {} (CloudEvents JSON)",
+        ebb_bus::subjects::EVENT_PREFIX,
+        ebb_bus::streams::EVENT
+    );
+    if let Some(hub) = &nats.hub {
+        println!(
+            "            its reader's credentials: {} (durable consumer integration-{})",
+            hub.dir.join("integration.creds").display(),
+            crate::localhub::DEV_INTEGRATION
+        );
+    }
+    println!("  webhooks  POST {base}/v1/webhooks (receivers on loopback allowed here)");
     println!("  metrics   {base}/metrics");
     println!();
     println!("Start a curtailment of {target} kW:");
