@@ -1002,6 +1002,72 @@ pub async fn event_of_batch(
 /// safety tick.
 pub const EVENT_CHANNEL: &str = "ebb.events";
 
+/// Device ids an `ebb.targets.failed` message lists at most: a 100,000-miner event's failures
+/// stay one message, with the count.
+pub const FAILED_IDS_SHOWN: usize = 100;
+
+/// Announces, in the caller's transaction (the one that moved them), that `devices` of `event`
+/// exhausted their attempts in `phase` (`curtail` or `restore`) for `reason`: one
+/// `ebb.targets.failed` message on the feed and one delivery per webhook endpoint that wants it,
+/// its data the event as the API shows it plus the aggregate (`failed_targets`: phase, reason,
+/// count, the batch when one result failed them, and up to [`FAILED_IDS_SHOWN`] device ids).
+pub async fn announce_targets_failed(
+    conn: &mut PgConnection,
+    event: EventId,
+    batch: Option<BatchId>,
+    phase: &str,
+    reason: &str,
+    devices: &[DeviceId],
+) -> Result<(), StoreError> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    let row = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM curtailment_event WHERE id = $1"
+    ))
+    .bind(event.0)
+    .fetch_optional(&mut *conn)
+    .await?
+    .ok_or(StoreError::NotFound)?;
+    let ev = event_from_row(&row)?;
+    let mut data = serde_json::to_value(view(&mut *conn, &ev).await?)
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+    let mut shown: Vec<String> = devices.iter().map(|d| d.0.to_string()).collect();
+    shown.sort();
+    shown.truncate(FAILED_IDS_SHOWN);
+    data["failed_targets"] = serde_json::json!({
+        "phase": phase,
+        "reason": reason,
+        "count": devices.len(),
+        "batch_id": batch.map(|b| b.0),
+        "device_ids": shown,
+        "device_ids_truncated": devices.len() > FAILED_IDS_SHOWN,
+    });
+    let at = Utc::now();
+    let notice = crate::outbox::Notice::TargetsFailed {
+        event_id: ev.id,
+        org_id: ev.org_id,
+        at,
+        data: data.clone(),
+    };
+    let id = crate::outbox::enqueue_traced(
+        &mut *conn,
+        Some(ev.org_id),
+        &notice,
+        ev.traceparent.as_deref(),
+    )
+    .await?;
+    let message = ebb_webhooks::Event {
+        id: id.into(),
+        event_type: ebb_webhooks::EventType::TargetsFailed,
+        time: at,
+        subject: ev.id.to_string(),
+        data,
+    };
+    crate::webhooks::enqueue(&mut *conn, ev.org_id, &message).await?;
+    Ok(())
+}
+
 /// The feed's and the webhooks' type for an event that reached `state` (a pending event was
 /// just started).
 pub fn event_type(state: EventState) -> ebb_webhooks::EventType {

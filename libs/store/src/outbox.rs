@@ -39,13 +39,24 @@ pub enum Notice {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         data: Option<serde_json::Value>,
     },
+    /// Targets of an event exhausted their attempts together (one result batch, or one pass's
+    /// deadlines): counted, with up to [`crate::events::FAILED_IDS_SHOWN`] device ids.
+    TargetsFailed {
+        event_id: EventId,
+        org_id: OrgId,
+        at: DateTime<Utc>,
+        /// The event as the API showed it, with the aggregate under `failed_targets`.
+        data: serde_json::Value,
+    },
 }
 
 impl Notice {
     /// The key its row is ordered by: rows of one key are published in the order written.
     pub fn ordering_key(&self) -> Option<Uuid> {
         match self {
-            Notice::EventTransition { event_id, .. } => Some(event_id.0),
+            Notice::EventTransition { event_id, .. } | Notice::TargetsFailed { event_id, .. } => {
+                Some(event_id.0)
+            }
         }
     }
 
@@ -53,6 +64,7 @@ impl Notice {
     pub fn kind(&self) -> &'static str {
         match self {
             Notice::EventTransition { .. } => "event_transition",
+            Notice::TargetsFailed { .. } => "targets_failed",
         }
     }
 }

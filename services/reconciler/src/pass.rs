@@ -602,10 +602,45 @@ impl Reconciler {
                 expect_batch,
                 ..change_for(m)
             };
-            let moved = events::transition_targets(
-                &self.pool, event, &devices, m.from, m.to, &change, ACTOR,
-            )
-            .await?;
+            // Targets that exhausted their attempts are announced (`ebb.targets.failed`) in the
+            // transaction that moves them, aggregated: one message for the whole move.
+            let failing = match m.why {
+                Why::Spent(reason) if m.to.is_terminal() => Some((
+                    if m.to == TargetState::RestoreFailed {
+                        "restore"
+                    } else {
+                        "curtail"
+                    },
+                    reason,
+                )),
+                _ => None,
+            };
+            let moved = match failing {
+                None => {
+                    events::transition_targets(
+                        &self.pool, event, &devices, m.from, m.to, &change, ACTOR,
+                    )
+                    .await?
+                }
+                Some((phase, reason)) => {
+                    let mut tx = self.pool.begin().await?;
+                    let moved = events::transition_targets(
+                        &mut *tx, event, &devices, m.from, m.to, &change, ACTOR,
+                    )
+                    .await?;
+                    events::announce_targets_failed(
+                        &mut tx,
+                        event,
+                        expect_batch,
+                        phase,
+                        reason.as_str(),
+                        &moved,
+                    )
+                    .await?;
+                    tx.commit().await?;
+                    moved
+                }
+            };
             self.count(m.from, m.to, devices.len(), moved.len());
             let moved: HashSet<DeviceId> = moved.into_iter().collect();
             lost.extend(devices.iter().filter(|d| !moved.contains(*d)));

@@ -142,6 +142,23 @@ pub fn wire(row: &Pending) -> Result<(String, Vec<u8>), String> {
                 .map_err(|e| e.to_string())?;
             Ok((subjects::event(*org_id, *event_id), payload))
         }
+        Message::Notice(Notice::TargetsFailed {
+            event_id,
+            org_id,
+            at,
+            data,
+        }) => {
+            let event = ebb_webhooks::Event {
+                id: row.id.into(),
+                event_type: ebb_webhooks::EventType::TargetsFailed,
+                time: *at,
+                subject: event_id.to_string(),
+                data: data.clone(),
+            };
+            let payload = serde_json::to_vec(&event.cloud_event(&source(*org_id)))
+                .map_err(|e| e.to_string())?;
+            Ok((subjects::event(*org_id, *event_id), payload))
+        }
         Message::Unreadable { kind, error } => Err(format!(
             "outbox row of kind {} cannot be read: {error}",
             kind.as_deref().unwrap_or("(none)")
@@ -362,7 +379,9 @@ pub async fn run(
 /// The event a row announces a change of, for its span.
 fn event_of(row: &Pending) -> Option<ebb_domain::EventId> {
     match &row.message {
-        Message::Notice(Notice::EventTransition { event_id, .. }) => Some(*event_id),
+        Message::Notice(
+            Notice::EventTransition { event_id, .. } | Notice::TargetsFailed { event_id, .. },
+        ) => Some(*event_id),
         _ => None,
     }
 }
@@ -378,5 +397,33 @@ mod tests {
         assert_eq!(got, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]);
         assert_eq!(s.retry_in(u32::MAX), MAX_RETRY);
         assert_eq!(s.retry_in(0), Duration::from_secs(1));
+    }
+
+    /// An aggregate of failed targets is an `ebb.targets.failed` CloudEvent on its event's
+    /// subject, its data as written.
+    #[test]
+    fn failed_targets_are_a_cloud_event_of_their_own_type() {
+        let (org, event) = (ebb_domain::OrgId::new(), ebb_domain::EventId::new());
+        let data = serde_json::json!({"id": event, "failed_targets": {"count": 3}});
+        let row = Pending {
+            id: uuid::Uuid::now_v7(),
+            org_id: Some(org),
+            created_at: chrono::Utc::now(),
+            attempts: 1,
+            message: Message::Notice(Notice::TargetsFailed {
+                event_id: event,
+                org_id: org,
+                at: chrono::Utc::now(),
+                data: data.clone(),
+            }),
+            traceparent: None,
+        };
+        let (subject, payload) = wire(&row).unwrap();
+        assert_eq!(subject, subjects::event(org, event));
+        let ce: ebb_webhooks::CloudEvent = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(ce.event_type, ebb_webhooks::EventType::TargetsFailed);
+        assert_eq!(ce.id.as_str(), row.id.to_string());
+        assert_eq!(ce.subject, event.to_string());
+        assert_eq!(ce.data, data);
     }
 }

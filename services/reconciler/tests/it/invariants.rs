@@ -97,6 +97,31 @@ async fn a_refusing_miner_fails_alone() {
         ),
         1
     );
+    // Announced once, aggregated, with the event as the API shows it (issue 8).
+    let failed: Vec<Vec<u8>> =
+        sqlx::query_scalar("SELECT payload FROM outbox WHERE kind = 'targets_failed'")
+            .fetch_all(h.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(failed.len(), 1);
+    let notice: serde_json::Value = serde_json::from_slice(&failed[0]).unwrap();
+    let data = &notice["data"];
+    assert_eq!(data["id"], id.0.to_string(), "{notice}");
+    assert_eq!(
+        data["failed_targets"],
+        serde_json::json!({
+            "phase": "curtail",
+            "reason": "command_failed",
+            "count": 1,
+            "batch_id": data["failed_targets"]["batch_id"],
+            "device_ids": [h.devices[0].0.to_string()],
+            "device_ids_truncated": false,
+        })
+    );
+    assert!(
+        data["failed_targets"]["batch_id"].is_string(),
+        "a result failed it"
+    );
     assert_eq!(
         states
             .values()
