@@ -347,10 +347,17 @@ pub struct EventView {
     /// What the event sheds now, in kW: baseline minus latest observed power over its confirmed
     /// targets, from telemetry (0 once nothing is confirmed).
     pub observed_shed_kw: f64,
+    /// What its plan expected it to shed, in kW (the selection's).
+    pub expected_shed_kw: f64,
 }
 
 impl EventView {
     pub fn new(e: EventRow, targets: BTreeMap<String, i64>, observed_shed_w: f64) -> Self {
+        let expected_shed_kw = e
+            .selection
+            .get("expected_shed_kw")
+            .and_then(Json::as_f64)
+            .unwrap_or(0.0);
         Self {
             id: e.id,
             state: e.state,
@@ -374,6 +381,7 @@ impl EventView {
             ended_at: e.ended_at,
             targets,
             observed_shed_kw: observed_shed_w.round() / 1000.0,
+            expected_shed_kw,
         }
     }
 }
@@ -459,6 +467,85 @@ pub async fn list_events(
     .fetch_all(db)
     .await?;
     rows.iter().map(event_from_row).collect()
+}
+
+/// An org's live events (pending, active, restoring), newest first.
+pub async fn live_events_of(
+    db: impl PgExecutor<'_>,
+    org: OrgId,
+) -> Result<Vec<EventRow>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM curtailment_event
+         WHERE org_id = $1 AND state IN ('pending', 'active', 'restoring') ORDER BY id DESC"
+    ))
+    .bind(org.0)
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// One target as the API lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TargetView {
+    pub device_id: DeviceId,
+    pub site: String,
+    pub address: String,
+    pub state: TargetState,
+    pub baseline_power_w: f64,
+    /// The device's latest sample: `None` when it did not answer.
+    pub observed_power_w: Option<f64>,
+    pub sampled_at: Option<DateTime<Utc>>,
+    pub retry_count: u32,
+    pub last_error: Option<String>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A page of `event`'s targets (in `state` when given) after device `after`, by device id.
+pub async fn target_page(
+    db: impl PgExecutor<'_>,
+    event: EventId,
+    state: Option<TargetState>,
+    after: Option<DeviceId>,
+    limit: i64,
+) -> Result<Vec<TargetView>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT t.device_id, s.code, d.address, t.state, t.baseline_power_w, ds.power_w,
+                ds.sampled_at, t.retry_count, t.last_error, t.confirmed_at, t.updated_at
+         FROM curtailment_target t
+         JOIN site s ON s.id = t.site_id
+         LEFT JOIN device d ON d.id = t.device_id
+         LEFT JOIN device_state ds ON ds.device_id = t.device_id
+         WHERE t.event_id = $1 AND ($2::text IS NULL OR t.state = $2)
+           AND ($3::uuid IS NULL OR t.device_id > $3)
+         ORDER BY t.device_id LIMIT $4",
+    )
+    .bind(event.0)
+    .bind(state.map(|s| s.as_str()))
+    .bind(after.map(|a| a.0))
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let state: String = r.get(3);
+            Ok(TargetView {
+                device_id: DeviceId(r.get(0)),
+                site: r.get(1),
+                address: r.get::<Option<String>, _>(2).unwrap_or_default(),
+                state: state
+                    .parse()
+                    .map_err(|_| StoreError::Encode(format!("unknown target state {state:?}")))?,
+                baseline_power_w: r.get(4),
+                observed_power_w: r.get(5),
+                sampled_at: r.get(6),
+                retry_count: u32::try_from(r.get::<i32, _>(7)).unwrap_or(0),
+                last_error: r.get(8),
+                confirmed_at: r.get(9),
+                updated_at: r.get(10),
+            })
+        })
+        .collect()
 }
 
 /// Events the reconciler drives.

@@ -8,10 +8,11 @@ use serde_json::Value;
 
 /// The fields of a curtailment as the API shows it, in a list or alone: a summary with target
 /// counts. A new field is a change of the API's contract and is added here on purpose.
-pub const EVENT_VIEW_FIELDS: [&str; 22] = [
+pub const EVENT_VIEW_FIELDS: [&str; 23] = [
     "activated_at",
     "created_at",
     "ended_at",
+    "expected_shed_kw",
     "external_reference",
     "external_source",
     "id",

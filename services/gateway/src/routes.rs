@@ -28,6 +28,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(start, list))
         .routes(routes!(preview))
         .routes(routes!(get_one))
+        .routes(routes!(active))
+        .routes(routes!(targets))
         .routes(routes!(stop))
         .routes(routes!(terminate))
         .routes(routes!(crate::fleet::list_devices))
@@ -676,4 +678,178 @@ async fn list(
         })
         .collect();
     Ok(Json(EventPage { items, next_cursor }))
+}
+
+/// One target of a curtailment.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TargetItem {
+    pub device_id: Uuid,
+    /// The site's code.
+    pub site: String,
+    pub address: String,
+    #[schema(example = "confirmed")]
+    pub state: String,
+    /// What it drew when selected, in W.
+    pub baseline_power_w: f64,
+    /// Its latest sample, in W: absent when it did not answer.
+    pub last_observed_power_w: Option<f64>,
+    pub sampled_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub retry_count: u32,
+    pub last_error: Option<String>,
+    pub confirmed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct TargetQuery {
+    /// Only targets in this state (`dispatched`, `confirmed`, `failed`, `restore_failed`, …).
+    #[serde(default)]
+    state: Option<String>,
+    /// 1 to 1,000 (default 100).
+    #[serde(default)]
+    page_size: Option<u32>,
+    /// The `next_cursor` of the previous page, with the same filter.
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct TargetCursor {
+    org: Uuid,
+    event: Uuid,
+    state: Option<String>,
+    after: Uuid,
+}
+
+/// One page of a curtailment's targets, by device id.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TargetPage {
+    pub items: Vec<TargetItem>,
+    pub next_cursor: Option<String>,
+}
+
+pub const MAX_TARGET_PAGE: u32 = 1000;
+
+#[utoipa::path(
+    get,
+    path = "/v1/curtailments/{id}/targets",
+    tag = "curtailments",
+    summary = "A curtailment's targets: which miners failed, and whether they are still asleep (viewer)",
+    params(("id" = uuid::Uuid, Path, description = "The curtailment"), TargetQuery),
+    responses((status = 200, description = "A page", body = TargetPage), crate::openapi::Problems)
+)]
+async fn targets(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    q: Result<Query<TargetQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TargetPage>, Problem> {
+    require(&p, Role::Viewer)?;
+    let event_id = parse_id(&id)?;
+    let Query(q) = q.map_err(|e| Problem::new(Kind::InvalidArgument, e.body_text()))?;
+    let state = q
+        .state
+        .as_deref()
+        .map(|st| {
+            st.parse::<ebb_domain::TargetState>()
+                .map_err(|_| Problem::field("state", "is not a target state"))
+        })
+        .transpose()?;
+    let size = q.page_size.unwrap_or(100);
+    if !(1..=MAX_TARGET_PAGE).contains(&size) {
+        return Err(Problem::field(
+            "page_size",
+            format!("must be between 1 and {MAX_TARGET_PAGE}"),
+        ));
+    }
+    let after = match &q.cursor {
+        None => None,
+        Some(c) => Some(ebb_domain::DeviceId(
+            crate::cursor::decode::<TargetCursor>(c)
+                .filter(|cur| cur.org == p.org.0 && cur.event == event_id.0 && cur.state == q.state)
+                .ok_or_else(bad_cursor)?
+                .after,
+        )),
+    };
+    load_view(&s, &p, event_id).await?; // 404 unless the key reaches the event
+    let mut rows = events::target_page(&s.pool, event_id, state, after, i64::from(size) + 1)
+        .await
+        .map_err(Problem::internal)?;
+    let more = rows.len() > size as usize;
+    rows.truncate(size as usize);
+    let next_cursor = more.then(|| rows.last()).flatten().map(|last| {
+        crate::cursor::encode(&TargetCursor {
+            org: p.org.0,
+            event: event_id.0,
+            state: q.state.clone(),
+            after: last.device_id.0,
+        })
+    });
+    Ok(Json(TargetPage {
+        items: rows
+            .into_iter()
+            .map(|t| TargetItem {
+                device_id: t.device_id.0,
+                site: t.site,
+                address: t.address,
+                state: t.state.as_str().to_owned(),
+                baseline_power_w: t.baseline_power_w,
+                last_observed_power_w: t.observed_power_w,
+                sampled_at: t.sampled_at,
+                retry_count: t.retry_count,
+                last_error: t.last_error,
+                confirmed_at: t.confirmed_at,
+                updated_at: t.updated_at,
+            })
+            .collect(),
+        next_cursor,
+    }))
+}
+
+/// The org's live curtailments (within the key's reach), with what each promised and sheds.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ActiveList {
+    pub items: Vec<EventView>,
+    /// Sum over the items of the shed their plans expected, in kW.
+    pub expected_shed_kw: f64,
+    /// Sum over the items of what telemetry says they shed now, in kW.
+    pub observed_shed_kw: f64,
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/curtailments/active",
+    tag = "curtailments",
+    summary = "Live curtailments with target counts by state and expected and observed shed (viewer)",
+    responses((status = 200, description = "The live events", body = ActiveList), crate::openapi::Problems)
+)]
+async fn active(State(s): State<AppState>, p: Principal) -> Result<Json<ActiveList>, Problem> {
+    require(&p, Role::Viewer)?;
+    let reach = reach(&s, &p).await?;
+    let mut rows = events::live_events_of(&s.pool, p.org)
+        .await
+        .map_err(Problem::internal)?;
+    rows.retain(|r| visible(&reach, r));
+    let ids: Vec<EventId> = rows.iter().map(|r| r.id).collect();
+    let mut counts = events::target_counts(&s.pool, &ids)
+        .await
+        .map_err(Problem::internal)?;
+    let mut shed = events::observed_shed_w(&s.pool, &ids)
+        .await
+        .map_err(Problem::internal)?;
+    let items: Vec<EventView> = rows
+        .into_iter()
+        .map(|r| {
+            let c = counts.remove(&r.id).unwrap_or_default();
+            let w = shed.remove(&r.id).unwrap_or(0.0);
+            EventView::new(r, c, w)
+        })
+        .collect();
+    Ok(Json(ActiveList {
+        expected_shed_kw: items.iter().map(|e| e.expected_shed_kw).sum(),
+        observed_shed_kw: items.iter().map(|e| e.observed_shed_kw).sum(),
+        items,
+    }))
 }

@@ -2,6 +2,7 @@
 //! real PostgreSQL database.
 
 mod access;
+mod curtailments;
 mod fleet;
 mod webhooks;
 
@@ -778,7 +779,9 @@ async fn the_openapi_document_lists_every_route_and_problem() {
             "DELETE /v1/webhooks/{id}",
             "GET /v1/audit",
             "GET /v1/curtailments",
+            "GET /v1/curtailments/active",
             "GET /v1/curtailments/{id}",
+            "GET /v1/curtailments/{id}/targets",
             "GET /v1/devices",
             "GET /v1/devices/{id}",
             "GET /v1/fleet/summary",
