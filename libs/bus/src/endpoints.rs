@@ -30,6 +30,7 @@ planner_endpoint!(PreviewRequest => PlanView, "preview");
 planner_endpoint!(StartRequest => StartReply, "start");
 planner_endpoint!(StopRequest => StopReply, "stop");
 planner_endpoint!(TerminateRequest => StopReply, "terminate");
+planner_endpoint!(UpdateRequest => UpdateReply, "update");
 /// A per-site planner endpoint: `ebb.svc.planner.<verb>.<site>`.
 macro_rules! planner_site_endpoint {
     ($req:ty => $reply:ty, $verb:literal) => {
@@ -104,6 +105,7 @@ mod tests {
         assert_eq!(StartRequest::subject(&()), subjects::planner::START);
         assert_eq!(StopRequest::subject(&()), subjects::planner::STOP);
         assert_eq!(TerminateRequest::subject(&()), subjects::planner::TERMINATE);
+        assert_eq!(UpdateRequest::subject(&()), subjects::planner::UPDATE);
         let site = SiteCode::parse("site-a").unwrap();
         assert_eq!(
             InventoryRequest::subject(&site),

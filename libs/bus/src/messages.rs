@@ -309,6 +309,10 @@ pub enum RpcErrorKind {
     EmptyPlan,
     NotFound,
     FailedPrecondition,
+    /// The event is not in a state the request applies to.
+    InvalidState,
+    /// The event changed state between the request's read and its write.
+    StateRace,
     PermissionDenied,
     Conflict,
     Unavailable,
@@ -600,6 +604,30 @@ pub struct StartReply {
 pub struct StopReply {
     pub event_id: EventId,
     pub changed: bool,
+}
+
+/// `ebb.svc.planner.update`: changes a pending or active event's reason, maximum duration or
+/// restore pacing. `None` leaves a field as it is.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateRequest {
+    pub org: OrgId,
+    pub actor: Actor,
+    pub event_id: EventId,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub max_duration_s: Option<u32>,
+    #[serde(default)]
+    pub restore_batch_size: Option<u32>,
+    #[serde(default)]
+    pub restore_batch_interval_s: Option<u32>,
+}
+
+/// Reply to an Update: the fields it changed (none when every field already had its value).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UpdateReply {
+    pub event_id: EventId,
+    pub changed: Vec<String>,
 }
 
 /// `ebb.svc.planner.terminate`: an admin ends an event that has nothing in flight.

@@ -129,7 +129,7 @@ impl Identity {
         let inbox = format!("{}.>", inbox_prefix(&self.name()));
         match self {
             Identity::Gateway => {
-                let mut publish: Vec<String> = ["preview", "start", "stop", "terminate"]
+                let mut publish: Vec<String> = ["preview", "start", "stop", "terminate", "update"]
                     .iter()
                     .map(|v| format!("{}.{v}", subjects::PLANNER_GROUP))
                     .collect();

@@ -469,6 +469,44 @@ pub async fn list_events(
     rows.iter().map(event_from_row).collect()
 }
 
+/// Fields of an event an operator may change while it is pending or active; `None` leaves one.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EventPatch {
+    pub reason: Option<String>,
+    pub max_duration_s: Option<u32>,
+    pub restore_batch_size: Option<u32>,
+    pub restore_batch_interval_s: Option<u32>,
+}
+
+/// Applies `patch` to `event` if it is still in `state`: the conditional write re-asserts the
+/// state the caller read. `false` when it no longer was (a lost race; nothing written).
+pub async fn update_event(
+    db: impl PgExecutor<'_>,
+    org: OrgId,
+    event: EventId,
+    state: EventState,
+    patch: &EventPatch,
+) -> Result<bool, StoreError> {
+    let done = sqlx::query(
+        "UPDATE curtailment_event SET reason = COALESCE($4, reason),
+                max_duration_s = COALESCE($5, max_duration_s),
+                restore_batch_size = COALESCE($6, restore_batch_size),
+                restore_batch_interval_s = COALESCE($7, restore_batch_interval_s),
+                updated_at = now()
+         WHERE org_id = $1 AND id = $2 AND state = $3",
+    )
+    .bind(org.0)
+    .bind(event.0)
+    .bind(state.as_str())
+    .bind(patch.reason.as_deref())
+    .bind(patch.max_duration_s.map(|v| v as i32))
+    .bind(patch.restore_batch_size.map(|v| v as i32))
+    .bind(patch.restore_batch_interval_s.map(|v| v as i32))
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// An org's live events (pending, active, restoring), newest first.
 pub async fn live_events_of(
     db: impl PgExecutor<'_>,

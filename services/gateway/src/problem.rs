@@ -47,6 +47,10 @@ pub enum Kind {
     NotFound,
     Conflict,
     FailedPrecondition,
+    /// The event is not in a state the request applies to.
+    InvalidState,
+    /// The event changed state between the request's read and its write: read it and retry.
+    UpdateStateRace,
     InsufficientLoad,
     EmptyPlan,
     /// The key sent more requests than its rate allows (`Retry-After` says when to retry).
@@ -80,13 +84,15 @@ impl utoipa::ToSchema for ProblemType {}
 
 impl Kind {
     /// Every kind, so the OpenAPI document can list them all.
-    pub const ALL: [Kind; 13] = [
+    pub const ALL: [Kind; 15] = [
         Kind::InvalidArgument,
         Kind::Unauthenticated,
         Kind::PermissionDenied,
         Kind::NotFound,
         Kind::Conflict,
         Kind::FailedPrecondition,
+        Kind::InvalidState,
+        Kind::UpdateStateRace,
         Kind::InsufficientLoad,
         Kind::EmptyPlan,
         Kind::RateLimited,
@@ -129,6 +135,16 @@ impl Kind {
                 StatusCode::CONFLICT,
                 "https://ebb.dev/problems/failed-precondition",
                 "Failed precondition",
+            ),
+            InvalidState => (
+                StatusCode::CONFLICT,
+                "https://ebb.dev/problems/invalid-state",
+                "Invalid state",
+            ),
+            UpdateStateRace => (
+                StatusCode::CONFLICT,
+                "https://ebb.dev/problems/update-state-race",
+                "Update lost a state race",
             ),
             InsufficientLoad => (
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -218,6 +234,8 @@ impl From<RpcError> for Problem {
             RpcErrorKind::EmptyPlan => Kind::EmptyPlan,
             RpcErrorKind::NotFound => Kind::NotFound,
             RpcErrorKind::FailedPrecondition => Kind::FailedPrecondition,
+            RpcErrorKind::InvalidState => Kind::InvalidState,
+            RpcErrorKind::StateRace => Kind::UpdateStateRace,
             RpcErrorKind::PermissionDenied => Kind::PermissionDenied,
             RpcErrorKind::Conflict => Kind::Conflict,
             RpcErrorKind::Unavailable => Kind::Unavailable,
@@ -272,13 +290,15 @@ mod tests {
                 Kind::NotFound => 3,
                 Kind::Conflict => 4,
                 Kind::FailedPrecondition => 5,
-                Kind::InsufficientLoad => 6,
-                Kind::EmptyPlan => 7,
-                Kind::RateLimited => 8,
-                Kind::Unavailable => 9,
-                Kind::Overloaded => 10,
-                Kind::OutcomeUnknown => 11,
-                Kind::Internal => 12,
+                Kind::InvalidState => 6,
+                Kind::UpdateStateRace => 7,
+                Kind::InsufficientLoad => 8,
+                Kind::EmptyPlan => 9,
+                Kind::RateLimited => 10,
+                Kind::Unavailable => 11,
+                Kind::Overloaded => 12,
+                Kind::OutcomeUnknown => 13,
+                Kind::Internal => 14,
             }
         };
         for (i, k) in Kind::ALL.iter().enumerate() {

@@ -27,7 +27,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
         .routes(routes!(start, list))
         .routes(routes!(preview))
-        .routes(routes!(get_one))
+        .routes(routes!(get_one, update))
         .routes(routes!(active))
         .routes(routes!(targets))
         .routes(routes!(stop))
@@ -852,4 +852,57 @@ async fn active(State(s): State<AppState>, p: Principal) -> Result<Json<ActiveLi
         observed_shed_kw: items.iter().map(|e| e.observed_shed_kw).sum(),
         items,
     }))
+}
+
+/// What may change on a pending or active curtailment; at least one field.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    #[serde(default)]
+    reason: Option<String>,
+    /// Above the organisation's default needs admin.
+    #[serde(default)]
+    max_duration_s: Option<u32>,
+    #[serde(default)]
+    restore_batch_size: Option<u32>,
+    /// Above the non-admin cap needs admin.
+    #[serde(default)]
+    restore_batch_interval_s: Option<u32>,
+}
+
+#[utoipa::path(
+    patch,
+    path = "/v1/curtailments/{id}",
+    tag = "curtailments",
+    summary = "Change a pending or active curtailment's reason, maximum duration or restore pacing (operator)",
+    params(("id" = uuid::Uuid, Path, description = "The curtailment")),
+    request_body = UpdateBody,
+    responses((status = 200, description = "The event as it now is", body = EventView), crate::openapi::Problems)
+)]
+async fn update(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    b: Result<Json<UpdateBody>, JsonRejection>,
+) -> Result<Json<EventView>, Problem> {
+    require(&p, Role::Operator)?;
+    let event_id = parse_id(&id)?;
+    let b = body(b)?;
+    load_view(&s, &p, event_id).await?; // 404 unless the key reaches the event
+    let req = ebb_bus::UpdateRequest {
+        org: p.org,
+        actor: Actor::ApiKey {
+            key_id: p.key_id,
+            role: p.role,
+        },
+        event_id,
+        reason: b.reason,
+        max_duration_s: b.max_duration_s,
+        restore_batch_size: b.restore_batch_size,
+        restore_batch_interval_s: b.restore_batch_interval_s,
+    };
+    let _: ebb_bus::UpdateReply = call(&s.nats, &(), Some(p.org), &req, s.planner_timeout)
+        .await
+        .map_err(planner_error)?;
+    Ok(Json(load_view(&s, &p, event_id).await?))
 }

@@ -11,7 +11,8 @@ pub use config::PlannerConfig;
 use ebb_bus::{
     Actor, Inventory, InventoryDevice, InventoryRequest, PlanView, PreviewRequest,
     RegisterDevicesReply, RegisterDevicesRequest, Request, Role, RpcError, RpcErrorKind, SiteShare,
-    StartReply, StartRequest, StopReply, StopRequest, TerminateRequest, subjects,
+    StartReply, StartRequest, StopReply, StopRequest, TerminateRequest, UpdateReply, UpdateRequest,
+    subjects,
 };
 use ebb_domain::selection::{Plan, SelectionError, SelectionParams, select};
 use ebb_domain::{EventId, EventState, SiteCode, SiteId, StopCause};
@@ -151,11 +152,12 @@ async fn serve_requests(
 const PER_SITE: [&str; 2] = [InventoryRequest::VERB, RegisterDevicesRequest::VERB];
 
 /// The planner's endpoints, by verb.
-pub const VERBS: [&str; 6] = [
+pub const VERBS: [&str; 7] = [
     PreviewRequest::VERB,
     StartRequest::VERB,
     StopRequest::VERB,
     TerminateRequest::VERB,
+    UpdateRequest::VERB,
     InventoryRequest::VERB,
     RegisterDevicesRequest::VERB,
 ];
@@ -229,6 +231,13 @@ impl Planner {
                 answer(payload, |r: TerminateRequest| async move {
                     self.terminate(&r).await
                 })
+                .await
+            }
+            UpdateRequest::VERB => {
+                answer(
+                    payload,
+                    |r: UpdateRequest| async move { self.update(&r).await },
+                )
                 .await
             }
             InventoryRequest::VERB => {
@@ -610,6 +619,192 @@ impl Planner {
         Ok(StopReply {
             event_id: id,
             changed,
+        })
+    }
+
+    /// Changes a pending or active event (issue 9). Fields equal to the stored value are dropped
+    /// first; an empty effective change is a no-op with no audit row; the admin gates of DESIGN
+    /// invariant 11 apply to the effective change; the write re-asserts the state read, and a
+    /// lost race is [`RpcErrorKind::StateRace`], distinct from [`RpcErrorKind::InvalidState`].
+    pub async fn update(&self, req: &UpdateRequest) -> Result<UpdateReply, RpcError> {
+        if req.actor.role() < Role::Operator {
+            return Err(RpcError::new(
+                RpcErrorKind::PermissionDenied,
+                "changing a curtailment needs the operator role",
+            ));
+        }
+        if req.reason.is_none()
+            && req.max_duration_s.is_none()
+            && req.restore_batch_size.is_none()
+            && req.restore_batch_interval_s.is_none()
+        {
+            return Err(RpcError::new(
+                RpcErrorKind::InvalidArgument,
+                "the request changes nothing: name at least one of reason, max_duration_s, \
+                 restore_batch_size, restore_batch_interval_s",
+            ));
+        }
+        let reason = match req.reason.as_deref().map(str::trim) {
+            Some("") => return Err(RpcError::invalid("reason", "must not be blank")),
+            Some(r) if r.chars().count() > validate::MAX_TEXT => {
+                return Err(RpcError::invalid(
+                    "reason",
+                    format!("must be at most {} characters", validate::MAX_TEXT),
+                ));
+            }
+            other => other.map(str::to_owned),
+        };
+        let within = |field: &str, v: Option<u32>, hi: u32| match v {
+            Some(v) if !(1..=hi).contains(&v) => Err(RpcError::invalid(
+                field,
+                format!("must be between 1 and {hi}"),
+            )),
+            _ => Ok(()),
+        };
+        within(
+            "max_duration_s",
+            req.max_duration_s,
+            validate::MAX_DURATION_S,
+        )?;
+        within(
+            "restore_batch_size",
+            req.restore_batch_size,
+            validate::MAX_RESTORE_BATCH,
+        )?;
+        within(
+            "restore_batch_interval_s",
+            req.restore_batch_interval_s,
+            validate::MAX_RESTORE_INTERVAL_S,
+        )?;
+        let not_found = || RpcError::new(RpcErrorKind::NotFound, "curtailment not found");
+        let event = events::get_event(&self.pool, req.org, req.event_id)
+            .await
+            .map_err(internal)?
+            .ok_or_else(not_found)?;
+        if !matches!(event.state, EventState::Pending | EventState::Active) {
+            return Err(RpcError::new(
+                RpcErrorKind::InvalidState,
+                format!(
+                    "a curtailment can be changed while pending or active, and this one is {}",
+                    event.state
+                ),
+            ));
+        }
+        // Only what differs from the stored value is a change.
+        let patch = events::EventPatch {
+            reason: reason.filter(|r| *r != event.reason),
+            max_duration_s: req
+                .max_duration_s
+                .filter(|v| Some(*v) != event.max_duration_s),
+            restore_batch_size: req
+                .restore_batch_size
+                .filter(|v| *v != event.restore_batch_size),
+            restore_batch_interval_s: req
+                .restore_batch_interval_s
+                .filter(|v| *v != event.restore_batch_interval_s),
+        };
+        let mut changed = serde_json::Map::new();
+        let mut note = |field: &str, from: serde_json::Value, to: serde_json::Value| {
+            changed.insert(
+                field.to_owned(),
+                serde_json::json!({"from": from, "to": to}),
+            );
+        };
+        if let Some(r) = &patch.reason {
+            note("reason", event.reason.clone().into(), r.clone().into());
+        }
+        if let Some(v) = patch.max_duration_s {
+            note("max_duration_s", event.max_duration_s.into(), v.into());
+        }
+        if let Some(v) = patch.restore_batch_size {
+            note(
+                "restore_batch_size",
+                event.restore_batch_size.into(),
+                v.into(),
+            );
+        }
+        if let Some(v) = patch.restore_batch_interval_s {
+            note(
+                "restore_batch_interval_s",
+                event.restore_batch_interval_s.into(),
+                v.into(),
+            );
+        }
+        if changed.is_empty() {
+            return Ok(UpdateReply {
+                event_id: event.id,
+                changed: Vec::new(),
+            });
+        }
+        // DESIGN invariant 11, on the effective change.
+        let admin = req.actor.role() >= Role::Admin;
+        let gate = |field: &str, what: &str| RpcError {
+            field: Some(field.to_owned()),
+            ..RpcError::new(
+                RpcErrorKind::PermissionDenied,
+                format!("{what} needs the admin role"),
+            )
+        };
+        if let Some(v) = patch.max_duration_s {
+            let org = ebb_store::fleet::org_settings(&self.pool, req.org)
+                .await
+                .map_err(internal)?;
+            if v > org.default_max_duration_s && !admin {
+                return Err(gate(
+                    "max_duration_s",
+                    "a max_duration_s above the organisation default",
+                ));
+            }
+        }
+        if let Some(v) = patch.restore_batch_interval_s
+            && v > self.config.non_admin_max_interval_s
+            && !admin
+        {
+            return Err(gate(
+                "restore_batch_interval_s",
+                &format!(
+                    "a restore interval above {} s",
+                    self.config.non_admin_max_interval_s
+                ),
+            ));
+        }
+        let (actor_kind, actor_id) = match &req.actor {
+            Actor::ApiKey { key_id, .. } => ("api_key", Some(*key_id)),
+            other => (other.kind(), None),
+        };
+        let (org, id, state) = (req.org, event.id, event.state);
+        let fields: Vec<String> = changed.keys().cloned().collect();
+        let metadata = serde_json::json!({ "changed": changed });
+        let applied = with_tx(&self.pool, ebb_store::tx::DEFAULT_ATTEMPTS, move |conn| {
+            let (patch, metadata) = (patch.clone(), metadata.clone());
+            Box::pin(async move {
+                if !events::update_event(&mut *conn, org, id, state, &patch).await? {
+                    return Ok(false);
+                }
+                events::audit(
+                    &mut *conn,
+                    org,
+                    actor_kind,
+                    actor_id,
+                    "curtailment_updated",
+                    Some(id.0),
+                    metadata,
+                )
+                .await?;
+                Ok(true)
+            })
+        })
+        .await
+        .map_err(internal)?;
+        if !applied {
+            return Err(RpcError::new(
+                RpcErrorKind::StateRace,
+                "the curtailment changed state while it was being updated: read it and try again",
+            ));
+        }
+        Ok(UpdateReply {
+            event_id: id,
+            changed: fields,
         })
     }
 

@@ -110,3 +110,133 @@ async fn targets_are_listed_and_live_events_show_expected_against_observed_shed(
         json!([])
     );
 }
+
+#[tokio::test]
+async fn a_live_event_is_changed_by_whoever_may_and_audited_with_what_changed() {
+    let app = spawn_app().await;
+    let (operator, admin) = (app.key("operator"), app.key("admin"));
+    let (s, event, _) = app
+        .post(
+            &operator,
+            "/v1/curtailments",
+            json!({"mode":"kw","target_kw":3,"reason":"grid"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{event}");
+    let path = format!("/v1/curtailments/{}", event["id"].as_str().unwrap());
+    let audits = || async {
+        sqlx::query_scalar::<_, serde_json::Value>(
+            "SELECT metadata FROM audit_log WHERE action = 'curtailment_updated' ORDER BY id",
+        )
+        .fetch_all(app.db.pool())
+        .await
+        .unwrap()
+    };
+
+    // Bad input names its field and changes nothing; a viewer may not.
+    for (body, field) in [
+        (json!({"restore_batch_size": 0}), Some("restore_batch_size")),
+        (
+            json!({"restore_batch_size": 10001}),
+            Some("restore_batch_size"),
+        ),
+        (json!({"max_duration_s": 0}), Some("max_duration_s")),
+        (json!({"reason": "  "}), Some("reason")),
+        (json!({}), None),
+        (json!({"colour": "red"}), None),
+    ] {
+        let (s, p) = app.patch_json(&operator, &path, body.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {p}");
+        if let Some(field) = field {
+            assert_eq!(p["errors"][0]["field"], field, "{body}: {p}");
+        }
+    }
+    let (s, _) = app
+        .patch_json(&app.key("viewer"), &path, json!({"restore_batch_size": 5}))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert!(audits().await.is_empty());
+
+    // The reason as stored is no change: only the batch size is changed and audited.
+    let (s, e) = app
+        .patch_json(
+            &operator,
+            &path,
+            json!({"reason": "grid", "restore_batch_size": 50}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert_eq!(e["restore_batch_size"], 50);
+    ebb_testkit::api::assert_event_summary(&e);
+    assert_eq!(
+        audits().await,
+        [json!({"changed": {"restore_batch_size": {"from": 100, "to": 50}}})]
+    );
+    // The same again is a no-op with no audit row.
+    let (s, _) = app
+        .patch_json(&operator, &path, json!({"restore_batch_size": 50}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(audits().await.len(), 1);
+
+    // Admin gates on the effective change (DESIGN invariant 11).
+    let longer = json!({"max_duration_s": 100_000});
+    let (s, p) = app.patch_json(&operator, &path, longer.clone()).await;
+    assert_eq!(
+        (s, p["errors"][0]["field"].clone()),
+        (StatusCode::FORBIDDEN, json!("max_duration_s"))
+    );
+    let slower = json!({"restore_batch_interval_s": 600});
+    let (s, p) = app.patch_json(&operator, &path, slower.clone()).await;
+    assert_eq!(
+        (s, p["errors"][0]["field"].clone()),
+        (StatusCode::FORBIDDEN, json!("restore_batch_interval_s"))
+    );
+    assert_eq!(
+        app.patch_json(&admin, &path, longer).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.patch_json(&admin, &path, slower.clone()).await.0,
+        StatusCode::OK
+    );
+    let (s, _) = app.patch_json(&operator, &path, slower).await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "what is already stored needs no privilege"
+    );
+    assert_eq!(audits().await.len(), 3);
+
+    // A write that finds the state moved under it is a race, distinct from a wrong state.
+    sqlx::query(
+        "CREATE FUNCTION lose_update() RETURNS trigger LANGUAGE plpgsql AS
+         $$ BEGIN RETURN NULL; END $$",
+    )
+    .execute(app.db.pool())
+    .await
+    .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER lose_update BEFORE UPDATE ON curtailment_event FOR EACH ROW
+         WHEN (NEW.reason = 'raced') EXECUTE FUNCTION lose_update()",
+    )
+    .execute(app.db.pool())
+    .await
+    .unwrap();
+    let (s, p) = app
+        .patch_json(&operator, &path, json!({"reason": "raced"}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{p}");
+    assert_eq!(p["type"], "https://ebb.dev/problems/update-state-race");
+    assert_eq!(audits().await.len(), 3, "nothing written");
+
+    let (s, _, _) = app
+        .post(&operator, &format!("{path}/stop"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, p) = app
+        .patch_json(&operator, &path, json!({"reason": "late"}))
+        .await;
+    assert_eq!(s, StatusCode::CONFLICT, "{p}");
+    assert_eq!(p["type"], "https://ebb.dev/problems/invalid-state");
+}

@@ -789,6 +789,7 @@ async fn the_openapi_document_lists_every_route_and_problem() {
             "GET /v1/webhooks",
             "GET /v1/webhooks/{id}",
             "GET /v1/webhooks/{id}/deliveries",
+            "PATCH /v1/curtailments/{id}",
             "PATCH /v1/devices/{id}",
             "PATCH /v1/webhooks/{id}",
             "POST /v1/curtailments",
