@@ -31,6 +31,7 @@ planner_endpoint!(StartRequest => StartReply, "start");
 planner_endpoint!(StopRequest => StopReply, "stop");
 planner_endpoint!(TerminateRequest => StopReply, "terminate");
 planner_endpoint!(UpdateRequest => UpdateReply, "update");
+planner_endpoint!(AbortRequest => StopReply, "abort");
 /// A per-site planner endpoint: `ebb.svc.planner.<verb>.<site>`.
 macro_rules! planner_site_endpoint {
     ($req:ty => $reply:ty, $verb:literal) => {
@@ -106,6 +107,7 @@ mod tests {
         assert_eq!(StopRequest::subject(&()), subjects::planner::STOP);
         assert_eq!(TerminateRequest::subject(&()), subjects::planner::TERMINATE);
         assert_eq!(UpdateRequest::subject(&()), subjects::planner::UPDATE);
+        assert_eq!(AbortRequest::subject(&()), subjects::planner::ABORT);
         let site = SiteCode::parse("site-a").unwrap();
         assert_eq!(
             InventoryRequest::subject(&site),

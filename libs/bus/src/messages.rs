@@ -630,6 +630,15 @@ pub struct UpdateReply {
     pub changed: Vec<String>,
 }
 
+/// `ebb.svc.planner.abort`: an admin releases a stuck event's miners without restoring them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AbortRequest {
+    pub org: OrgId,
+    pub actor: Actor,
+    pub event_id: EventId,
+    pub reason: String,
+}
+
 /// `ebb.svc.planner.terminate`: an admin ends an event that has nothing in flight.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TerminateRequest {

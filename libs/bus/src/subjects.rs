@@ -71,6 +71,7 @@ pub mod planner {
     pub const STOP: &str = "ebb.svc.planner.stop";
     pub const TERMINATE: &str = "ebb.svc.planner.terminate";
     pub const UPDATE: &str = "ebb.svc.planner.update";
+    pub const ABORT: &str = "ebb.svc.planner.abort";
     use ebb_domain::SiteCode;
 
     /// One site's inventory endpoint; the planner serves `ebb.svc.planner.inventory.*` and takes

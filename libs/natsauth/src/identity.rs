@@ -129,10 +129,11 @@ impl Identity {
         let inbox = format!("{}.>", inbox_prefix(&self.name()));
         match self {
             Identity::Gateway => {
-                let mut publish: Vec<String> = ["preview", "start", "stop", "terminate", "update"]
-                    .iter()
-                    .map(|v| format!("{}.{v}", subjects::PLANNER_GROUP))
-                    .collect();
+                let mut publish: Vec<String> =
+                    ["preview", "start", "stop", "terminate", "update", "abort"]
+                        .iter()
+                        .map(|v| format!("{}.{v}", subjects::PLANNER_GROUP))
+                        .collect();
                 publish.push("ebb.svc.agent.*.scan".into());
                 Permissions {
                     publish: allow(publish),

@@ -1282,6 +1282,45 @@ pub async fn targets_blocking_terminate(
 }
 
 /// Terminate's sweep: targets that never received a command end `restored` (nothing to undo).
+/// An abort's release of every target `event` still holds, without restoring anything (the
+/// break-glass path outside the target state machine): a target never sent anything ends
+/// `restored`, every other one `restore_failed` (its miner may be left curtailed), so the
+/// exclusivity index frees every device. Returns (released untouched, possibly left asleep).
+pub async fn abort_targets(
+    conn: &mut PgConnection,
+    event: EventId,
+    actor: &str,
+) -> Result<(u64, u64), StoreError> {
+    let rows = sqlx::query(
+        "WITH moved AS (
+            UPDATE curtailment_target t SET
+                state = CASE WHEN t.state = 'pending' AND t.last_batch_id IS NULL
+                             THEN 'restored' ELSE 'restore_failed' END,
+                last_error = CASE WHEN t.state = 'pending' AND t.last_batch_id IS NULL
+                                  THEN t.last_error
+                                  ELSE 'aborted: its miner was never restored' END,
+                updated_at = now()
+            FROM curtailment_target old
+            WHERE t.event_id = $1 AND old.event_id = t.event_id AND old.device_id = t.device_id
+              AND t.state NOT IN ('failed', 'restored', 'restore_failed')
+            RETURNING t.org_id, t.device_id, old.state AS from_state, t.state AS to_state)
+         , logged AS (
+            INSERT INTO event_transition (org_id, event_id, device_id, from_state, to_state, actor, reason)
+            SELECT org_id, $1, device_id, from_state, to_state, $2, 'abort' FROM moved)
+         SELECT count(*) FILTER (WHERE to_state = 'restored'),
+                count(*) FILTER (WHERE to_state = 'restore_failed')
+         FROM moved",
+    )
+    .bind(event.0)
+    .bind(actor)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((
+        u64::try_from(rows.get::<i64, _>(0)).unwrap_or(0),
+        u64::try_from(rows.get::<i64, _>(1)).unwrap_or(0),
+    ))
+}
+
 pub async fn sweep_targets_for_terminate(
     conn: &mut PgConnection,
     event: EventId,

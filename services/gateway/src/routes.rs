@@ -32,6 +32,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(targets))
         .routes(routes!(stop))
         .routes(routes!(terminate))
+        .routes(routes!(abort))
         .routes(routes!(crate::fleet::list_devices))
         .routes(routes!(
             crate::fleet::get_device,
@@ -902,6 +903,47 @@ async fn update(
         restore_batch_interval_s: b.restore_batch_interval_s,
     };
     let _: ebb_bus::UpdateReply = call(&s.nats, &(), Some(p.org), &req, s.planner_timeout)
+        .await
+        .map_err(planner_error)?;
+    Ok(Json(load_view(&s, &p, event_id).await?))
+}
+
+/// Why an event is aborted (required: the audit log keeps it).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct AbortBody {
+    reason: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/curtailments/{id}/abort",
+    tag = "curtailments",
+    summary = "Release a stuck curtailment's miners without restoring them (admin; see the runbook)",
+    params(("id" = uuid::Uuid, Path, description = "The curtailment")),
+    request_body = AbortBody,
+    responses((status = 200, description = "The event, failed, its targets released", body = EventView), crate::openapi::Problems)
+)]
+async fn abort(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+    b: Result<Json<AbortBody>, JsonRejection>,
+) -> Result<Json<EventView>, Problem> {
+    require(&p, Role::Admin)?;
+    let event_id = parse_id(&id)?;
+    let b = body(b)?;
+    load_view(&s, &p, event_id).await?; // 404 unless the key reaches the event
+    let req = ebb_bus::AbortRequest {
+        org: p.org,
+        actor: Actor::ApiKey {
+            key_id: p.key_id,
+            role: p.role,
+        },
+        event_id,
+        reason: b.reason,
+    };
+    let _: StopReply = call(&s.nats, &(), Some(p.org), &req, s.planner_timeout)
         .await
         .map_err(planner_error)?;
     Ok(Json(load_view(&s, &p, event_id).await?))

@@ -9,7 +9,7 @@ mod validate;
 pub use config::PlannerConfig;
 
 use ebb_bus::{
-    Actor, Inventory, InventoryDevice, InventoryRequest, PlanView, PreviewRequest,
+    AbortRequest, Actor, Inventory, InventoryDevice, InventoryRequest, PlanView, PreviewRequest,
     RegisterDevicesReply, RegisterDevicesRequest, Request, Role, RpcError, RpcErrorKind, SiteShare,
     StartReply, StartRequest, StopReply, StopRequest, TerminateRequest, UpdateReply, UpdateRequest,
     subjects,
@@ -152,7 +152,8 @@ async fn serve_requests(
 const PER_SITE: [&str; 2] = [InventoryRequest::VERB, RegisterDevicesRequest::VERB];
 
 /// The planner's endpoints, by verb.
-pub const VERBS: [&str; 7] = [
+pub const VERBS: [&str; 8] = [
+    AbortRequest::VERB,
     PreviewRequest::VERB,
     StartRequest::VERB,
     StopRequest::VERB,
@@ -231,6 +232,13 @@ impl Planner {
                 answer(payload, |r: TerminateRequest| async move {
                     self.terminate(&r).await
                 })
+                .await
+            }
+            AbortRequest::VERB => {
+                answer(
+                    payload,
+                    |r: AbortRequest| async move { self.abort(&r).await },
+                )
                 .await
             }
             UpdateRequest::VERB => {
@@ -806,6 +814,91 @@ impl Planner {
             event_id: id,
             changed: fields,
         })
+    }
+
+    /// An admin releases a stuck event (issue 9): the event ends `failed` and every target it
+    /// holds is released without a restore being sent (`restore_failed` when its miner may be
+    /// left curtailed, `restored` when it was never sent anything), so its devices can be used
+    /// again. Unlike terminate it does not wait for anything in flight: it is the way out when
+    /// a restore cannot finish (docs/runbook.md says when).
+    pub async fn abort(&self, req: &AbortRequest) -> Result<StopReply, RpcError> {
+        if req.actor.role() < Role::Admin {
+            return Err(RpcError::new(
+                RpcErrorKind::PermissionDenied,
+                "aborting a curtailment needs the admin role",
+            ));
+        }
+        let reason = req.reason.trim().to_owned();
+        if reason.is_empty() || reason.chars().count() > validate::MAX_TEXT {
+            return Err(RpcError::invalid(
+                "reason",
+                format!("must be 1-{} characters", validate::MAX_TEXT),
+            ));
+        }
+        let key_id = match &req.actor {
+            Actor::ApiKey { key_id, .. } => Some(*key_id),
+            _ => None,
+        };
+        let (org, id, kind) = (req.org, req.event_id, req.actor.kind());
+        let ended = with_tx(&self.pool, ebb_store::tx::DEFAULT_ATTEMPTS, move |conn| {
+            let reason = reason.clone();
+            Box::pin(async move {
+                let Some(event) = events::lock_event(conn, org, id).await? else {
+                    return Err(StoreError::NotFound);
+                };
+                if event.state.is_terminal() {
+                    return Ok(Some(event.state));
+                }
+                let why = format!("aborted: {reason}");
+                let Some(moved) = events::transition_event(
+                    conn,
+                    &event,
+                    event.state,
+                    EventState::Failed,
+                    kind,
+                    Some(&why),
+                )
+                .await?
+                else {
+                    return Err(StoreError::RaceLost(format!(
+                        "event {id} moved while locked"
+                    )));
+                };
+                let (untouched, asleep) = events::abort_targets(conn, id, kind).await?;
+                events::audit(
+                    &mut *conn,
+                    org,
+                    kind,
+                    key_id,
+                    "curtailment_aborted",
+                    Some(id.0),
+                    serde_json::json!({
+                        "reason": reason,
+                        "from_state": event.state.as_str(),
+                        "released_untouched": untouched,
+                        "possibly_left_curtailed": asleep,
+                    }),
+                )
+                .await?;
+                events::announce(conn, &moved, Some(event.state), Some(&why)).await?;
+                Ok(None)
+            })
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => RpcError::new(RpcErrorKind::NotFound, "curtailment not found"),
+            other => internal(other),
+        })?;
+        match ended {
+            None => Ok(StopReply {
+                event_id: id,
+                changed: true,
+            }),
+            Some(state) => Err(RpcError::new(
+                RpcErrorKind::InvalidState,
+                format!("the curtailment already ended as {state}"),
+            )),
+        }
     }
 
     /// An admin ends an event for good. Refused while any miner may still be curtailed or has a

@@ -240,3 +240,78 @@ async fn a_live_event_is_changed_by_whoever_may_and_audited_with_what_changed() 
     assert_eq!(s, StatusCode::CONFLICT, "{p}");
     assert_eq!(p["type"], "https://ebb.dev/problems/invalid-state");
 }
+
+/// Abort is the way out of a stuck event: admin only, a reason required, the event failed and
+/// every device released at once, a miner that was sent anything marked possibly left asleep,
+/// audited; an ended event cannot be aborted.
+#[tokio::test]
+async fn abort_releases_a_stuck_events_miners_without_restoring() {
+    let app = spawn_app().await;
+    let (operator, admin) = (app.key("operator"), app.key("admin"));
+    let (s, event, _) = app
+        .post(
+            &operator,
+            "/v1/curtailments",
+            json!({"mode":"kw","target_kw":6,"reason":"stuck"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{event}");
+    let id = event["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/curtailments/{id}/abort");
+    // One target was sent a command and is stuck there.
+    sqlx::query(
+        "UPDATE curtailment_target SET state = 'dispatched', last_batch_id = gen_random_uuid()
+         WHERE device_id = (SELECT device_id FROM curtailment_target WHERE event_id = $1::uuid
+                            ORDER BY device_id LIMIT 1)",
+    )
+    .bind(&id)
+    .execute(app.db.pool())
+    .await
+    .unwrap();
+
+    let (s, _, _) = app.post(&operator, &path, json!({"reason": "stuck"})).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    for body in [
+        json!({}),
+        json!({"reason": " "}),
+        json!({"reason": "x", "force": true}),
+    ] {
+        let (s, p, _) = app.post(&admin, &path, body.clone()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {p}");
+    }
+    let (s, e, _) = app
+        .post(&admin, &path, json!({"reason": "agent lost with the site"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert_eq!(e["state"], "failed");
+    assert_eq!(e["targets"], json!({"restore_failed": 1, "restored": 1}));
+    let (_, held) = app.get(&app.key("viewer"), "/v1/devices").await;
+    assert!(
+        held["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["curtailment"].is_null()),
+        "every device released: {held}"
+    );
+    let meta: Value =
+        sqlx::query_scalar("SELECT metadata FROM audit_log WHERE action = 'curtailment_aborted'")
+            .fetch_one(app.db.pool())
+            .await
+            .unwrap();
+    assert_eq!(meta["released_untouched"], 1);
+    assert_eq!(meta["possibly_left_curtailed"], 1);
+    assert_eq!(meta["reason"], "agent lost with the site");
+    // The devices can be curtailed again at once.
+    let (s, again, _) = app
+        .post(
+            &operator,
+            "/v1/curtailments",
+            json!({"mode":"kw","target_kw":6,"reason":"again"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{again}");
+    let (s, p, _) = app.post(&admin, &path, json!({"reason": "twice"})).await;
+    assert_eq!(s, StatusCode::CONFLICT, "{p}");
+    assert_eq!(p["type"], "https://ebb.dev/problems/invalid-state");
+}

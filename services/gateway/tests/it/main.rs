@@ -793,6 +793,7 @@ async fn the_openapi_document_lists_every_route_and_problem() {
             "PATCH /v1/devices/{id}",
             "PATCH /v1/webhooks/{id}",
             "POST /v1/curtailments",
+            "POST /v1/curtailments/{id}/abort",
             "POST /v1/curtailments/{id}/stop",
             "POST /v1/curtailments/{id}/terminate",
             "POST /v1/curtailments:preview",
