@@ -22,7 +22,7 @@
 //! `webhook_timeout_s` and delays nobody else.
 //!
 //! Cancel and failure: on shutdown the job stops claiming and lets requests in flight finish for
-//! up to [`DRAIN`]; those still running are dropped and their claims released (the attempt not
+//! up to [`DRAIN`] (`DeliverSettings::drain`); those still running are dropped and their claims released (the attempt not
 //! counted), so another worker sends them at once. A worker that dies mid-delivery records
 //! nothing: its lease runs out and another worker sends the delivery again with the same
 //! `webhook-id` (receivers deduplicate on it). A failed claim or record is logged and the loop
@@ -66,6 +66,8 @@ pub struct DeliverSettings {
     pub poll: Duration,
     /// This worker's name on its claims.
     pub holder: String,
+    /// How long requests in flight may finish after shutdown.
+    pub drain: Duration,
 }
 
 impl From<&WorkerConfig> for DeliverSettings {
@@ -76,6 +78,7 @@ impl From<&WorkerConfig> for DeliverSettings {
             lease: Duration::from_secs(c.webhook_lease_s),
             poll: Duration::from_millis(c.webhook_poll_ms),
             holder: format!("worker-{}", uuid::Uuid::now_v7()),
+            drain: DRAIN,
         }
     }
 }
@@ -196,17 +199,18 @@ pub async fn run(
             () = tokio::time::sleep_until(next_claim), if can_claim => {}
         }
     }
-    drain(&pool, in_flight, held).await;
+    drain(&pool, settings.drain, in_flight, held).await;
 }
 
-/// Lets the tasks in flight finish for up to [`DRAIN`], then drops the rest and releases their
+/// Lets the tasks in flight finish for up to `grace`, then drops the rest and releases their
 /// claims.
 async fn drain(
     pool: &PgPool,
+    grace: Duration,
     mut in_flight: JoinSet<()>,
     mut held: HashMap<Id, (AbortHandle, Claimed)>,
 ) {
-    let finished = tokio::time::timeout(DRAIN, async {
+    let finished = tokio::time::timeout(grace, async {
         while let Some(done) = in_flight.join_next_with_id().await {
             let id = match &done {
                 Ok((id, ())) => *id,

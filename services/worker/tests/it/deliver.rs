@@ -4,7 +4,8 @@
 //! disables the endpoint; a worker killed mid-delivery leaves it to another once its lease
 //! lapses; a refused port, a stalled TLS handshake and a full https exchange record sane phases;
 //! SSRF targets are refused without a connection; a redirect is not followed; a big response
-//! body is capped with one WARN; a slow endpoint delays no other.
+//! body is capped with one WARN; a slow endpoint delays no other; a request still running when
+//! the drain ends gives its claim back.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -20,6 +21,8 @@ use ebb_testkit::TestDb;
 use ebb_webhooks::endpoint::{Description, EventFilter};
 use ebb_webhooks::ssrf::{Policy, WebhookUrl};
 use ebb_webhooks::{Event, EventType, Keyring, MessageId, SigningSecret};
+use ebb_worker::WorkerConfig;
+use ebb_worker::config::Reach;
 use ebb_worker::deliver::send::{Sender, Timeouts};
 use ebb_worker::deliver::{self, DeliverSettings};
 use std::collections::{HashMap, VecDeque};
@@ -152,9 +155,11 @@ fn header_of<'a>(got: &'a Got, name: &str) -> &'a str {
 // ---- the database and the worker ------------------------------------------------------------
 
 struct Setup {
-    _db: TestDb,
+    db: TestDb,
     pool: PgPool,
     org: OrgId,
+    /// The keyring's text, as `EBB_SECRETS_KEY` holds it.
+    ring_text: String,
     ring: Arc<Keyring>,
 }
 
@@ -167,11 +172,13 @@ async fn setup() -> Setup {
         .execute(db.pool())
         .await
         .unwrap();
-    let ring = Keyring::parse(&Keyring::generate_entry("k1").unwrap()).unwrap();
+    let ring_text = Keyring::generate_entry("k1").unwrap();
+    let ring = Keyring::parse(&ring_text).unwrap();
     Setup {
         pool: db.pool().clone(),
-        _db: db,
+        db,
         org,
+        ring_text,
         ring: Arc::new(ring),
     }
 }
@@ -246,6 +253,7 @@ fn settings(holder: &str) -> DeliverSettings {
         lease: Duration::from_secs(5),
         poll: Duration::from_millis(20),
         holder: holder.to_owned(),
+        drain: deliver::DRAIN,
     }
 }
 
@@ -325,8 +333,12 @@ impl Logs {
         (logs, tracing::subscriber::set_default(subscriber))
     }
 
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
     fn lines(&self, level: &str, message: &str) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
+        self.text()
             .lines()
             .filter(|l| l.contains(level) && l.contains(message))
             .map(str::to_owned)
@@ -899,4 +911,126 @@ async fn a_slow_endpoint_delays_no_other() {
     assert!(s.deliveries(&slow_ep).await[0].last_attempt_at.is_none());
     slow.answer(Reply::Status(200));
     worker.stop().await;
+}
+
+/// The job as `ebb worker` runs it, from its settings: without `EBB_SECRETS_KEY` it says
+/// webhooks are off, sends nothing and ends cleanly at shutdown; with it (and loopback allowed,
+/// as `ebb dev` has it) it delivers.
+#[tokio::test]
+async fn the_job_idles_without_a_keyring_and_delivers_with_one() {
+    let (logs, _guard) = Logs::capture();
+    let s = setup().await;
+    let nats = ebb_testkit::NatsServer::start().await.unwrap();
+    let receiver = Receiver::start(Vec::new(), Reply::Status(200)).await;
+    let (endpoint, secret) = s.endpoint(&receiver.url()).await;
+    s.enqueue(EventType::CurtailmentStarted).await;
+    let common = ebb_runtime::Common {
+        database_url: s.db.url().into(),
+        nats_url: nats.url().into(),
+        db_connections: 4,
+        ..ebb_runtime::Common::default()
+    };
+    let connect = |stop: CancellationToken| {
+        let common = common.clone();
+        async move {
+            ebb_runtime::Context::connect(
+                &common,
+                ebb_runtime::Needs::DatabaseAndNats,
+                "deliver-test",
+                stop,
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    let off = WorkerConfig {
+        webhook_loopback: Reach::Allow,
+        webhook_poll_ms: 20,
+        ..WorkerConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let job = tokio::spawn(deliver::job(&off, connect(stop.clone()).await));
+    until("the job says webhooks are off", || async {
+        !logs.lines("INFO", "webhooks are off").is_empty()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.cancel();
+    job.await.unwrap().expect("an idle job ends cleanly");
+    assert!(receiver.got().is_empty());
+    assert_eq!(
+        s.deliveries(&endpoint).await[0].attempts,
+        0,
+        "never claimed"
+    );
+
+    let on = WorkerConfig {
+        secrets_key: ebb_obs::Secret(s.ring_text.clone()),
+        ..off
+    };
+    assert!(on.validate().is_ok());
+    let stop = CancellationToken::new();
+    let job = tokio::spawn(deliver::job(&on, connect(stop.clone()).await));
+    let got = receiver.wait_for(1).await;
+    verify(&secret, &got[0]);
+    until("the delivery recorded", || async {
+        s.deliveries(&endpoint).await[0].state == DeliveryState::Delivered
+    })
+    .await;
+    stop.cancel();
+    job.await.unwrap().unwrap();
+    assert!(
+        !logs.text().contains(s.ring_text.split_once(':').unwrap().1),
+        "the keyring is never logged"
+    );
+    assert_eq!(logs.lines("INFO", "webhook delivery running").len(), 1);
+}
+
+/// At shutdown a request that outlives the drain is dropped and its claim given back unspent,
+/// so another worker sends it at once rather than after the lease.
+#[tokio::test]
+async fn a_request_that_outlives_the_drain_gives_its_claim_back() {
+    let s = setup().await;
+    let receiver = Receiver::start(vec![Reply::Hang], Reply::Status(200)).await;
+    let (endpoint, _) = s.endpoint(&receiver.url()).await;
+    s.enqueue(EventType::CurtailmentStarted).await;
+    let sender = Sender::new(
+        Policy::dev(),
+        Timeouts {
+            total: Duration::from_secs(5),
+            ..TIMEOUTS
+        },
+        Vec::new(),
+    )
+    .unwrap();
+    let a = s.worker_with(
+        DeliverSettings {
+            lease: Duration::from_secs(30),
+            drain: Duration::from_millis(200),
+            ..settings("worker-a")
+        },
+        sender,
+    );
+    receiver.wait_for(1).await;
+    let stopping = tokio::time::Instant::now();
+    a.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(2),
+        "the drain is bounded"
+    );
+    let held: (Option<String>, i32, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT lease_holder, attempts, last_attempt_at FROM webhook_delivery")
+            .fetch_one(&s.pool)
+            .await
+            .unwrap();
+    assert_eq!(held, (None, 0, None), "released, the attempt not counted");
+
+    let b = s.worker("worker-b", dev_sender());
+    receiver.wait_for(2).await;
+    until("the delivery recorded", || async {
+        s.deliveries(&endpoint).await[0].state == DeliveryState::Delivered
+    })
+    .await;
+    b.stop().await;
 }
