@@ -301,11 +301,11 @@ fn request(
     let mut builder = Request::post(target)
         .header(HOST, host)
         .header(CONTENT_TYPE, "application/json")
-        .header(CONTENT_LENGTH, body.len())
         .header(USER_AGENT, USER_AGENT_VALUE);
     for (name, value) in signed.pairs() {
         builder = builder.header(name, value);
     }
+    // hyper writes Content-Length from the body's exact size.
     builder
         .body(Full::new(body))
         .map_err(|e| format!("building the webhook request: {e}"))

@@ -381,6 +381,7 @@ async fn a_standard_webhooks_receiver_verifies_a_curtailments_life_in_order() {
         verify(&secret, g);
         assert_eq!(g.path, "/hook");
         assert_eq!(header_of(g, "content-type"), "application/json");
+        assert_eq!(header_of(g, "content-length"), g.body.len().to_string());
         assert_eq!(header_of(g, "webhook-id"), id);
         assert_eq!(
             g.body,
