@@ -3,11 +3,15 @@
 //! settings name (all by default) under one supervisor, so a failing job stops the worker and
 //! its siblings drain.
 //!
-//! Jobs today: [`relay`] (the outbox → the event feed) and [`gauges`] (the fleet and event
-//! figures an operator's dashboard and alerts read). The rater and webhook delivery join here.
-//! Several workers may run side by side: each job claims its rows with `FOR UPDATE SKIP LOCKED`.
+//! Jobs today: [`relay`] (the outbox → the event feed), [`gauges`] (the fleet and event
+//! figures an operator's dashboard and alerts read) and [`deliver`] (webhook deliveries: claimed
+//! with a lease, signed with every valid secret, sent only to addresses the SSRF guard checked,
+//! each phase timed, the outcome recorded; idle when no `EBB_SECRETS_KEY` is configured). The
+//! rater joins here. Several workers may run side by side: each job claims its rows with
+//! `FOR UPDATE SKIP LOCKED`.
 
 pub mod config;
+pub mod deliver;
 pub mod gauges;
 pub mod relay;
 
@@ -40,6 +44,10 @@ pub const JOBS: &[Job] = &[
         name: "gauges",
         run: gauges::job,
     },
+    Job {
+        name: "deliver",
+        run: deliver::job,
+    },
 ];
 
 /// The worker as a service of the runtime.
@@ -49,8 +57,7 @@ pub struct WorkerService;
 impl ebb_runtime::Service for WorkerService {
     type Settings = WorkerConfig;
     const NAME: &'static str = "worker";
-    const ABOUT: &'static str =
-        "Background jobs: the outbox relay to the event feed, the fleet and event gauges";
+    const ABOUT: &'static str = "Background jobs: the outbox relay to the event feed, the fleet and event gauges, webhook delivery";
     const NEEDS: ebb_runtime::Needs = ebb_runtime::Needs::DatabaseAndNats;
     const STREAMS: &'static [&'static str] = &[ebb_bus::streams::EVENT];
 

@@ -398,6 +398,8 @@ impl services::Overrides for DevSettings<'_> {
                 set("tick_ms", "2000".into());
                 set("holder", "ebb-dev".into());
             }
+            // Webhook receivers on the developer's machine.
+            "worker" => set("webhook_loopback", "allow".into()),
             "agent" => {
                 set(
                     "poll_interval",
