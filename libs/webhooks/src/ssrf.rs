@@ -160,6 +160,25 @@ pub enum Permit {
     Allow,
 }
 
+/// A [`Permit`] as a setting (`refuse` or `allow`), shared by the gateway, which checks the URLs
+/// it stores, and the worker, which checks every address before it connects.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reach {
+    #[default]
+    Refuse,
+    Allow,
+}
+
+impl From<Reach> for Permit {
+    fn from(r: Reach) -> Self {
+        match r {
+            Reach::Refuse => Permit::Refuse,
+            Reach::Allow => Permit::Allow,
+        }
+    }
+}
+
 /// Which addresses a deployment lets webhooks reach. Link-local, metadata, unspecified,
 /// multicast, broadcast and reserved addresses are always refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

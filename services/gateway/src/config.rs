@@ -1,7 +1,9 @@
 //! Gateway settings: its own keys (the shared connection settings live in ebb-runtime), one
 //! default each in [`Default`], checked by [`Settings::problems`].
 
-use ebb_runtime::{Key, Settings};
+use ebb_obs::Secret;
+use ebb_runtime::{Key, Secrecy, Settings};
+use ebb_webhooks::ssrf::Reach;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -23,13 +25,13 @@ pub struct GatewayConfig {
     pub key_cache_ttl_s: u64,
     /// Tokens the key cache and the rate limiter remember at most.
     pub key_cache_size: u32,
-    /// Webhook URLs may name loopback addresses (`ebb dev`).
-    pub webhook_allow_loopback: bool,
-    /// Webhook URLs may name private addresses (receivers on the deployment's own network).
-    pub webhook_allow_private: bool,
-    /// A file holding the webhook secrets' keyring (`kid:base64key,…`); when empty, the
-    /// `EBB_SECRETS_KEY` variable holds it. Without either, webhook endpoints cannot be made.
-    pub secrets_key_file: String,
+    /// Whether webhook URLs may name loopback addresses (`ebb dev` allows them).
+    pub webhook_loopback: Reach,
+    /// Whether webhook URLs may name private addresses (receivers on the deployment's network).
+    pub webhook_private: Reach,
+    /// The keyring webhook secrets are sealed under (`EBB_SECRETS_KEY`, `kid:base64key,…`).
+    /// Empty: webhook endpoints cannot be made.
+    pub secrets_key: Secret,
 }
 
 impl Default for GatewayConfig {
@@ -42,9 +44,9 @@ impl Default for GatewayConfig {
             max_in_flight: 512,
             key_cache_ttl_s: 10,
             key_cache_size: 100_000,
-            webhook_allow_loopback: false,
-            webhook_allow_private: false,
-            secrets_key_file: String::new(),
+            webhook_loopback: Reach::Refuse,
+            webhook_private: Reach::Refuse,
+            secrets_key: Secret::default(),
         }
     }
 }
@@ -80,17 +82,19 @@ impl Settings for GatewayConfig {
             "tokens the key cache and the rate limiter remember at most",
         ),
         Key::new(
-            "webhook_allow_loopback",
-            "webhook URLs may name loopback addresses (ebb dev)",
+            "webhook_loopback",
+            "whether webhook URLs may name loopback addresses: refuse or allow (ebb dev)",
         ),
         Key::new(
-            "webhook_allow_private",
-            "webhook URLs may name private addresses (receivers on the deployment's network)",
+            "webhook_private",
+            "whether webhook URLs may name private addresses: refuse or allow",
         ),
         Key::new(
-            "secrets_key_file",
-            "a file holding the webhook secrets' keyring (else EBB_SECRETS_KEY)",
-        ),
+            "secrets_key",
+            "the keyring webhook secrets are sealed under, kid:base64key,… (empty: webhooks off)",
+        )
+        .env(ebb_webhooks::sealed::ENV)
+        .secret(Secrecy::Whole),
     ];
 
     fn problems(&self) -> Vec<String> {
@@ -124,6 +128,10 @@ impl Settings for GatewayConfig {
             100,
             10_000_000,
         );
+        // The keyring's errors never quote a key.
+        if let Err(e) = self.keyring() {
+            bad.push(format!("secrets_key: {e}"));
+        }
         bad
     }
 }
@@ -131,13 +139,21 @@ impl Settings for GatewayConfig {
 impl GatewayConfig {
     /// Which addresses a webhook URL may name.
     pub fn webhook_policy(&self) -> ebb_webhooks::ssrf::Policy {
-        use ebb_webhooks::ssrf::{Permit, Policy};
-        let permit = |on: bool| if on { Permit::Allow } else { Permit::Refuse };
-        Policy {
-            loopback: permit(self.webhook_allow_loopback),
-            private: permit(self.webhook_allow_private),
-            ..Policy::strict()
+        ebb_webhooks::ssrf::Policy {
+            loopback: self.webhook_loopback.into(),
+            private: self.webhook_private.into(),
+            ..ebb_webhooks::ssrf::Policy::strict()
         }
+    }
+
+    /// The keyring, `None` when webhooks are off (no `secrets_key`).
+    pub fn keyring(
+        &self,
+    ) -> Result<Option<ebb_webhooks::Keyring>, ebb_webhooks::sealed::KeyringError> {
+        if self.secrets_key.expose().trim().is_empty() {
+            return Ok(None);
+        }
+        ebb_webhooks::Keyring::parse(self.secrets_key.expose()).map(Some)
     }
 
     /// The guard's settings.

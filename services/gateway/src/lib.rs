@@ -54,31 +54,17 @@ pub struct Gateway {
 
 impl Gateway {
     /// Binds the listener; the pool and NATS client come from the process's context, the
-    /// webhook secrets' keyring from `EBB_SECRETS_KEY` (webhooks are off without it).
+    /// webhook secrets' keyring from `secrets_key` (`EBB_SECRETS_KEY`; webhooks are off without it).
     pub async fn build(config: &GatewayConfig, ctx: &ebb_runtime::Context) -> anyhow::Result<Self> {
-        let (text, from) = if config.secrets_key_file.is_empty() {
-            (
-                std::env::var(ebb_webhooks::sealed::ENV).ok(),
-                ebb_webhooks::sealed::ENV.to_owned(),
-            )
-        } else {
-            let text = std::fs::read_to_string(&config.secrets_key_file)
-                .with_context(|| format!("reading secrets_key_file {}", config.secrets_key_file))?;
-            (Some(text), config.secrets_key_file.clone())
-        };
-        let keyring = match text {
-            Some(text) if !text.trim().is_empty() => Some(
-                ebb_webhooks::Keyring::parse(&text)
-                    .with_context(|| format!("{from} does not hold a keyring"))?,
-            ),
-            _ => {
-                tracing::info!(
-                    "neither secrets_key_file nor {} is set: webhook endpoints cannot be created",
-                    ebb_webhooks::sealed::ENV
-                );
-                None
-            }
-        };
+        let keyring = config
+            .keyring()
+            .map_err(|e| anyhow::anyhow!("secrets_key: {e}"))?;
+        if keyring.is_none() {
+            tracing::info!(
+                "secrets_key ({}) is not set: webhook endpoints cannot be created",
+                ebb_webhooks::sealed::ENV
+            );
+        }
         Self::build_with(config, ctx, keyring).await
     }
 

@@ -84,7 +84,7 @@ fn keyring(s: &AppState) -> Result<&ebb_webhooks::Keyring, Problem> {
     s.keyring.as_deref().ok_or_else(|| {
         Problem::new(
             Kind::Unavailable,
-            "webhooks are off in this deployment: give the gateway the secrets keyring (EBB_SECRETS_KEY, or the secrets_key_file setting)",
+            "webhooks are off in this deployment: give the gateway the secrets keyring (EBB_SECRETS_KEY, the secrets_key setting)",
         )
     })
 }

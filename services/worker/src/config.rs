@@ -4,7 +4,6 @@
 use ebb_obs::Secret;
 use ebb_runtime::{Key, Secrecy, Settings};
 use ebb_webhooks::Keyring;
-use ebb_webhooks::ssrf::Permit;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -58,22 +57,7 @@ pub struct WorkerConfig {
     pub webhook_ca_file: PathBuf,
 }
 
-/// Whether a kind of address may be reached by webhooks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Reach {
-    Refuse,
-    Allow,
-}
-
-impl From<Reach> for Permit {
-    fn from(r: Reach) -> Self {
-        match r {
-            Reach::Refuse => Permit::Refuse,
-            Reach::Allow => Permit::Allow,
-        }
-    }
-}
+pub use ebb_webhooks::ssrf::Reach;
 
 impl Default for WorkerConfig {
     fn default() -> Self {

@@ -371,8 +371,8 @@ struct DevSettings<'a> {
     args: &'a DevArgs,
     database_url: &'a str,
     nats: &'a DevNats,
-    /// The webhook secrets' keyring (`<data-dir>/secrets.key`).
-    secrets_key_file: String,
+    /// The webhook secrets' keyring (kept in `<data-dir>/secrets.key`).
+    secrets_key: String,
 }
 
 impl services::Overrides for DevSettings<'_> {
@@ -386,8 +386,8 @@ impl services::Overrides for DevSettings<'_> {
             "gateway" => {
                 set("listen", self.args.listen.clone());
                 // A receiver on the developer's machine may get webhooks.
-                set("webhook_allow_loopback", "true".into());
-                set("secrets_key_file", self.secrets_key_file.clone());
+                set("webhook_loopback", "allow".into());
+                set("secrets_key", self.secrets_key.clone());
             }
             // Paced, but quick enough to watch: 25 miners every 5 s.
             "planner" => {
@@ -399,7 +399,10 @@ impl services::Overrides for DevSettings<'_> {
                 set("holder", "ebb-dev".into());
             }
             // Webhook receivers on the developer's machine.
-            "worker" => set("webhook_loopback", "allow".into()),
+            "worker" => {
+                set("webhook_loopback", "allow".into());
+                set("secrets_key", self.secrets_key.clone());
+            }
             "agent" => {
                 set(
                     "poll_interval",
@@ -435,7 +438,10 @@ async fn run_services(
         args,
         database_url,
         nats,
-        secrets_key_file: secrets_key_file.display().to_string(),
+        secrets_key: std::fs::read_to_string(secrets_key_file)
+            .with_context(|| format!("reading {}", secrets_key_file.display()))?
+            .trim()
+            .to_owned(),
     };
     // The process's own connections: one pool for every service, and NATS as the operator (each
     // service connects again as itself).

@@ -220,7 +220,7 @@ async fn a_curtailments_transitions_are_in_the_delivery_log_and_can_be_sent_agai
     let app = spawn_app_keyed(
         GatewayConfig {
             planner_timeout_s: 5,
-            webhook_allow_loopback: true,
+            webhook_loopback: ebb_webhooks::ssrf::Reach::Allow,
             ..GatewayConfig::default()
         },
         Some(
