@@ -2,7 +2,9 @@
 //! PostgreSQL, a 2-site simulated fleet of mixed makes over the real miner protocols, and a real
 //! HTTP client. A preview writes nothing; a kW curtailment reaches ACTIVE with every selected
 //! miner's true simulated power down; stop restores it in paced batches to COMPLETED with every
-//! miner hashing again; the list shows the event, terminal, with no per-target rows.
+//! miner hashing again; the list shows the event, terminal, with no per-target rows; and a
+//! webhook receiver built on an independent Standard Webhooks library verifies every delivery of
+//! the curtailment's life, in order (issue 8).
 
 use ebb_bus::Role;
 use ebb_domain::SiteCode;
@@ -126,6 +128,28 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
         ..Common::default()
     };
 
+    // A webhook receiver on loopback, keeping every request it gets.
+    let secrets_key = ebb_webhooks::Keyring::generate_entry("system").unwrap();
+    let received: std::sync::Arc<
+        std::sync::Mutex<Vec<(axum::http::HeaderMap, axum::body::Bytes)>>,
+    > = std::sync::Arc::default();
+    let receiver = {
+        let received = received.clone();
+        let app = axum::Router::new().fallback(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let received = received.clone();
+                async move {
+                    received.lock().unwrap().push((headers, body));
+                    axum::http::StatusCode::NO_CONTENT
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    };
+
     // Services: every line of the one table, one process, as `ebb dev` runs them.
     let common = Common {
         database_url: db.url().into(),
@@ -155,6 +179,8 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
             "gateway" => {
                 set("listen", &listen.to_string());
                 set("planner_timeout_s", "10");
+                set("secrets_key", &secrets_key);
+                set("webhook_loopback", "allow");
             }
             "planner" => set("stale_after_s", "30"),
             "reconciler" => {
@@ -165,7 +191,12 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
                 set("poll_interval", "1s");
                 set("inventory_refresh", "2s");
             }
-            "worker" => set("gauges_interval_s", "1"),
+            "worker" => {
+                set("gauges_interval_s", "1");
+                set("secrets_key", &secrets_key);
+                set("webhook_loopback", "allow");
+                set("webhook_poll_ms", "100");
+            }
             _ => {}
         }
         if let Some(site) = site {
@@ -267,6 +298,18 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
         .await
         .unwrap();
     assert_eq!(written, 0, "a preview writes nothing");
+
+    // A webhook endpoint for every type.
+    let r = http
+        .post(format!("{base}/v1/webhooks"))
+        .header("authorization", &auth)
+        .json(&json!({"url": format!("http://{receiver}/hooks"), "description": "system test"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let endpoint: Value = r.json().await.unwrap();
+    let whsec = endpoint["secret"].as_str().unwrap().to_owned();
 
     // Start: ACTIVE, with every selected miner's true power down.
     let r = http
@@ -467,6 +510,44 @@ async fn curtail_and_restore_a_simulated_fleet_end_to_end() {
         info.state.messages >= 4,
         "created, active, restoring, completed: {}",
         info.state.messages
+    );
+
+    // The receiver verified every delivery of the event's life with the Standard Webhooks
+    // library, in order: started, active, restoring, completed.
+    let verifier = standardwebhooks::Webhook::new(&whsec).unwrap();
+    let lifecycle = || {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(headers, body)| {
+                let mut h = http::HeaderMap::new();
+                for (k, v) in headers {
+                    h.insert(k.clone(), v.clone());
+                }
+                verifier
+                    .verify(body, &h)
+                    .unwrap_or_else(|e| panic!("a delivery does not verify: {e:?}"));
+                let body: Value = serde_json::from_slice(body).unwrap();
+                assert_eq!(body["data"]["id"], id.as_str(), "{body}");
+                body["type"].as_str().unwrap().to_owned()
+            })
+            .collect::<Vec<String>>()
+    };
+    wait_for(
+        "four webhook deliveries",
+        Duration::from_secs(30),
+        || async { lifecycle().len() >= 4 },
+    )
+    .await;
+    assert_eq!(
+        lifecycle(),
+        [
+            "ebb.curtailment.started",
+            "ebb.curtailment.active",
+            "ebb.curtailment.restoring",
+            "ebb.curtailment.completed"
+        ]
     );
     stop.cancel();
     services.run().await.unwrap();
