@@ -507,6 +507,47 @@ pub async fn update_event(
     Ok(done.rows_affected() == 1)
 }
 
+/// One state change of an event (not of its targets).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventTransition {
+    pub id: i64,
+    pub from: Option<String>,
+    pub to: String,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// `event`'s own transitions after `after` (a transition id), oldest first, at most `limit`.
+pub async fn event_transitions(
+    db: impl PgExecutor<'_>,
+    event: EventId,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<EventTransition>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT id, from_state, to_state, actor, reason, at FROM event_transition
+         WHERE event_id = $1 AND device_id IS NULL AND id > $2
+         ORDER BY id LIMIT $3",
+    )
+    .bind(event.0)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(|r| EventTransition {
+            id: r.get(0),
+            from: r.get(1),
+            to: r.get(2),
+            actor: r.get(3),
+            reason: r.get(4),
+            at: r.get(5),
+        })
+        .collect())
+}
+
 /// An org's live events (pending, active, restoring), newest first.
 pub async fn live_events_of(
     db: impl PgExecutor<'_>,

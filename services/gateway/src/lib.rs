@@ -12,6 +12,7 @@ mod instruments;
 pub mod openapi;
 pub mod problem;
 mod routes;
+mod stream;
 mod webhooks;
 
 pub use config::GatewayConfig;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub keyring: Option<Arc<ebb_webhooks::Keyring>>,
     /// Which addresses a webhook URL may name.
     pub webhook_policy: ebb_webhooks::ssrf::Policy,
+    /// Event streams open at once (`stream::MAX_STREAMS`).
+    pub streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// The full router: API, health, metrics, every route counted and timed.
@@ -92,6 +95,7 @@ impl Gateway {
             guard: guard.clone(),
             keyring: keyring.map(Arc::new),
             webhook_policy: config.webhook_policy(),
+            streams: Arc::new(tokio::sync::Semaphore::new(stream::MAX_STREAMS)),
         };
         Ok(Self {
             listener,

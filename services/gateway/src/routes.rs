@@ -54,8 +54,18 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
+/// Long-lived routes, outside the in-flight limit (they have their own bound).
+fn streams() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    OpenApiRouter::new()
+        .routes(routes!(crate::stream::events))
+        .split_for_parts()
+}
+
 pub fn router(state: AppState) -> Router {
-    let (api, doc) = api();
+    let (api, mut doc) = api();
+    let (streams, streams_doc) = streams();
+    doc.merge(streams_doc);
     let doc = std::sync::Arc::new(doc.to_json().unwrap_or_else(|e| {
         tracing::error!(error = %e, "rendering the OpenAPI document");
         "{}".to_owned()
@@ -66,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         state.guard.clone(),
         crate::guard::limit_in_flight,
     ))
+    .merge(streams)
     .route("/healthz", get(|| async { "ok" }))
     .route("/readyz", get(readyz))
     .route(
@@ -502,7 +513,7 @@ async fn terminate(
     Ok(Json(load_view(&s, &p, event_id).await?))
 }
 
-fn parse_id(id: &str) -> Result<EventId, Problem> {
+pub(crate) fn parse_id(id: &str) -> Result<EventId, Problem> {
     Uuid::parse_str(id)
         .map(EventId)
         .map_err(|_| Problem::field("id", "must be a UUID"))
@@ -550,7 +561,11 @@ fn visible(reach: &Option<Vec<SiteCode>>, ev: &EventRow) -> bool {
     !scope.sites.is_empty() && scope.sites.iter().all(|c| reach.contains(c))
 }
 
-async fn load_view(s: &AppState, p: &Principal, id: EventId) -> Result<EventView, Problem> {
+pub(crate) async fn load_view(
+    s: &AppState,
+    p: &Principal,
+    id: EventId,
+) -> Result<EventView, Problem> {
     let not_found = || Problem::new(Kind::NotFound, "curtailment not found");
     let ev = events::get_event(&s.pool, p.org, id)
         .await

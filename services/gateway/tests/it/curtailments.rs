@@ -315,3 +315,106 @@ async fn abort_releases_a_stuck_events_miners_without_restoring() {
     assert_eq!(s, StatusCode::CONFLICT, "{p}");
     assert_eq!(p["type"], "https://ebb.dev/problems/invalid-state");
 }
+
+/// The transitions of one curtailment, as its event stream sends them: (id, `to`).
+fn transitions(text: &str) -> Vec<(i64, String)> {
+    let mut out = Vec::new();
+    let mut id = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("id:") {
+            id = v.trim().parse::<i64>().ok();
+        }
+        if let Some(v) = line.strip_prefix("data:") {
+            let data: Value = serde_json::from_str(v.trim()).unwrap();
+            out.push((id.take().unwrap(), data["to"].as_str().unwrap().to_owned()));
+        }
+    }
+    out
+}
+
+/// A curtailment's state changes arrive as Server-Sent Events while they happen, the stream ends
+/// after a terminal state, and a client resuming with Last-Event-ID gets only what it missed.
+#[tokio::test]
+async fn an_events_changes_stream_until_it_ends_and_resume_after_the_last_seen() {
+    let app = spawn_app().await;
+    let (operator, admin, viewer) = (app.key("operator"), app.key("admin"), app.key("viewer"));
+    let (s, event, _) = app
+        .post(
+            &operator,
+            "/v1/curtailments",
+            json!({"mode":"kw","target_kw":3,"reason":"sse"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{event}");
+    let id = event["id"].as_str().unwrap().to_owned();
+    let url = app.url(&format!("/v1/curtailments/{id}/events"));
+
+    let r = app
+        .http
+        .get(&url)
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let body = tokio::spawn(tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        r.text(),
+    ));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (s, _, _) = app
+        .post(&operator, &format!("/v1/curtailments/{id}/stop"), json!({}))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = app
+        .post(
+            &admin,
+            &format!("/v1/curtailments/{id}/abort"),
+            json!({"reason": "sse test"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let text = body
+        .await
+        .unwrap()
+        .expect("the stream ends after a terminal state")
+        .unwrap();
+    let seen = transitions(&text);
+    let states: Vec<&str> = seen.iter().map(|(_, to)| to.as_str()).collect();
+    assert_eq!(states, ["pending", "restoring", "failed"], "{text}");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "ids increase: {seen:?}"
+    );
+
+    // Resuming after the first: only the two it missed, then the end.
+    let r = app
+        .http
+        .get(&url)
+        .bearer_auth(&viewer)
+        .header("Last-Event-ID", seen[0].0.to_string())
+        .send()
+        .await
+        .unwrap();
+    let rest = transitions(&r.text().await.unwrap());
+    assert_eq!(rest, seen[1..].to_vec());
+
+    let r = app
+        .http
+        .get(&url)
+        .bearer_auth(&viewer)
+        .header("Last-Event-ID", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = app
+        .http
+        .get(&url)
+        .bearer_auth(app.key("nowhere"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+}

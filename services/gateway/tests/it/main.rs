@@ -781,6 +781,7 @@ async fn the_openapi_document_lists_every_route_and_problem() {
             "GET /v1/curtailments",
             "GET /v1/curtailments/active",
             "GET /v1/curtailments/{id}",
+            "GET /v1/curtailments/{id}/events",
             "GET /v1/curtailments/{id}/targets",
             "GET /v1/devices",
             "GET /v1/devices/{id}",
