@@ -256,6 +256,12 @@ pub struct StopRequest {
     pub event_id: EventId,
     #[serde(default)]
     pub reason: Option<String>,
+    /// Restore this many targets per batch instead of the event's setting (admin).
+    #[serde(default)]
+    pub restore_batch_size_override: Option<u32>,
+    /// Restore batches this many seconds apart instead (admin above the non-admin cap).
+    #[serde(default)]
+    pub restore_batch_interval_s_override: Option<u32>,
 }
 
 /// The result of a preview.

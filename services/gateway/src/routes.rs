@@ -423,6 +423,12 @@ async fn start(
 struct StopBody {
     #[serde(default)]
     reason: Option<String>,
+    /// Restore this many targets per batch (admin; at most 10,000).
+    #[serde(default)]
+    restore_batch_size_override: Option<u32>,
+    /// Restore batches this many seconds apart (admin above the non-admin cap).
+    #[serde(default)]
+    restore_batch_interval_s_override: Option<u32>,
 }
 
 #[utoipa::path(
@@ -443,7 +449,7 @@ async fn stop(
     require(&p, Role::Operator)?;
     let event_id = parse_id(&id)?;
     load_view(&s, &p, event_id).await?; // 404 unless the key reaches the event
-    let reason = b.and_then(|Json(b)| b.reason);
+    let b = b.map(|Json(b)| b).unwrap_or_default();
     let req = StopRequest {
         org: p.org,
         actor: Actor::ApiKey {
@@ -451,7 +457,9 @@ async fn stop(
             role: p.role,
         },
         event_id,
-        reason,
+        reason: b.reason,
+        restore_batch_size_override: b.restore_batch_size_override,
+        restore_batch_interval_s_override: b.restore_batch_interval_s_override,
     };
     let _: StopReply = call(&s.nats, &(), Some(p.org), &req, s.planner_timeout)
         .await

@@ -583,19 +583,72 @@ impl Planner {
             Some("") | None => "stopped by operator".to_owned(),
             Some(r) => r.to_owned(),
         };
+        // Restore pacing overrides (issue 9): a bigger batch is an admin's call; a slower
+        // interval is anyone's within the non-admin cap.
+        let admin = req.actor.role() >= Role::Admin;
+        let gate = |field: &str, what: String| RpcError {
+            field: Some(field.to_owned()),
+            ..RpcError::new(
+                RpcErrorKind::PermissionDenied,
+                format!("{what} needs the admin role"),
+            )
+        };
+        if let Some(n) = req.restore_batch_size_override {
+            if !(1..=validate::MAX_RESTORE_BATCH).contains(&n) {
+                return Err(RpcError::invalid(
+                    "restore_batch_size_override",
+                    format!("must be between 1 and {}", validate::MAX_RESTORE_BATCH),
+                ));
+            }
+            if !admin {
+                return Err(gate(
+                    "restore_batch_size_override",
+                    "overriding the restore batch size".into(),
+                ));
+            }
+        }
+        if let Some(s) = req.restore_batch_interval_s_override {
+            if !(1..=validate::MAX_RESTORE_INTERVAL_S).contains(&s) {
+                return Err(RpcError::invalid(
+                    "restore_batch_interval_s_override",
+                    format!("must be between 1 and {}", validate::MAX_RESTORE_INTERVAL_S),
+                ));
+            }
+            if s > self.config.non_admin_max_interval_s && !admin {
+                return Err(gate(
+                    "restore_batch_interval_s_override",
+                    format!(
+                        "a restore interval above {} s",
+                        self.config.non_admin_max_interval_s
+                    ),
+                ));
+            }
+        }
+        let pacing = events::EventPatch {
+            restore_batch_size: req.restore_batch_size_override,
+            restore_batch_interval_s: req.restore_batch_interval_s_override,
+            ..events::EventPatch::default()
+        };
         let (actor_kind, actor_id) = match &req.actor {
             Actor::ApiKey { key_id, .. } => ("api_key", Some(*key_id)),
             other => (other.kind(), None),
         };
         let (org, id) = (req.org, req.event_id);
         let changed = with_tx(&self.pool, ebb_store::tx::DEFAULT_ATTEMPTS, move |conn| {
-            let reason = reason.clone();
+            let (reason, pacing) = (reason.clone(), pacing.clone());
             Box::pin(async move {
                 let Some(event) = events::lock_event(conn, org, id).await? else {
                     return Err(StoreError::NotFound);
                 };
                 if !matches!(event.state, EventState::Pending | EventState::Active) {
                     return Ok(false);
+                }
+                if pacing != events::EventPatch::default()
+                    && !events::update_event(&mut *conn, org, id, event.state, &pacing).await?
+                {
+                    return Err(StoreError::RaceLost(format!(
+                        "event {id} moved while locked"
+                    )));
                 }
                 let Some(moved) =
                     events::begin_restore(conn, &event, StopCause::Requested, &reason, actor_kind)
@@ -612,7 +665,11 @@ impl Planner {
                     actor_id,
                     "curtailment_stopped",
                     Some(id.0),
-                    serde_json::json!({"reason": reason}),
+                    serde_json::json!({
+                        "reason": reason,
+                        "restore_batch_size_override": pacing.restore_batch_size,
+                        "restore_batch_interval_s_override": pacing.restore_batch_interval_s,
+                    }),
                 )
                 .await?;
                 events::announce(conn, &moved, Some(event.state), Some(&reason)).await?;

@@ -418,3 +418,72 @@ async fn an_events_changes_stream_until_it_ends_and_resume_after_the_last_seen()
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 }
+
+/// Stop may pace the restore differently: a bigger batch is an admin's call, a slower interval
+/// anyone's within the non-admin cap; bad values name their field and stop nothing.
+#[tokio::test]
+async fn stop_overrides_the_restore_pacing_by_whoever_may() {
+    let app = spawn_app().await;
+    let (operator, admin) = (app.key("operator"), app.key("admin"));
+    let (s, event, _) = app
+        .post(
+            &operator,
+            "/v1/curtailments",
+            json!({"mode":"kw","target_kw":3,"reason":"pace"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{event}");
+    let id = event["id"].as_str().unwrap().to_owned();
+    let stop = format!("/v1/curtailments/{id}/stop");
+    for (key, body, status, field) in [
+        (
+            &operator,
+            json!({"restore_batch_size_override": 500}),
+            StatusCode::FORBIDDEN,
+            "restore_batch_size_override",
+        ),
+        (
+            &operator,
+            json!({"restore_batch_interval_s_override": 900}),
+            StatusCode::FORBIDDEN,
+            "restore_batch_interval_s_override",
+        ),
+        (
+            &admin,
+            json!({"restore_batch_size_override": 10_001}),
+            StatusCode::BAD_REQUEST,
+            "restore_batch_size_override",
+        ),
+        (
+            &admin,
+            json!({"restore_batch_interval_s_override": 0}),
+            StatusCode::BAD_REQUEST,
+            "restore_batch_interval_s_override",
+        ),
+    ] {
+        let (s, p, _) = app.post(key, &stop, body.clone()).await;
+        assert_eq!(
+            (s, p["errors"][0]["field"].clone()),
+            (status, json!(field)),
+            "{body}: {p}"
+        );
+    }
+    let (_, still) = app.get(&operator, &format!("/v1/curtailments/{id}")).await;
+    assert_eq!(still["state"], "pending", "nothing was stopped");
+    let (s, e, _) = app
+        .post(
+            &admin,
+            &stop,
+            json!({"restore_batch_size_override": 500, "restore_batch_interval_s_override": 5}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert_eq!(e["state"], "restoring");
+    assert_eq!(
+        (
+            e["restore_batch_size"].clone(),
+            e["restore_batch_interval_s"].clone()
+        ),
+        (json!(500), json!(5))
+    );
+}

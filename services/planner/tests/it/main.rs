@@ -559,6 +559,8 @@ async fn stop_is_idempotent() {
         },
         event_id: id,
         reason: Some("done".into()),
+        restore_batch_size_override: None,
+        restore_batch_interval_s_override: None,
     };
     assert!(f.planner.stop(&stop).await.unwrap().changed);
     assert!(!f.planner.stop(&stop).await.unwrap().changed);
@@ -945,6 +947,8 @@ async fn terminate_refuses_until_a_restore_has_settled() {
         actor: admin.clone(),
         event_id: id,
         reason: Some("grid relief over".into()),
+        restore_batch_size_override: None,
+        restore_batch_interval_s_override: None,
     };
     assert!(f.planner.stop(&stop).await.unwrap().changed);
     assert_eq!(states().await, vec![TargetState::RestorePending; 2]);

@@ -246,6 +246,8 @@ impl Harness {
             },
             event_id: id,
             reason: None,
+            restore_batch_size_override: None,
+            restore_batch_interval_s_override: None,
         };
         self.planner.stop(&req).await.unwrap();
     }
