@@ -11,7 +11,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use ebb_bus::rpc::{CallError, call};
 use ebb_bus::{
-    Actor, PlanView, PreviewRequest, Role, Scope, StartReply, StartRequest, StopReply, StopRequest,
+    Actor, PlanView, PreviewRequest, Role, Scope, StartReply, StartRequest, StopRequest,
 };
 use ebb_domain::selection::Mode;
 use ebb_domain::{EventId, EventState, Kw, SiteCode, Watts};
@@ -452,19 +452,13 @@ async fn stop(
     let b = b.map(|Json(b)| b).unwrap_or_default();
     let req = StopRequest {
         org: p.org,
-        actor: Actor::ApiKey {
-            key_id: p.key_id,
-            role: p.role,
-        },
+        actor: actor(&p),
         event_id,
         reason: b.reason,
         restore_batch_size_override: b.restore_batch_size_override,
         restore_batch_interval_s_override: b.restore_batch_interval_s_override,
     };
-    let _: StopReply = call(&s.nats, &(), Some(p.org), &req, s.planner_timeout)
-        .await
-        .map_err(planner_error)?;
-    Ok(Json(load_view(&s, &p, event_id).await?))
+    planner_write(&s, &p, event_id, &req).await
 }
 
 /// How a stopped event that cannot settle is ended.
@@ -507,18 +501,36 @@ async fn terminate(
     };
     let req = ebb_bus::TerminateRequest {
         org: p.org,
-        actor: Actor::ApiKey {
-            key_id: p.key_id,
-            role: p.role,
-        },
+        actor: actor(&p),
         event_id,
         target_state,
         reason: b.reason,
     };
-    let _: StopReply = call(&s.nats, &(), Some(p.org), &req, s.planner_timeout)
+    planner_write(&s, &p, event_id, &req).await
+}
+
+/// The caller as the planner records it.
+fn actor(p: &Principal) -> Actor {
+    Actor::ApiKey {
+        key_id: p.key_id,
+        role: p.role,
+    }
+}
+
+/// Asks the planner to change `event_id` with `req`, then answers the event as it now is.
+async fn planner_write<R>(
+    s: &AppState,
+    p: &Principal,
+    event_id: EventId,
+    req: &R,
+) -> Result<Json<EventView>, Problem>
+where
+    R: ebb_bus::Request<Route = ()>,
+{
+    let _: R::Reply = call(&s.nats, &(), Some(p.org), req, s.planner_timeout)
         .await
         .map_err(planner_error)?;
-    Ok(Json(load_view(&s, &p, event_id).await?))
+    Ok(Json(load_view(s, p, event_id).await?))
 }
 
 pub(crate) fn parse_id(id: &str) -> Result<EventId, Problem> {
@@ -915,20 +927,14 @@ async fn update(
     load_view(&s, &p, event_id).await?; // 404 unless the key reaches the event
     let req = ebb_bus::UpdateRequest {
         org: p.org,
-        actor: Actor::ApiKey {
-            key_id: p.key_id,
-            role: p.role,
-        },
+        actor: actor(&p),
         event_id,
         reason: b.reason,
         max_duration_s: b.max_duration_s,
         restore_batch_size: b.restore_batch_size,
         restore_batch_interval_s: b.restore_batch_interval_s,
     };
-    let _: ebb_bus::UpdateReply = call(&s.nats, &(), Some(p.org), &req, s.planner_timeout)
-        .await
-        .map_err(planner_error)?;
-    Ok(Json(load_view(&s, &p, event_id).await?))
+    planner_write(&s, &p, event_id, &req).await
 }
 
 /// Why an event is aborted (required: the audit log keeps it).
@@ -959,15 +965,9 @@ async fn abort(
     load_view(&s, &p, event_id).await?; // 404 unless the key reaches the event
     let req = ebb_bus::AbortRequest {
         org: p.org,
-        actor: Actor::ApiKey {
-            key_id: p.key_id,
-            role: p.role,
-        },
+        actor: actor(&p),
         event_id,
         reason: b.reason,
     };
-    let _: StopReply = call(&s.nats, &(), Some(p.org), &req, s.planner_timeout)
-        .await
-        .map_err(planner_error)?;
-    Ok(Json(load_view(&s, &p, event_id).await?))
+    planner_write(&s, &p, event_id, &req).await
 }
