@@ -1343,7 +1343,14 @@ pub async fn abort_targets(
                 updated_at = now()
             FROM curtailment_target old
             WHERE t.event_id = $1 AND old.event_id = t.event_id AND old.device_id = t.device_id
-              AND t.state NOT IN ('failed', 'restored', 'restore_failed')
+              AND (t.state NOT IN ('failed', 'restored', 'restore_failed')
+                   -- A failed target that was sent a command may have been curtailed: a stop
+                   -- would restore it (sweep_targets_for_restore), an abort says it may be
+                   -- asleep, unless another live event holds its device now.
+                   OR (t.state = 'failed' AND t.last_batch_id IS NOT NULL
+                       AND NOT EXISTS (SELECT 1 FROM curtailment_target o WHERE o.device_id = t.device_id
+                                       AND o.event_id <> t.event_id
+                                       AND o.state NOT IN ('failed', 'restored', 'restore_failed'))))
             RETURNING t.org_id, t.device_id, old.state AS from_state, t.state AS to_state)
          , logged AS (
             INSERT INTO event_transition (org_id, event_id, device_id, from_state, to_state, actor, reason)

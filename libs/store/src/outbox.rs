@@ -88,8 +88,10 @@ pub async fn enqueue_traced(
     let id = Uuid::now_v7();
     let payload = serde_json::to_vec(notice).map_err(|e| StoreError::Encode(e.to_string()))?;
     sqlx::query(
-        "INSERT INTO outbox (id, org_id, kind, payload, traceparent, ordering_key)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        // clock_timestamp(), not the transaction's start: the row is written after the change
+        // it announces took its lock, so rows of one event are ordered as their changes were.
+        "INSERT INTO outbox (id, org_id, kind, payload, traceparent, ordering_key, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6, clock_timestamp())",
     )
     .bind(id)
     .bind(org.map(|o| o.0))

@@ -264,6 +264,12 @@ impl WebhookUrl {
             return Err(UrlError::TooLong { len: text.len() });
         }
         let url = Url::parse(text).map_err(|e| UrlError::Syntax(e.to_string()))?;
+        // Normalising percent-encodes: the stored form is what must fit.
+        if url.as_str().len() > Self::MAX_LEN {
+            return Err(UrlError::TooLong {
+                len: url.as_str().len(),
+            });
+        }
         if !matches!(url.scheme(), "http" | "https") {
             return Err(UrlError::Scheme(url.scheme().to_owned()));
         }

@@ -1,6 +1,7 @@
 //! The operator HTTP API (DESIGN §6): bearer API keys, validation with field-level
-//! `problem+json` errors, and the curtailment endpoints. Writes go to the planner over NATS;
-//! reads come from PostgreSQL through the store.
+//! `problem+json` errors, the curtailment, fleet, key, audit and webhook endpoints. Curtailment
+//! writes go to the planner over NATS; reads, and the writes no plan depends on (ADR 0011), use
+//! PostgreSQL through the store.
 
 mod access;
 pub mod auth;

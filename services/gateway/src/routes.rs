@@ -146,6 +146,18 @@ pub(crate) fn require(p: &Principal, role: Role) -> Result<(), Problem> {
     }
 }
 
+/// A JSON body that may be left out (then `T::default()`); one that is there but malformed is a
+/// problem, as with [`body`].
+pub(crate) fn optional_body<T: serde::de::DeserializeOwned + Default>(
+    raw: &[u8],
+) -> Result<T, Problem> {
+    if raw.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(raw)
+        .map_err(|e| Problem::new(Kind::InvalidArgument, format!("the body is not valid: {e}")))
+}
+
 pub(crate) fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
     b.map(|Json(v)| v)
         .map_err(|e| Problem::new(Kind::InvalidArgument, e.body_text()))
@@ -444,12 +456,12 @@ async fn stop(
     State(s): State<AppState>,
     p: Principal,
     Path(id): Path<String>,
-    b: Option<Json<StopBody>>,
+    raw: axum::body::Bytes,
 ) -> Result<Json<EventView>, Problem> {
     require(&p, Role::Operator)?;
     let event_id = parse_id(&id)?;
     load_view(&s, &p, event_id).await?; // 404 unless the key reaches the event
-    let b = b.map(|Json(b)| b).unwrap_or_default();
+    let b: StopBody = optional_body(&raw)?;
     let req = StopRequest {
         org: p.org,
         actor: actor(&p),

@@ -34,6 +34,9 @@ struct Follow {
     after: i64,
     pending: VecDeque<events::EventTransition>,
     done: bool,
+    /// The event had ended when the stream opened: once nothing newer is found, it ends too
+    /// (a client that reconnects after the last transition is not held open forever).
+    ended: bool,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
@@ -65,7 +68,11 @@ pub async fn events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
     require(&p, Role::Viewer)?;
     let event = crate::routes::parse_id(&id)?;
-    crate::routes::load_view(&s, &p, event).await?; // 404 unless the key reaches the event
+    // 404 unless the key reaches the event.
+    let ended = crate::routes::load_view(&s, &p, event)
+        .await?
+        .state
+        .is_terminal();
     let after = match headers.get("last-event-id") {
         None => 0,
         Some(v) => v
@@ -90,6 +97,7 @@ pub async fn events(
         after,
         pending: VecDeque::new(),
         done: false,
+        ended,
         _permit: permit,
     };
     let stream = futures::stream::unfold(follow, |mut f| async move {
@@ -113,6 +121,7 @@ pub async fn events(
                     f.after = rows.last().map_or(f.after, |t| t.id);
                     f.pending.extend(rows);
                 }
+                Ok(_) if f.ended => return None,
                 Ok(_) => tokio::time::sleep(POLL).await,
                 Err(e) => {
                     // The client reconnects with its Last-Event-ID and misses nothing.

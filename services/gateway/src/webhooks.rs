@@ -383,11 +383,12 @@ pub async fn rotate(
     State(s): State<AppState>,
     p: Principal,
     Path(id): Path<String>,
-    b: Option<Json<Rotation>>,
+    raw: axum::body::Bytes,
 ) -> Result<Json<RotatedSecret>, Problem> {
     org_wide_admin(&p)?;
     let id = parse_endpoint(&id)?;
-    let grace = b.and_then(|Json(r)| r.grace_s).unwrap_or(DEFAULT_GRACE_S);
+    let rotation: Rotation = crate::routes::optional_body(&raw)?;
+    let grace = rotation.grace_s.unwrap_or(DEFAULT_GRACE_S);
     if grace > MAX_GRACE_S {
         return Err(Problem::field(
             "grace_s",

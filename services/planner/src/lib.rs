@@ -641,7 +641,11 @@ impl Planner {
                     return Err(StoreError::NotFound);
                 };
                 if !matches!(event.state, EventState::Pending | EventState::Active) {
-                    return Ok(false);
+                    // Overrides are not dropped quietly: the restore already has its pace.
+                    if pacing != events::EventPatch::default() {
+                        return Ok(Err(event.state));
+                    }
+                    return Ok(Ok(false));
                 }
                 if pacing != events::EventPatch::default()
                     && !events::update_event(&mut *conn, org, id, event.state, &pacing).await?
@@ -673,13 +677,21 @@ impl Planner {
                 )
                 .await?;
                 events::announce(conn, &moved, Some(event.state), Some(&reason)).await?;
-                Ok(true)
+                Ok(Ok(true))
             })
         })
         .await
         .map_err(|e| match e {
             StoreError::NotFound => RpcError::new(RpcErrorKind::NotFound, "curtailment not found"),
             other => internal(other),
+        })?
+        .map_err(|state| {
+            RpcError::new(
+                RpcErrorKind::InvalidState,
+                format!(
+                    "the curtailment is {state}: its restore pacing can no longer be overridden"
+                ),
+            )
         })?;
         Ok(StopReply {
             event_id: id,

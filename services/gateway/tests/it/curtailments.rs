@@ -252,7 +252,7 @@ async fn abort_releases_a_stuck_events_miners_without_restoring() {
         .post(
             &operator,
             "/v1/curtailments",
-            json!({"mode":"kw","target_kw":6,"reason":"stuck"}),
+            json!({"mode":"kw","target_kw":9,"reason":"stuck"}),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{event}");
@@ -262,6 +262,17 @@ async fn abort_releases_a_stuck_events_miners_without_restoring() {
     sqlx::query(
         "UPDATE curtailment_target SET state = 'dispatched', last_batch_id = gen_random_uuid()
          WHERE device_id = (SELECT device_id FROM curtailment_target WHERE event_id = $1::uuid
+                            ORDER BY device_id LIMIT 1)",
+    )
+    .bind(&id)
+    .execute(app.db.pool())
+    .await
+    .unwrap();
+    // Another was sent one and then failed: its miner may be asleep too.
+    sqlx::query(
+        "UPDATE curtailment_target SET state = 'failed', last_batch_id = gen_random_uuid()
+         WHERE device_id = (SELECT device_id FROM curtailment_target
+                            WHERE event_id = $1::uuid AND state = 'pending'
                             ORDER BY device_id LIMIT 1)",
     )
     .bind(&id)
@@ -284,7 +295,7 @@ async fn abort_releases_a_stuck_events_miners_without_restoring() {
         .await;
     assert_eq!(s, StatusCode::OK, "{e}");
     assert_eq!(e["state"], "failed");
-    assert_eq!(e["targets"], json!({"restore_failed": 1, "restored": 1}));
+    assert_eq!(e["targets"], json!({"restore_failed": 2, "restored": 1}));
     let (_, held) = app.get(&app.key("viewer"), "/v1/devices").await;
     assert!(
         held["items"]
@@ -300,17 +311,18 @@ async fn abort_releases_a_stuck_events_miners_without_restoring() {
             .await
             .unwrap();
     assert_eq!(meta["released_untouched"], 1);
-    assert_eq!(meta["possibly_left_curtailed"], 1);
+    assert_eq!(meta["possibly_left_curtailed"], 2);
     assert_eq!(meta["reason"], "agent lost with the site");
-    // The devices can be curtailed again at once.
-    let (s, again, _) = app
-        .post(
-            &operator,
-            "/v1/curtailments",
-            json!({"mode":"kw","target_kw":6,"reason":"again"}),
-        )
-        .await;
-    assert_eq!(s, StatusCode::CREATED, "{again}");
+    // The database frees them at once: the exclusivity index no longer covers any of them.
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM curtailment_target
+         WHERE event_id = $1::uuid AND state NOT IN ('failed', 'restored', 'restore_failed')",
+    )
+    .bind(&id)
+    .fetch_one(app.db.pool())
+    .await
+    .unwrap();
+    assert_eq!(held, 0);
     let (s, p, _) = app.post(&admin, &path, json!({"reason": "twice"})).await;
     assert_eq!(s, StatusCode::CONFLICT, "{p}");
     assert_eq!(p["type"], "https://ebb.dev/problems/invalid-state");
@@ -399,6 +411,20 @@ async fn an_events_changes_stream_until_it_ends_and_resume_after_the_last_seen()
         .unwrap();
     let rest = transitions(&r.text().await.unwrap());
     assert_eq!(rest, seen[1..].to_vec());
+    // Resuming after the last transition of an ended event ends at once, holding nothing.
+    let r = app
+        .http
+        .get(&url)
+        .bearer_auth(&viewer)
+        .header("Last-Event-ID", seen[2].0.to_string())
+        .send()
+        .await
+        .unwrap();
+    let text = tokio::time::timeout(std::time::Duration::from_secs(5), r.text())
+        .await
+        .expect("an ended event's stream ends")
+        .unwrap();
+    assert!(transitions(&text).is_empty(), "{text}");
 
     let r = app
         .http
@@ -486,4 +512,27 @@ async fn stop_overrides_the_restore_pacing_by_whoever_may() {
         ),
         (json!(500), json!(5))
     );
+    // Once restoring, a stop with overrides is refused rather than ignored; a plain one is not.
+    let (s, p, _) = app
+        .post(&admin, &stop, json!({"restore_batch_size_override": 7}))
+        .await;
+    assert_eq!(
+        (s, p["type"].clone()),
+        (
+            StatusCode::CONFLICT,
+            json!("https://ebb.dev/problems/invalid-state")
+        )
+    );
+    assert_eq!(app.post(&admin, &stop, json!({})).await.0, StatusCode::OK);
+    // A malformed body is a problem, not axum's plain text.
+    let r = app
+        .http
+        .post(app.url(&stop))
+        .bearer_auth(&admin)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
 }
