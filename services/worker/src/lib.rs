@@ -9,6 +9,7 @@
 
 pub mod config;
 pub mod gauges;
+pub mod rate;
 pub mod relay;
 
 pub use config::WorkerConfig;
@@ -39,6 +40,10 @@ pub const JOBS: &[Job] = &[
     Job {
         name: "gauges",
         run: gauges::job,
+    },
+    Job {
+        name: "rate",
+        run: rate::job,
     },
 ];
 
