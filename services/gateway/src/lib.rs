@@ -12,6 +12,7 @@ mod instruments;
 pub mod openapi;
 pub mod problem;
 mod routes;
+mod usage;
 mod webhooks;
 
 pub use config::GatewayConfig;
