@@ -24,8 +24,10 @@ CREATE TABLE curtailment_interval (
     start_power_w double precision CHECK (start_power_w >= 0),
     end_power_w double precision CHECK (end_power_w >= 0)
 );
--- At most one open interval per target. Query: closing it when the target leaves `confirmed`.
-CREATE UNIQUE INDEX curtailment_interval_open ON curtailment_interval (event_id, device_id)
+-- At most one open interval per target. Query: closing the open intervals of a batch's moved
+-- devices (device_id = ANY(the batch) AND event_id = $1): the device leads, so the batch is
+-- probed in the index whatever the planner guesses of the batch's size.
+CREATE UNIQUE INDEX curtailment_interval_open ON curtailment_interval (device_id, event_id)
     WHERE ended_at IS NULL;
 -- Query: the rater's read of an org's intervals that overlap its run
 -- (COALESCE(ended_at, 'infinity') > since AND started_at < until): recent runs read recent rows.

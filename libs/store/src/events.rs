@@ -577,10 +577,11 @@ pub async fn sweep_targets_for_restore(
          -- A confirmed target stops being confirmed here: its interval closes with this
          -- statement (see transition_targets).
          closed AS (
-            UPDATE curtailment_interval i SET ended_at = now(), end_power_w = ds.power_w
-            FROM moved m LEFT JOIN device_state ds ON ds.device_id = m.device_id
-            WHERE m.from_state = 'confirmed' AND i.event_id = $1 AND i.device_id = m.device_id
-              AND i.ended_at IS NULL)
+            UPDATE curtailment_interval i SET ended_at = now(),
+                end_power_w = (SELECT ds.power_w FROM device_state ds WHERE ds.device_id = i.device_id)
+            WHERE i.ended_at IS NULL AND i.event_id = $1
+              AND i.device_id = ANY(ARRAY(SELECT m.device_id FROM moved m
+                                          WHERE m.from_state = 'confirmed')))
          INSERT INTO event_transition (org_id, event_id, device_id, from_state, to_state, actor, reason)
          SELECT org_id, $1, device_id, from_state, to_state, $2, 'stop' FROM moved",
     )
@@ -811,15 +812,19 @@ pub async fn transition_targets(
          opened AS (
             INSERT INTO curtailment_interval (org_id, event_id, device_id, site_id, started_at,
                                               baseline_power_w, start_power_w)
-            SELECT m.org_id, $1, m.device_id, m.site_id, now(), m.baseline_power_w, ds.power_w
-            FROM moved m LEFT JOIN device_state ds ON ds.device_id = m.device_id
+            SELECT m.org_id, $1, m.device_id, m.site_id, now(), m.baseline_power_w,
+                   (SELECT ds.power_w FROM device_state ds WHERE ds.device_id = m.device_id)
+            FROM moved m
             WHERE $4 = 'confirmed'
-            ON CONFLICT (event_id, device_id) WHERE ended_at IS NULL DO NOTHING),
+            ON CONFLICT (device_id, event_id) WHERE ended_at IS NULL DO NOTHING),
+         -- The moved devices as an array, probed in `curtailment_interval_open` (device first):
+         -- a join with `moved`, whose row estimate is a guess, can turn into a nested loop
+         -- quadratic in the batch.
          closed AS (
-            UPDATE curtailment_interval i SET ended_at = now(), end_power_w = ds.power_w
-            FROM moved m LEFT JOIN device_state ds ON ds.device_id = m.device_id
-            WHERE $3 = 'confirmed' AND i.event_id = $1 AND i.device_id = m.device_id
-              AND i.ended_at IS NULL)
+            UPDATE curtailment_interval i SET ended_at = now(),
+                end_power_w = (SELECT ds.power_w FROM device_state ds WHERE ds.device_id = i.device_id)
+            WHERE $3 = 'confirmed' AND i.ended_at IS NULL AND i.event_id = $1
+              AND i.device_id = ANY(ARRAY(SELECT m.device_id FROM moved m)))
          INSERT INTO event_transition (org_id, event_id, device_id, from_state, to_state, actor, reason)
          SELECT org_id, $1, device_id, $3, $4, $12, $11 FROM moved
          RETURNING device_id",
