@@ -739,7 +739,15 @@ pub async fn sweep_targets_for_restore(
                        AND NOT EXISTS (SELECT 1 FROM curtailment_target o WHERE o.device_id = t.device_id
                                        AND o.event_id <> t.event_id
                                        AND o.state NOT IN ('failed', 'restored', 'restore_failed'))))
-            RETURNING t.org_id, t.device_id, old.state AS from_state, t.state AS to_state)
+            RETURNING t.org_id, t.device_id, old.state AS from_state, t.state AS to_state),
+         -- A confirmed target stops being confirmed here: its interval closes with this
+         -- statement (see transition_targets).
+         closed AS (
+            UPDATE curtailment_interval i SET ended_at = now(),
+                end_power_w = (SELECT ds.power_w FROM device_state ds WHERE ds.device_id = i.device_id)
+            WHERE i.ended_at IS NULL AND i.event_id = $1
+              AND i.device_id = ANY(ARRAY(SELECT m.device_id FROM moved m
+                                          WHERE m.from_state = 'confirmed')))
          INSERT INTO event_transition (org_id, event_id, device_id, from_state, to_state, actor, reason)
          SELECT org_id, $1, device_id, from_state, to_state, $2, 'stop' FROM moved",
     )
@@ -924,6 +932,12 @@ pub enum Retry {
 
 /// Compare-and-set for many targets of one event from one state to another. Returns the devices
 /// that moved; the others were not in `from` (lost races) and are left untouched.
+///
+/// The same statement keeps the rater's facts: a move into `confirmed` opens a
+/// `curtailment_interval` per moved target (its baseline and the device's latest power), a move
+/// out of it closes the open one (the power at exit). Both are CTEs of this one statement, so a
+/// batch costs no extra round trip and the facts commit or roll back with the moves; for any
+/// other pair of states their one-time filter skips them (ADR 0012).
 pub async fn transition_targets(
     db: impl PgExecutor<'_>,
     event: EventId,
@@ -960,7 +974,23 @@ pub async fn transition_targets(
                     next_attempt_at)
             WHERE event_id = $1 AND device_id = ANY($2) AND state = $3
               AND ($13::uuid IS NULL OR last_batch_id = $13)
-            RETURNING org_id, device_id)
+            RETURNING org_id, device_id, site_id, baseline_power_w),
+         opened AS (
+            INSERT INTO curtailment_interval (org_id, event_id, device_id, site_id, started_at,
+                                              baseline_power_w, start_power_w)
+            SELECT m.org_id, $1, m.device_id, m.site_id, now(), m.baseline_power_w,
+                   (SELECT ds.power_w FROM device_state ds WHERE ds.device_id = m.device_id)
+            FROM moved m
+            WHERE $4 = 'confirmed'
+            ON CONFLICT (device_id, event_id) WHERE ended_at IS NULL DO NOTHING),
+         -- The moved devices as an array, probed in `curtailment_interval_open` (device first):
+         -- a join with `moved`, whose row estimate is a guess, can turn into a nested loop
+         -- quadratic in the batch.
+         closed AS (
+            UPDATE curtailment_interval i SET ended_at = now(),
+                end_power_w = (SELECT ds.power_w FROM device_state ds WHERE ds.device_id = i.device_id)
+            WHERE $3 = 'confirmed' AND i.ended_at IS NULL AND i.event_id = $1
+              AND i.device_id = ANY(ARRAY(SELECT m.device_id FROM moved m)))
          INSERT INTO event_transition (org_id, event_id, device_id, from_state, to_state, actor, reason)
          SELECT org_id, $1, device_id, $3, $4, $12, $11 FROM moved
          RETURNING device_id",

@@ -1,6 +1,7 @@
 //! PostgreSQL, the system of record: the pool, embedded migrations, the transaction helper with
 //! bounded serialization retries, the outbox and its relay, and one repository module per group of
-//! tables (webhook endpoints and deliveries in [`webhooks`]). Queries live here, next to the tables they touch, and every one filters by `org_id`
+//! tables (webhook endpoints and deliveries in [`webhooks`]; rating's facts, prices and output in
+//! [`rating`]). Queries live here, next to the tables they touch, and every one filters by `org_id`
 //! where the table has one.
 
 pub mod access;
@@ -13,6 +14,7 @@ pub mod heartbeat;
 pub mod keys;
 pub mod natscreds;
 pub mod outbox;
+pub mod rating;
 pub mod tx;
 pub mod webhooks;
 

@@ -31,6 +31,7 @@ mod gateway_flood;
 mod measure;
 mod poll;
 mod preview;
+mod rate;
 mod reconcile_pass;
 mod throwaway;
 
@@ -40,6 +41,7 @@ pub use fleet::{FirmwareFigures, Registration};
 pub use gateway_flood::{FloodArgs, FloodReport, bench_gateway_flood};
 pub use poll::{PollReport, bench_poll};
 pub use preview::{PreviewReport, bench_preview};
+pub use rate::{RateReport, bench_rate};
 pub use reconcile_pass::{ReconcilePassReport, bench_reconcile_pass};
 
 use ebb_agent::MinerPathSettings;
@@ -81,6 +83,16 @@ pub enum BenchCommand {
     /// The gateway under a flood of bad tokens, with a valid key's latency meanwhile (needs
     /// DATABASE_URL; see `bench/gateway_flood.rs`).
     GatewayFlood(FloodArgs),
+    /// Rating one day of an N-miner event, and what the rater's facts add to the target
+    /// transitions (see `bench/rate.rs`).
+    Rate {
+        /// Miners in the event.
+        #[arg(long, default_value_t = 10_000)]
+        miners: usize,
+        /// Timed re-runs over the same day.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -149,6 +161,9 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<ExitCode> {
         }
         BenchCommand::GatewayFlood(args) => {
             serde_json::to_string(&bench_gateway_flood(&args).await?)?
+        }
+        BenchCommand::Rate { miners, runs } => {
+            serde_json::to_string(&bench_rate(miners, runs).await?)?
         }
     };
     println!("{report}");

@@ -6,6 +6,7 @@
 //!   as TOML, `--check-config` also says whether they are valid. This is how `compose.yaml` runs
 //!   them, one per process.
 //! - `ebb agent scan <range>` identifies the miners in an address range.
+//! - `ebb worker rate [--since T] [--until T]` rates curtailed energy once (see [`worker`]).
 //! - `ebb sim serve` runs the miner simulator.
 //! - `ebb admin …` migrates the database and creates orgs, sites and API keys.
 //! - `ebb bench command|poll --miners N` runs the agent's benchmarks against a simulator;
@@ -24,6 +25,7 @@ pub mod chaos;
 pub mod dev;
 pub mod localhub;
 pub mod services;
+pub mod worker;
 
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
@@ -79,6 +81,9 @@ pub fn cli() -> clap::Command {
         if entry.name == <ebb_agent::AgentService as ebb_runtime::Service>::NAME {
             sub = agent::with_scan(sub);
         }
+        if entry.name == <ebb_worker::WorkerService as ebb_runtime::Service>::NAME {
+            sub = worker::with_rate(sub);
+        }
         cmd = cmd.subcommand(sub);
     }
     cmd
@@ -101,6 +106,9 @@ pub async fn run(matches: ArgMatches) -> anyhow::Result<ExitCode> {
     {
         if let Some(("scan", scan)) = sub.subcommand() {
             return agent::scan(agent::ScanArgs::from_arg_matches(scan)?).await;
+        }
+        if let Some(("rate", rate)) = sub.subcommand() {
+            return worker::rate(worker::RateArgs::from_arg_matches(rate)?).await;
         }
         return ebb_runtime::cli::main(entry, sub).await;
     }
@@ -150,6 +158,37 @@ mod tests {
             let m = cli().try_get_matches_from(["ebb", entry.name, "--print-config"]);
             assert!(m.is_ok(), "{}: {m:?}", entry.name);
         }
+    }
+
+    #[test]
+    fn worker_rate_and_worker_run_parse_apart() {
+        let m = cli()
+            .try_get_matches_from([
+                "ebb",
+                "worker",
+                "rate",
+                "--since",
+                "2026-01-01T00:00:00Z",
+                "--database-url",
+                "postgres://db/ebb",
+            ])
+            .unwrap();
+        let (name, sub) = m.subcommand().unwrap();
+        assert_eq!(name, "worker");
+        let (rate, args) = sub.subcommand().unwrap();
+        assert_eq!(rate, "rate");
+        let args = worker::RateArgs::from_arg_matches(args).unwrap();
+        assert!(args.since.is_some() && args.until.is_none());
+        assert!(
+            cli()
+                .try_get_matches_from(["ebb", "worker", "rate", "--until", "yesterday"])
+                .is_err(),
+            "--until is an RFC 3339 instant"
+        );
+        let m = cli()
+            .try_get_matches_from(["ebb", "worker", "--check-config"])
+            .unwrap();
+        assert_eq!(m.subcommand().unwrap().1.subcommand_name(), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod problem;
 mod routes;
 mod stream;
+mod usage;
 mod webhooks;
 
 pub use config::GatewayConfig;

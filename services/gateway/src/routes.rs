@@ -51,6 +51,8 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(crate::webhooks::rotate))
         .routes(routes!(crate::webhooks::deliveries))
         .routes(routes!(crate::webhooks::redeliver))
+        .routes(routes!(crate::usage::put_prices))
+        .routes(routes!(crate::usage::get_usage))
         .split_for_parts()
 }
 

@@ -6,13 +6,14 @@
 //! Jobs today: [`relay`] (the outbox → the event feed), [`gauges`] (the fleet and event
 //! figures an operator's dashboard and alerts read) and [`deliver`] (webhook deliveries: claimed
 //! with a lease, signed with every valid secret, sent only to addresses the SSRF guard checked,
-//! each phase timed, the outcome recorded; idle when no `EBB_SECRETS_KEY` is configured). The
-//! rater joins here. Several workers may run side by side: each job claims its rows with
+//! each phase timed, the outcome recorded; idle when no `EBB_SECRETS_KEY` is configured) and
+//! [`rate`] (settlement rating of curtailed energy). Several workers may run side by side: each job claims its rows with
 //! `FOR UPDATE SKIP LOCKED`.
 
 pub mod config;
 pub mod deliver;
 pub mod gauges;
+pub mod rate;
 pub mod relay;
 
 pub use config::WorkerConfig;
@@ -47,6 +48,10 @@ pub const JOBS: &[Job] = &[
     Job {
         name: "deliver",
         run: deliver::job,
+    },
+    Job {
+        name: "rate",
+        run: rate::job,
     },
 ];
 

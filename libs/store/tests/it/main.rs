@@ -3,6 +3,7 @@
 mod fixtures;
 mod migrations;
 mod outbox;
+mod rating;
 mod session;
 mod targets;
 mod tx;

@@ -4,6 +4,7 @@
 mod access;
 mod curtailments;
 mod fleet;
+mod usage;
 mod webhooks;
 
 use chrono::{Duration, Utc};
@@ -787,6 +788,7 @@ async fn the_openapi_document_lists_every_route_and_problem() {
             "GET /v1/devices/{id}",
             "GET /v1/fleet/summary",
             "GET /v1/keys",
+            "GET /v1/usage",
             "GET /v1/webhooks",
             "GET /v1/webhooks/{id}",
             "GET /v1/webhooks/{id}/deliveries",
@@ -802,6 +804,7 @@ async fn the_openapi_document_lists_every_route_and_problem() {
             "POST /v1/webhooks",
             "POST /v1/webhooks/{id}/deliveries/{delivery}/redeliver",
             "POST /v1/webhooks/{id}/rotate-secret",
+            "PUT /v1/prices",
         ]
     );
     let id = uuid::Uuid::now_v7().to_string();

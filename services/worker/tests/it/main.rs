@@ -2,4 +2,5 @@
 
 mod deliver;
 mod gauges;
+mod rate;
 mod relay;
