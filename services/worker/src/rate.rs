@@ -187,7 +187,15 @@ pub async fn rate_once(
         return Ok(None);
     };
     let report = rate_locked(&mut conn, span, kind, now).await;
-    // Closing the connection releases the lock, whatever happened.
+    // Released at once; closing the connection would release it too, but only once the
+    // server's backend has exited, which the next rater may beat.
+    let unlocked = sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1)")
+        .bind(RATE_LOCK_KEY)
+        .fetch_one(&mut conn)
+        .await;
+    if let Err(e) = unlocked {
+        tracing::warn!(error = ?e, "releasing the rating lock; closing its connection releases it");
+    }
     conn.close().await.ok();
     report.map(Some)
 }

@@ -897,19 +897,21 @@ async fn a_slow_endpoint_delays_no_other() {
         sender,
     );
     fast.wait_for(LIFE.len()).await;
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "the fast endpoint waited {:?}",
-        started.elapsed()
-    );
-    assert_eq!(slow.got().len(), 1, "one at a time per endpoint");
-    assert!(
+    until("the fast endpoint's deliveries recorded", || async {
         s.deliveries(&fast_ep)
             .await
             .iter()
             .all(|d| d.state == DeliveryState::Delivered)
+    })
+    .await;
+    // Causal, not timed: all of the fast endpoint's deliveries were done while the slow
+    // endpoint's first request still hung (its attempt not yet recorded).
+    assert_eq!(slow.got().len(), 1, "one at a time per endpoint");
+    assert!(
+        s.deliveries(&slow_ep).await[0].last_attempt_at.is_none(),
+        "the fast endpoint waited for the slow one ({:?})",
+        started.elapsed()
     );
-    assert!(s.deliveries(&slow_ep).await[0].last_attempt_at.is_none());
     slow.answer(Reply::Status(200));
     worker.stop().await;
 }
