@@ -90,6 +90,10 @@ pub struct Report {
     pub deleted: Vec<(OrgId, Deleted)>,
     pub anomalies: Vec<Anomaly>,
     pub seconds: f64,
+    /// Of `seconds`: reading intervals and prices, rating and pricing, writing.
+    pub read_seconds: f64,
+    pub rate_seconds: f64,
+    pub write_seconds: f64,
     pub exit_code: u8,
 }
 
@@ -223,8 +227,14 @@ async fn rate_locked(
         deleted: Vec::new(),
         anomalies: Vec::new(),
         seconds: 0.0,
+        read_seconds: 0.0,
+        rate_seconds: 0.0,
+        write_seconds: 0.0,
         exit_code: 0,
     };
+    let mut read = Duration::ZERO;
+    let mut rating = Duration::ZERO;
+    let mut writing = Duration::ZERO;
     for terms in orgs {
         let org = terms.org;
         let Some(len) = WindowLen::from_minutes(terms.window_minutes) else {
@@ -234,6 +244,7 @@ async fn rate_locked(
             });
             continue;
         };
+        let step = Instant::now();
         let intervals = store::intervals(&mut *conn, org, span.since, span.until).await?;
         report.intervals += intervals.len();
         let facts: Vec<Fact<(SiteId, EventId)>> = intervals
@@ -247,9 +258,11 @@ async fn rate_locked(
                 end_power_w: i.end_power_w,
             })
             .collect();
-        let rated = ebb_rating::rate(&facts, span, len, now);
         // A price set up to an hour before the span still holds at its start.
         let stored = store::prices(&mut *conn, org, span.since - PRICE_HOLDS, span.until).await?;
+        read += step.elapsed();
+        let step = Instant::now();
+        let rated = ebb_rating::rate(&facts, span, len, now);
         let mut anomalies = Vec::new();
         let mut prices = BTreeMap::new();
         for (at, micros) in stored {
@@ -305,21 +318,28 @@ async fn rate_locked(
                 provisional: r.provisional,
             });
         }
+        rating += step.elapsed();
         if !anomalies.is_empty() {
             // Fail closed: the org's rows stay as the last good run left them.
             report.anomalies.extend(anomalies);
             continue;
         }
         report.rows += rows.len();
+        let step = Instant::now();
         let mut tx = conn.begin().await?;
         let written = store::write_rated(&mut tx, org, span.since, span.until, &rows).await?;
         tx.commit().await?;
+        writing += step.elapsed();
         report.upserted += written.upserted;
         report
             .deleted
             .extend(written.deleted.into_iter().map(|d| (org, d)));
     }
-    report.seconds = (started.elapsed().as_secs_f64() * 1_000.0).round() / 1_000.0;
+    let secs = |d: Duration| (d.as_secs_f64() * 1_000.0).round() / 1_000.0;
+    report.seconds = secs(started.elapsed());
+    report.read_seconds = secs(read);
+    report.rate_seconds = secs(rating);
+    report.write_seconds = secs(writing);
     report.exit_code = ebb_rating::exit_code(
         report.reconciled_deletions(),
         kind,

@@ -58,6 +58,10 @@ pub struct RateReport {
     pub first_run_ms: f64,
     /// Rows it wrote.
     pub first_run_upserted: u64,
+    /// Of the first run, in ms: reading the intervals and prices, rating, writing.
+    pub first_run_read_ms: f64,
+    pub first_run_rate_ms: f64,
+    pub first_run_write_ms: f64,
     /// The median re-run over the same day: everything read and rated again, nothing written.
     pub rerun_ms: f64,
     pub reruns: usize,
@@ -217,6 +221,9 @@ async fn run(
         seed_seconds,
         first_run_ms: round(first_ms, 1),
         first_run_upserted: first.upserted,
+        first_run_read_ms: round(first.read_seconds * 1_000.0, 1),
+        first_run_rate_ms: round(first.rate_seconds * 1_000.0, 1),
+        first_run_write_ms: round(first.write_seconds * 1_000.0, 1),
         rerun_ms: round(median(reruns), 1),
         reruns: runs,
         intervals_per_second: round(first.intervals as f64 / (first_ms / 1_000.0), 0),
