@@ -284,7 +284,7 @@ pub async fn revoke_key(
 ) -> Result<Json<ApiKey>, Problem> {
     require(&p, Role::Admin)?;
     let id = Uuid::parse_str(&id).map_err(|_| Problem::field("id", "must be a UUID"))?;
-    let Query(q) = q.map_err(|e| Problem::new(Kind::InvalidArgument, e.body_text()))?;
+    let q = crate::routes::query(q)?;
     let grace = q.grace_s.unwrap_or(0);
     if grace > MAX_GRACE_S {
         return Err(Problem::field(
@@ -404,7 +404,7 @@ pub async fn audit(
             "the audit log needs a key that reaches every site",
         ));
     }
-    let Query(q) = q.map_err(|e| Problem::new(Kind::InvalidArgument, e.body_text()))?;
+    let q = crate::routes::query(q)?;
     let size = q.page_size.unwrap_or(DEFAULT_AUDIT_PAGE);
     if !(1..=MAX_AUDIT_PAGE).contains(&size) {
         return Err(Problem::field(

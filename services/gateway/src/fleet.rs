@@ -5,7 +5,7 @@
 use crate::AppState;
 use crate::auth::Principal;
 use crate::problem::{Kind, Problem};
-use crate::routes::{bad_cursor, body, require};
+use crate::routes::{bad_cursor, body, query, require};
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -119,11 +119,6 @@ struct DeviceCursor {
 pub struct DevicePage {
     pub items: Vec<Device>,
     pub next_cursor: Option<String>,
-}
-
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, Problem> {
-    q.map(|Query(v)| v)
-        .map_err(|e| Problem::new(Kind::InvalidArgument, e.body_text()))
 }
 
 /// The sites a listing covers: the key's reach, narrowed to `site` when one is asked for.

@@ -148,6 +148,14 @@ pub(crate) fn require(p: &Principal, role: Role) -> Result<(), Problem> {
     }
 }
 
+/// A query string parsed, or a problem saying what is wrong with it.
+pub(crate) fn query<T>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, Problem> {
+    q.map(|Query(v)| v)
+        .map_err(|e| Problem::new(Kind::InvalidArgument, e.body_text()))
+}
+
 /// A JSON body that may be left out (then `T::default()`); one that is there but malformed is a
 /// problem, as with [`body`].
 pub(crate) fn optional_body<T: serde::de::DeserializeOwned + Default>(
@@ -668,7 +676,7 @@ async fn list(
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<EventPage>, Problem> {
     require(&p, Role::Viewer)?;
-    let Query(q) = q.map_err(|e| Problem::new(Kind::InvalidArgument, e.body_text()))?;
+    let q = crate::routes::query(q)?;
     let state = q
         .state
         .as_deref()
@@ -798,7 +806,7 @@ async fn targets(
 ) -> Result<Json<TargetPage>, Problem> {
     require(&p, Role::Viewer)?;
     let event_id = parse_id(&id)?;
-    let Query(q) = q.map_err(|e| Problem::new(Kind::InvalidArgument, e.body_text()))?;
+    let q = crate::routes::query(q)?;
     let state = q
         .state
         .as_deref()

@@ -433,9 +433,7 @@ pub async fn get_usage(
     q: Result<Query<UsageQuery>, QueryRejection>,
 ) -> Result<Json<Usage>, Problem> {
     require(&p, Role::Viewer)?;
-    let q = q
-        .map(|Query(v)| v)
-        .map_err(|e| Problem::new(Kind::InvalidArgument, e.body_text()))?;
+    let q = crate::routes::query(q)?;
     let grouping = match q.group_by.as_deref() {
         None => Grouping::SiteAndEvent,
         Some("site") => Grouping::Site,

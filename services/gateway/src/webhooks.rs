@@ -512,7 +512,7 @@ pub async fn deliveries(
 ) -> Result<Json<DeliveryPage>, Problem> {
     org_wide_admin(&p)?;
     let id = parse_endpoint(&id)?;
-    let Query(q) = q.map_err(|e| Problem::new(Kind::InvalidArgument, e.body_text()))?;
+    let q = crate::routes::query(q)?;
     let size = q.page_size.unwrap_or(DEFAULT_DELIVERY_PAGE);
     if !(1..=MAX_DELIVERY_PAGE).contains(&size) {
         return Err(Problem::field(
